@@ -1,0 +1,16 @@
+"""emu: run the x86-64 kernel user-copy routines under Unicorn with injected #PF and #MC.
+
+The public surface is small; everything else is internal and may change.
+"""
+
+from __future__ import annotations
+
+from .eras import ERAS, Era, Routine, parse_cpu
+from .errors import EmuError
+from .machine import Buffers, State
+from .outcome import Outcome
+from .target import Settings, Target, era_target, get_target
+
+__all__ = ["ERAS", "Buffers", "EmuError", "Era", "Outcome", "Routine", "Settings", "State",
+           "Target", "era_target", "get_target", "parse_cpu"]
+__version__ = "0.1.0"

@@ -1,0 +1,157 @@
+"""Source → relocatable object: the assembler backends.
+
+GNU as, driven through ``gcc -c`` (cpp + as, the kernel's own toolchain), is the reference
+backend.  A source is preprocessed against the project's kernel-macro headers in
+``asm/include`` with the -D flags of the selected era and CPU (see asm/include/asm/emu_kernel.h).
+Objects are cached by a hash of the source text, the flags and the assembler version, so a
+repeated ``emu run`` does not pay for gcc again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import AssembleError
+
+ASM_DIR = Path(__file__).resolve().parent.parent / "asm"
+INCLUDE_DIR = ASM_DIR / "include"
+
+
+def cache_dir() -> Path:
+    """Where assembled objects are kept ($EMU_CACHE, else $XDG_CACHE_HOME/emu)."""
+    env = os.environ.get("EMU_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "emu"
+
+
+@dataclass(frozen=True)
+class AsmConfig:
+    """What the preprocessor is told: era encoding, EX_TYPE layout, CPU features."""
+
+    extable_abi: int = 3
+    ex_layout: int = 517
+    features: frozenset[str] = field(default_factory=frozenset)
+
+    def defines(self) -> list[str]:
+        flags = [f"-DEMU_EXTABLE_ABI={self.extable_abi}", f"-DEMU_EX_LAYOUT={self.ex_layout}"]
+        for feat in ("REP_GOOD", "ERMS", "FSRM"):
+            flags.append(f"-DEMU_CPU_{feat}={1 if feat in self.features else 0}")
+        return flags
+
+
+_GAS_LINE = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+): (?:Error|error|Fatal error): (?P<msg>.*)$")
+
+
+class GasAssembler:
+    """GNU as via ``gcc -c -x assembler-with-cpp`` (the reference backend)."""
+
+    name = "gas"
+
+    def __init__(self, gcc: str | None = None) -> None:
+        self.gcc = gcc or os.environ.get("EMU_GCC", "gcc")
+        self._version: str | None = None
+
+    def available(self) -> bool:
+        return shutil.which(self.gcc) is not None
+
+    def version(self) -> str:
+        if self._version is None:
+            if not self.available():
+                raise AssembleError(f"GNU as not found: '{self.gcc}' is not on PATH "
+                                    "(install it with: apt-get install gcc binutils)")
+            out = subprocess.run([self.gcc, "-print-prog-name=as"], capture_output=True,
+                                 text=True, env=_c_env()).stdout.strip() or "as"
+            ver = subprocess.run([out, "--version"], capture_output=True, text=True,
+                                 env=_c_env()).stdout.splitlines()
+            self._version = (ver[0] if ver else "unknown") + " / " + self.gcc
+        return self._version
+
+    def assemble(self, source: str, config: AsmConfig, name: str = "input.S") -> bytes:
+        """Assemble kernel-style AT&T source text and return the relocatable ELF object.
+
+        Args:
+            source: the .S text (preprocessed with cpp first).
+            config: era and CPU selection.
+            name: the file name used in error messages.
+
+        Raises:
+            AssembleError: gcc is missing, or the source does not assemble (the message
+                names the file and line of the first error).
+        """
+        key = hashlib.sha256("\0".join(
+            [self.version(), " ".join(config.defines()), _headers_digest(), source]
+        ).encode()).hexdigest()
+        cached = cache_dir() / "objects" / f"{key}.o"
+        if cached.is_file():
+            return cached.read_bytes()
+        with tempfile.TemporaryDirectory(prefix="emu-as-") as tmp:
+            src = Path(tmp) / Path(name).name
+            if not src.name.endswith(".S"):
+                src = src.with_suffix(".S")
+            src.write_text(source)
+            obj = Path(tmp) / "out.o"
+            cmd = [self.gcc, "-c", "-x", "assembler-with-cpp", "-nostdinc",
+                   "-I", str(INCLUDE_DIR), "-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64",
+                   "-DCONFIG_64BIT", *config.defines(), "-o", str(obj), str(src)]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=_c_env())
+            except OSError as e:
+                raise AssembleError(f"cannot run {self.gcc}: {e.strerror} "
+                                    "(install it with: apt-get install gcc binutils)") from e
+            if proc.returncode != 0:
+                raise AssembleError(_first_error(proc.stderr, src.name, name))
+            data = obj.read_bytes()
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmpfile = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmpfile.write_bytes(data)
+        os.replace(tmpfile, cached)
+        return data
+
+
+def _c_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"
+    return env
+
+
+_HEADERS_DIGEST: str | None = None
+
+
+def _headers_digest() -> str:
+    global _HEADERS_DIGEST
+    if _HEADERS_DIGEST is None:
+        h = hashlib.sha256()
+        for p in sorted(INCLUDE_DIR.rglob("*.h")):
+            h.update(str(p.relative_to(INCLUDE_DIR)).encode())
+            h.update(p.read_bytes())
+        _HEADERS_DIGEST = h.hexdigest()
+    return _HEADERS_DIGEST
+
+
+def _first_error(stderr: str, tmpname: str, name: str) -> str:
+    for line in stderr.splitlines():
+        m = _GAS_LINE.match(line.strip())
+        if m:
+            where = name if Path(m["file"]).name == tmpname else m["file"]
+            return f"{where}:{m['line']}: {m['msg']}"
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    return f"{name}: " + (lines[-1].strip() if lines else "assembler failed")
+
+
+ASSEMBLERS = {"gas": GasAssembler}
+
+
+def get_assembler(name: str = "gas") -> GasAssembler:
+    try:
+        return ASSEMBLERS[name]()
+    except KeyError:
+        raise AssembleError(f"unknown assembler '{name}' (known: {', '.join(ASSEMBLERS)})") from None

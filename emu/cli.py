@@ -1,0 +1,175 @@
+"""The ``emu`` command: argument parsing and dispatch only.
+
+Exit codes: 0 success, 1 a check found a difference, 2 usage or input error.  Every
+``EmuError`` becomes one line on stderr (``--traceback`` shows the stack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import IO
+
+from . import report
+from .eras import ERAS, Era, Routine, cpu_name, parse_cpu
+from .errors import EmuError, UsageError
+from .machine import Buffers
+from .target import Settings, Target, era_target, get_target, read_source, resolve_era
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+
+
+def _offsets(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x, 0) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma list of offsets") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _case_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--len", dest="length", type=_int, default=4096, help="bytes to copy")
+    p.add_argument("--src-align", type=_int, default=0, help="source offset in its page window")
+    p.add_argument("--dst-align", type=_int, default=0, help="destination offset")
+    p.add_argument("--poison", type=_offsets, default=(),
+                   help="source offsets whose 64-byte line is poisoned (#MC), comma list")
+    p.add_argument("--unmapped", type=_offsets, default=(),
+                   help="user-buffer offsets whose page is not present (#PF), comma list")
+    p.add_argument("--direction", choices=("from", "to"), default="from",
+                   help="copy from user (default) or to user")
+    p.add_argument("--cpu", default="none",
+                   help="CPU features: none, rep_good, erms, fsrm, or a list like REP_GOOD,ERMS")
+    p.add_argument("--routine", help="call this routine instead of the CPU's choice")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="emu", description="Run x86-64 kernel user-copy routines under Unicorn "
+                "with injected page faults and machine checks.")
+    p.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run one case and print its outcome")
+    r.add_argument("source", help="a .S file, or an era key (A-F) for a bundled source")
+    r.add_argument("--era", help="kernel era whose extable encoding and #MC rules apply to "
+                   "a .S file (default: E)")
+    r.add_argument("--instructions", action="store_true", help="count instructions")
+    _case_args(r)
+
+    d = sub.add_parser("diff", help="run one scenario across variants and compare")
+    d.add_argument("variants", nargs="*", help="era keys or .S files (default: every era)")
+    d.add_argument("--era", help="era rules for .S variants (default: E)")
+    _case_args(d)
+
+    sub.add_parser("eras", help="list the era catalog")
+    return p
+
+
+def _buffers(a: argparse.Namespace) -> Buffers:
+    return Buffers(direction=a.direction, length=a.length, src_align=a.src_align,
+                   dst_align=a.dst_align, poison=tuple(a.poison), unmapped=tuple(a.unmapped))
+
+
+def _variant(spec: str, era_key: str | None, cpu: frozenset[str],
+             count: bool = False) -> tuple[str, Target, Era | None]:
+    era = ERAS.get(spec.upper()) if not Path(spec).suffix else None
+    if era is not None:
+        return f"{era.key} {era.versions}", era_target(era, cpu, count_insns=count), era
+    if not Path(spec).suffix and not Path(spec).exists():
+        raise UsageError(f"'{spec}' is neither an era ({', '.join(ERAS)}) nor a .S file")
+    rules = resolve_era(era_key) or ERAS["E"]
+    text = read_source(spec)
+    t = get_target(text, Path(spec).name, Settings.of(rules), cpu, count_insns=count)
+    return Path(spec).name, t, None
+
+
+def _routine(t: Target, era: Era | None, name: str | None, cpu: frozenset[str]) -> Routine:
+    if era is not None:
+        return era.routine(name) if name else era.select_routine(cpu)
+    if not name:
+        funcs = ", ".join(s.name for s in t.image.functions())
+        raise UsageError(f"{t.name}: --routine is required for a source file (functions: {funcs})")
+    t.image.symbol(name)
+    return Routine(name)
+
+
+def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
+    cpu = parse_cpu(a.cpu)
+    label, t, era = _variant(a.source, a.era, cpu, a.instructions)
+    routine = _routine(t, era, a.routine, cpu)
+    o = t.run(routine, _buffers(a))
+    if a.json:
+        out.write(report.dumps({"variant": label, "routine": routine.name, "cpu": cpu_name(cpu),
+                                **o.to_json()}))
+    else:
+        report.run_table(o, f"{label}: {routine.name} [cpu {cpu_name(cpu)}]", out)
+    return 0
+
+
+def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
+    cpu = parse_cpu(a.cpu)
+    bufs = _buffers(a)
+    rows = []
+    for spec in a.variants or list(ERAS):
+        label, t, era = _variant(spec, a.era, cpu)
+        routine = _routine(t, era, a.routine, cpu)
+        rows.append((label, routine.name, t.run(routine, bufs)))
+    if a.json:
+        out.write(report.dumps({"cpu": cpu_name(cpu), "case": _case_json(bufs), "rows": [
+            {"variant": v, "routine": r, **o.to_json()} for v, r, o in rows]}))
+    else:
+        title = (f"copy_{a.direction}_user len={bufs.length} src+{bufs.src_align:#x} "
+                 f"dst+{bufs.dst_align:#x} poison={_fmt(bufs.poison)} "
+                 f"unmapped={_fmt(bufs.unmapped)} cpu={cpu_name(cpu)}")
+        report.diff_table(rows, title, out)
+    return 0
+
+
+def _fmt(offs: tuple[int, ...]) -> str:
+    return ",".join(f"{o:#x}" for o in offs) or "-"
+
+
+def _case_json(b: Buffers) -> dict[str, object]:
+    return {"direction": b.direction, "length": b.length, "src_align": b.src_align,
+            "dst_align": b.dst_align, "poison": list(b.poison), "unmapped": list(b.unmapped)}
+
+
+def cmd_eras(a: argparse.Namespace, out: IO[str]) -> int:
+    for e in ERAS.values():
+        out.write(f"{e.key}  {e.versions:<14} {e.title}  [asm/{e.source}; "
+                  f"{e.encoding.name.lower()} extable; #MC rules {e.severity.value}]\n")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "diff": cmd_diff, "eras": cmd_eras}
+
+
+def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
+    argv = sys.argv[1:] if argv is None else argv
+    traceback = "--traceback" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.cmd](args, out)
+    except EmuError as e:
+        if traceback:
+            raise
+        print(f"emu: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("emu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,519 @@
+"""The emulated CPU: Unicorn x86-64 with real 4-level paging and precise #PF / #MC.
+
+The machine knows nothing of ELF, eras or the command line.  It is given an ``Image`` (code
+bytes at kernel addresses), a ``Call`` (entry point and argument registers), a ``Buffers``
+description (where the source and destination live, which user pages are not present, which
+source lines are poisoned) and a ``FaultHandler`` — the kernel policy — which decides what
+each fault does.  See unicorn-notes.md for the mechanisms:
+
+* #PF: the page's PTE has P=0; the CPU raises vector 14 with CR2 set and ``UC_HOOK_INTR``
+  sees the precise state (§1, §2).
+* #MC: one ``UC_HOOK_MEM_READ`` per poisoned 64-byte line over the *physical* range
+  [line-7, line+63] with a real-overlap test (§1, "Recommended hook").  The hook fires before
+  the load completes: the destination register and the rep counters are architectural.
+* SMAP: CR4.SMAP is set and user pages have U=1, so a user access with EFLAGS.AC clear raises
+  a #PF on a present page, which is reported as ``State.SMAP_VIOLATION``.
+
+Invariants the hooks keep: a hook either redirects (writes registers and RIP, emulation goes
+on in the same ``emu_start``) or halts (records the state and calls ``emu_stop``); it never
+returns leaving the faulting instruction to re-execute unchanged.  One ``Uc`` is created per
+image and reset between cases (``context_restore`` + buffer rewrite + PTE restore).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_MODE_64,
+                     Uc, UcError)
+from unicorn import x86_const as X
+
+from . import layout as L
+from .errors import EmulationError, UsageError
+from .image import Image
+
+# ---- records ---------------------------------------------------------------------------
+
+
+class FaultKind(str, Enum):
+    """What the CPU raised."""
+
+    PF = "pf"
+    MC = "mc"
+    GP = "gp"
+    UD = "ud"
+    TRAP = "trap"
+
+
+#: CPU vector → fault kind (the one errno/vector table of the machine).
+VECTORS: dict[int, FaultKind] = {14: FaultKind.PF, 18: FaultKind.MC, 13: FaultKind.GP,
+                                 6: FaultKind.UD}
+TRAPNR: dict[FaultKind, int] = {FaultKind.PF: 14, FaultKind.MC: 18, FaultKind.GP: 13,
+                                FaultKind.UD: 6}
+
+
+class State(str, Enum):
+    """How a run ended."""
+
+    RETURNED = "returned"
+    OOPS = "oops"
+    PANIC = "panic"
+    HANG = "hang"
+    SMAP_VIOLATION = "smap_violation"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultEvent:
+    """A fault as the CPU reports it, before the kernel decides anything."""
+
+    kind: FaultKind
+    rip: int
+    address: int
+    user: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Resume at ``rip`` after writing ``regs`` (the fixup a handler applied)."""
+
+    rip: int
+    regs: tuple[tuple[str, int], ...] = ()
+    entry: object = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """Stop the run in ``state`` (oops, panic, ...) with the kernel's message."""
+
+    state: State
+    message: str
+    entry: object = None
+    note: str = ""
+
+
+Resolution = Redirect | Halt
+
+
+class CpuView(Protocol):
+    def reg(self, name: str) -> int: ...
+
+
+FaultHandler = Callable[[CpuView, FaultEvent], Resolution]
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRecord:
+    """One fault taken during a run and what the handler did with it."""
+
+    event: FaultEvent
+    resolution: Resolution
+    regs_before: tuple[tuple[str, int], ...] = field(repr=False, compare=False, default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """How the routine is entered: address, argument registers, and the caller's STAC."""
+
+    entry: int
+    regs: tuple[tuple[str, int], ...]
+    stac: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Buffers:
+    """Where the copy's source and destination are and which faults they carry.
+
+    Offsets in ``poison`` are relative to the source start; each poisons the 64-byte line
+    holding that byte.  Offsets in ``unmapped`` are relative to the *user* buffer (the
+    source for ``from``, the destination for ``to``); each makes the page holding that byte
+    non-present.
+    """
+
+    direction: str = "from"
+    length: int = 4096
+    src_align: int = 0
+    dst_align: int = 0
+    poison: tuple[int, ...] = ()
+    unmapped: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("from", "to"):
+            raise UsageError(f"direction must be 'from' or 'to', not '{self.direction}'")
+        if self.length < 0:
+            raise UsageError(f"length {self.length} is negative")
+        for what, a in (("source", self.src_align), ("destination", self.dst_align)):
+            if not 0 <= a < L.PAGE:
+                raise UsageError(f"{what} alignment {a} is outside 0..{L.PAGE - 1}")
+            if a + self.length > L.MAX_SPAN:
+                raise UsageError(f"len {self.length} + {what} alignment {a} exceeds the "
+                                 f"{L.MAX_SPAN}-byte buffer window")
+        for off in self.poison:
+            if not 0 <= off < max(self.length, 1):
+                raise UsageError(f"poison offset {off} is outside the {self.length}-byte source")
+        for off in self.unmapped:
+            if not 0 <= off < max(self.length, 1):
+                raise UsageError(f"unmapped offset {off} is outside the {self.length}-byte "
+                                 "user buffer")
+
+    @property
+    def src_window(self) -> int:
+        return L.USER_WINDOW if self.direction == "from" else L.KERNEL_WINDOW
+
+    @property
+    def dst_window(self) -> int:
+        return L.KERNEL_WINDOW if self.direction == "from" else L.USER_WINDOW
+
+    @property
+    def src(self) -> int:
+        return self.src_window + self.src_align
+
+    @property
+    def dst(self) -> int:
+        return self.dst_window + self.dst_align
+
+    @property
+    def user(self) -> int:
+        return self.src if self.direction == "from" else self.dst
+
+
+@dataclass(frozen=True, slots=True)
+class RawRun:
+    """What the machine observed; ``outcome.py`` turns it into an ``Outcome``."""
+
+    state: State
+    message: str
+    regs: tuple[tuple[str, int], ...]
+    faults: tuple[FaultRecord, ...]
+    src_window: bytes = field(repr=False)
+    dst_window: bytes = field(repr=False)
+    dst_initial: bytes = field(repr=False)
+    ac_at_return: bool = False
+    insns: int | None = None
+
+
+# ---- memory contents --------------------------------------------------------------------
+
+WINDOW_SPAN = (L.WINDOW_PAGES + 2) * L.PAGE  # guard + data + guard
+DST_FILL = 0xFF
+
+
+def source_pattern(size: int) -> bytes:
+    """Deterministic source bytes, never equal to the destination fill 0xFF."""
+    return bytes(((k * 7) + (k >> 8) * 13) % 251 + 1 for k in range(size))
+
+
+_SRC_WINDOW_BYTES = source_pattern(WINDOW_SPAN)
+_DST_WINDOW_BYTES = bytes([DST_FILL]) * WINDOW_SPAN
+
+# ---- the machine --------------------------------------------------------------------------
+
+REGS: dict[str, int] = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+    "r13", "r14", "r15", "rip", "eflags", "cr2")}
+RESULT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp", "rip",
+               "eflags")
+EFLAGS_AC = 1 << 18
+PHYS_SIZE = 8 << 20
+PTE_P, PTE_W, PTE_U = 1, 2, 4
+MAX_FAULTS = 256
+DEFAULT_BUDGET = 5_000_000
+
+
+class Machine:
+    """A reusable Unicorn x86-64 machine holding one image.
+
+    Args:
+        image: the code to run.
+        count_insns: count executed instructions with a block hook (slower; ``emu run``).
+    """
+
+    def __init__(self, image: Image, *, count_insns: bool = False) -> None:
+        self.image = image
+        self.count_insns = count_insns
+        try:
+            self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+            # Skylake-Server so that stac/clac execute (unicorn-notes §4).
+            self.uc.ctl_set_cpu_model(X.UC_CPU_X86_SKYLAKE_SERVER)
+            self.uc.ctl_set_tcg_buffer_size(32 << 20)
+            self.uc.mem_map(0, PHYS_SIZE)
+        except UcError as e:
+            raise EmulationError(f"cannot create the Unicorn machine: {e}", errno=e.errno) from e
+        self._next_phys = 0x1000
+        self._pml4 = self._alloc()
+        self._pages: dict[int, tuple[int, int, int]] = {}  # va page → (pa, pte address, flags)
+        self._build()
+        self._ctx = self.uc.context_save()
+        self._dirty_ptes: list[int] = []
+        self._poison_hooks: list[int] = []
+        self._poison_key: tuple[int, ...] = ()
+        self._hook_lines: dict[int, int] = {}
+        self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self._insn_cache: dict[tuple[int, int], int] = {}
+        self._insns = 0
+        if count_insns:
+            self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        self._run: _RunState | None = None
+
+    # -- construction -------------------------------------------------------------------
+
+    def _alloc(self, pages: int = 1) -> int:
+        pa = self._next_phys
+        self._next_phys += pages * L.PAGE
+        if self._next_phys > PHYS_SIZE:
+            raise EmulationError("emulated physical memory exhausted")
+        return pa
+
+    def _map(self, va: int, pa: int, *, user: bool, present: bool = True) -> None:
+        table = self._pml4
+        for shift in (39, 30, 21):
+            slot = table + ((va >> shift) & 511) * 8
+            e = struct.unpack("<Q", self.uc.mem_read(slot, 8))[0]
+            if not e & PTE_P:
+                e = self._alloc() | PTE_P | PTE_W | PTE_U
+                self.uc.mem_write(slot, struct.pack("<Q", e))
+            table = e & 0x000FFFFFFFFFF000
+        pte = table + ((va >> 12) & 511) * 8
+        flags = PTE_W | (PTE_U if user else 0)
+        self.uc.mem_write(pte, struct.pack("<Q", pa | flags | (PTE_P if present else 0)))
+        self._pages[va & ~0xFFF] = (pa, pte, flags)
+
+    def _map_range(self, va: int, size: int, *, user: bool) -> int:
+        pages = (size + L.PAGE - 1) // L.PAGE
+        pa0 = self._alloc(pages)
+        for i in range(pages):
+            self._map(va + i * L.PAGE, pa0 + i * L.PAGE, user=user)
+        return pa0
+
+    def _build(self) -> None:
+        img = self.image
+        end = max((s.end for s in img.sections), default=L.TEXT_BASE)
+        self._text_pa = self._map_range(L.TEXT_BASE, max(end - L.TEXT_BASE, 1), user=False)
+        for s in img.sections:
+            self.uc.mem_write(self._text_pa + (s.addr - L.TEXT_BASE), s.data)
+        stub_pa = self._map_range(L.STUB_BASE, 2 * L.PAGE, user=False)
+        self.uc.mem_write(stub_pa, b"\x0f\x0b" * L.PAGE)          # ud2: a call out of the image
+        sent_pa = self._map_range(L.SENTINEL, L.PAGE, user=False)
+        self.uc.mem_write(sent_pa, b"\xcc" * L.PAGE)
+        self._map_range(L.STACK_BASE, L.STACK_PAGES * L.PAGE, user=False)
+        self._user_pa = self._map_range(L.USER_WINDOW - L.PAGE, WINDOW_SPAN, user=True)
+        self._kern_pa = self._map_range(L.KERNEL_WINDOW - L.PAGE, WINDOW_SPAN, user=False)
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_CR3, self._pml4)
+        uc.msr_write(0xC0000080, (1 << 8) | (1 << 10))             # EFER.LME | LMA
+        uc.reg_write(X.UC_X86_REG_CR4, (1 << 5) | (1 << 21))       # PAE | SMAP
+        uc.reg_write(X.UC_X86_REG_CR0, (1 << 31) | (1 << 16) | 1)  # PG | WP | PE
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+
+    # -- address helpers ------------------------------------------------------------------
+
+    def pa(self, va: int) -> int:
+        """Physical address of a mapped virtual address."""
+        pa, _, _ = self._pages[va & ~0xFFF]
+        return pa + (va & 0xFFF)
+
+    def read(self, va: int, size: int) -> bytes:
+        return bytes(self.uc.mem_read(self.pa(va), size))
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, call: Call, bufs: Buffers, handler: FaultHandler, *,
+            budget: int = DEFAULT_BUDGET) -> RawRun:
+        """Run one case from a clean state and report what happened.
+
+        Args:
+            call: entry point and argument registers.
+            bufs: buffer placement and the faults to inject.
+            handler: the kernel policy deciding each fault.
+            budget: instruction limit; running out gives ``State.HANG``.
+
+        Raises:
+            EmulationError: Unicorn failed for a reason that is not kernel behaviour.
+        """
+        uc = self.uc
+        uc.context_restore(self._ctx)
+        # 1. Buffers: source pattern in the source window, 0xFF fill in the destination window.
+        src_pa = self._user_pa if bufs.direction == "from" else self._kern_pa
+        dst_pa = self._kern_pa if bufs.direction == "from" else self._user_pa
+        uc.mem_write(src_pa, _SRC_WINDOW_BYTES)
+        uc.mem_write(dst_pa, _DST_WINDOW_BYTES)
+        # 2. Non-present user pages (restore the previous case's first).
+        flush = bool(self._dirty_ptes)
+        for va in self._dirty_ptes:
+            pa, pte, flags = self._pages[va]
+            uc.mem_write(pte, struct.pack("<Q", pa | flags | PTE_P))
+        self._dirty_ptes = []
+        absent = set()
+        for off in bufs.unmapped:
+            va = (bufs.user + off) & ~0xFFF
+            pa, pte, flags = self._pages[va]
+            uc.mem_write(pte, struct.pack("<Q", pa | flags))
+            self._dirty_ptes.append(va)
+            absent.add(va)
+            flush = True
+        if flush:
+            uc.reg_write(X.UC_X86_REG_CR3, self._pml4)   # a CR3 write flushes the TLB
+        # 3. Poisoned lines: one read hook per line (physical range line-7 .. line+63).
+        line_va = {self.pa(va): va for va in {(bufs.src + off) & ~(L.LINE - 1)
+                                             for off in bufs.poison}}
+        lines = tuple(sorted(line_va))
+        if lines != self._poison_key:
+            for h in self._poison_hooks:
+                uc.hook_del(h)
+            self._poison_hooks = [uc.hook_add(UC_HOOK_MEM_READ, self._on_read, line,
+                                              line - 7, line + L.LINE - 1) for line in lines]
+            self._poison_key = lines
+            uc.ctl_flush_tb()  # hooks are not retroactive on translated blocks
+        self._hook_lines = line_va
+        # 4. Registers and the return address.
+        rsp = L.STACK_TOP - 8
+        uc.mem_write(self.pa(rsp), struct.pack("<Q", L.SENTINEL))
+        uc.reg_write(X.UC_X86_REG_RSP, rsp)
+        for name, value in call.regs:
+            uc.reg_write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2 | (EFLAGS_AC if call.stac else 0))
+        self._run = _RunState(handler, absent)
+        self._insns = 0
+        # 5. Run.
+        try:
+            uc.emu_start(call.entry, L.SENTINEL, count=budget)
+        except UcError as e:
+            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            raise EmulationError(f"unicorn stopped at {self.image.symbolize(rip)}: {e}",
+                                 pc=rip, errno=e.errno) from e
+        run, self._run = self._run, None
+        assert run is not None
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        if run.halt is not None:
+            state, message = run.halt.state, run.halt.message
+        elif rip == L.SENTINEL:
+            state, message = State.RETURNED, ""
+        else:
+            state = State.HANG
+            message = (f"no return after {budget} instructions; stopped at "
+                       f"{self.image.symbolize(rip)}")
+        regs = tuple((n, uc.reg_read(REGS[n])) for n in RESULT_REGS)
+        eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        return RawRun(
+            state=state, message=message, regs=regs, faults=tuple(run.faults),
+            src_window=bytes(uc.mem_read(src_pa + L.PAGE, L.MAX_SPAN)),
+            dst_window=bytes(uc.mem_read(dst_pa, WINDOW_SPAN)),
+            dst_initial=_DST_WINDOW_BYTES,
+            ac_at_return=bool(eflags & EFLAGS_AC),
+            insns=self._insns if self.count_insns else None,
+        )
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def reg(self, name: str) -> int:
+        return int(self.uc.reg_read(REGS[name]))
+
+    def _snapshot(self) -> tuple[tuple[str, int], ...]:
+        return tuple((n, self.uc.reg_read(REGS[n])) for n in
+                     ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "eflags"))
+
+    def _dispatch(self, event: FaultEvent) -> None:
+        run = self._run
+        assert run is not None
+        before = self._snapshot()
+        if len(run.faults) >= MAX_FAULTS:
+            res: Resolution = Halt(State.HANG, f"{MAX_FAULTS} faults taken: the fixup faults "
+                                   f"again forever (last at {self.image.symbolize(event.rip)})")
+        else:
+            res = run.handler(self, event)
+        run.faults.append(FaultRecord(event, res, before))
+        if isinstance(res, Halt):
+            run.halt = res
+            self.uc.emu_stop()
+            return
+        for name, value in res.regs:
+            self.uc.reg_write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
+        self.uc.reg_write(X.UC_X86_REG_RIP, res.rip)
+
+    def _on_intr(self, uc: Uc, intno: int, _ud: object) -> None:
+        run = self._run
+        if run is None or run.halt is not None:
+            uc.emu_stop()
+            return
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        kind = VECTORS.get(intno, FaultKind.TRAP)
+        if kind is FaultKind.PF:
+            addr = uc.reg_read(X.UC_X86_REG_CR2)
+            page = addr & ~0xFFF
+            user = addr < L.TASK_SIZE_MAX
+            ac = uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS_AC
+            if user and page in self._pages and page not in run.absent and not ac:
+                event = FaultEvent(kind, rip, addr, user)
+                res = Halt(State.SMAP_VIOLATION,
+                           f"SMAP violation: user access to {addr:#x} with EFLAGS.AC clear at "
+                           f"{self.image.symbolize(rip)}")
+                run.faults.append(FaultRecord(event, res, self._snapshot()))
+                run.halt = res
+                uc.emu_stop()
+                return
+            self._dispatch(FaultEvent(kind, rip, addr, user))
+            return
+        if kind is FaultKind.UD:
+            for name, stub in self.image.stubs.items():
+                if stub <= rip < stub + 16:
+                    event = FaultEvent(kind, rip, rip, False)
+                    res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
+                    run.faults.append(FaultRecord(event, res, self._snapshot()))
+                    run.halt = res
+                    uc.emu_stop()
+                    return
+        self._dispatch(FaultEvent(kind, rip, 0, False))
+
+    def _on_read(self, uc: Uc, _access: int, addr: int, size: int, _value: int,
+                 line: int) -> None:
+        if not (addr < line + L.LINE and addr + size > line):
+            return
+        run = self._run
+        if run is None or run.halt is not None:
+            return
+        # An access that spans two poisoned lines reaches both lines' hooks; only the hook
+        # of the lower line reports it, so one access is one machine check.
+        first = addr & ~(L.LINE - 1)
+        if first not in self._hook_lines:
+            first += L.LINE
+        if line != first:
+            return
+        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        va = self._hook_lines[line] + max(addr - line, 0)
+        self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX))
+
+    def _on_block(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+        key = (address, size)
+        n = self._insn_cache.get(key)
+        if n is None:
+            from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+            code = bytes(uc.mem_read(self.pa(address), size))
+            n = sum(1 for _ in Cs(CS_ARCH_X86, CS_MODE_64).disasm_lite(code, address))
+            self._insn_cache[key] = n
+        self._insns += n
+
+    def close(self) -> None:
+        """Release the Unicorn instance now (hooks keep it alive until the GC otherwise)."""
+        uc = getattr(self, "uc", None)
+        if uc is not None:
+            try:
+                uc._Uc__finalizer()  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - best effort at teardown
+                pass
+            self.uc = None  # type: ignore[assignment]
+
+
+@dataclass
+class _RunState:
+    handler: FaultHandler
+    absent: set[int]
+    faults: list[FaultRecord] = field(default_factory=list)
+    halt: Halt | None = None
+
+
+def regs_dict(regs: tuple[tuple[str, int], ...]) -> Mapping[str, int]:
+    return dict(regs)

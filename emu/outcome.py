@@ -1,0 +1,196 @@
+"""RawRun → ``Outcome``, and the uaccess.h contract as the oracle.
+
+The oracle is the contract at the top of include/linux/uaccess.h (kernel-facts.md §1), not
+"returns exactly the fault offset":
+
+* 0 ≤ ret ≤ len;
+* the first len − ret destination bytes equal the source;
+* nothing past dst + len − ret changes, nothing outside [dst, dst + len) changes;
+* ret == len only if nothing could be copied;
+
+plus the machine-check invariants: a poisoned line is not consumed twice within one copy, and
+a copy that missed bytes never returns 0.  Violations carry stable names (``VIOLATIONS``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import layout as L
+from .extable import ExtableEntry
+from .machine import Buffers, FaultRecord, Halt, RawRun, Redirect, State
+
+#: Stable violation names and what each means.
+VIOLATIONS: dict[str, str] = {
+    "out_of_range_return": "returned value is not within 0..len",
+    "zero_with_missing": "returned 0 although bytes were not copied",
+    "bytes_mismatch": "a byte the return value reports as copied differs from the source",
+    "modified_past_reported": "bytes past the reported count were written (with source values)",
+    "garbage_past_reported": "bytes past the reported count were written with non-source values",
+    "claimed_nothing": "returned len although some bytes were copied",
+    "write_outside_buffer": "bytes outside [dst, dst+len) changed",
+    "poison_consumed_twice": "the same poisoned line was consumed twice in one copy",
+}
+#: Violations a copy_from_user() caller does not notice: it zero-pads [len-ret, len).
+BENIGN_FOR_COPY_FROM_USER = frozenset({"modified_past_reported", "garbage_past_reported"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One fault of a run, as reported to users (addresses as numbers, places as symbols)."""
+
+    kind: str
+    rip: int
+    where: str
+    address: int
+    offset: int | None
+    handler: str | None
+    fixup: int | None
+    fixup_where: str | None
+    action: str
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rip": hex(self.rip), "where": self.where,
+                "address": hex(self.address), "offset": self.offset, "handler": self.handler,
+                "fixup": None if self.fixup is None else hex(self.fixup),
+                "fixup_where": self.fixup_where, "action": self.action, "note": self.note}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one copy did.  Equality means "same behaviour" (instruction counts excluded)."""
+
+    state: State
+    return_value: int | None
+    length: int
+    bytes_copied: int
+    written_beyond: int
+    written_outside: int
+    faults: tuple[Fault, ...]
+    retouched: bool
+    violations: tuple[str, ...]
+    message: str = ""
+    ac_at_return: bool = False
+    insns: int | None = field(default=None, compare=False)
+
+    @property
+    def mc_count(self) -> int:
+        return sum(1 for f in self.faults if f.kind == "mc")
+
+    @property
+    def pf_count(self) -> int:
+        return sum(1 for f in self.faults if f.kind == "pf")
+
+    @property
+    def verdict(self) -> str:
+        if self.state is not State.RETURNED:
+            return self.state.value
+        return "ok" if not self.violations else ",".join(self.violations)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "return_value": self.return_value,
+            "length": self.length,
+            "bytes_copied": self.bytes_copied,
+            "written_beyond": self.written_beyond,
+            "written_outside": self.written_outside,
+            "verdict": self.verdict,
+            "violations": list(self.violations),
+            "mc_count": self.mc_count,
+            "pf_count": self.pf_count,
+            "tail_retry": self.retouched,
+            "ac_at_return": self.ac_at_return,
+            "message": self.message,
+            "instructions": self.insns,
+            "faults": [f.to_json() for f in self.faults],
+        }
+
+
+def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
+    """Measure the buffers, read the return register and judge the result.
+
+    Args:
+        raw: what the machine observed.
+        bufs: the case that was run.
+        ret_reg: "eax" (≤ v6.3 routines) or "rcx" (≥ v6.4).
+        symbolize: address → "symbol+off" function for the report.
+    """
+    n = bufs.length
+    src = raw.src_window[bufs.src_align:bufs.src_align + n]
+    lo = L.PAGE + bufs.dst_align
+    dst = raw.dst_window[lo:lo + n]
+    fill = raw.dst_initial[lo:lo + n]
+    copied = 0
+    while copied < n and dst[copied] == src[copied]:
+        copied += 1
+    beyond = sum(1 for i in range(copied, n) if dst[i] != fill[i])
+    outside = sum(1 for a, b in zip(raw.dst_window[:lo] + raw.dst_window[lo + n:],
+                                    raw.dst_initial[:lo] + raw.dst_initial[lo + n:]) if a != b)
+    regs = dict(raw.regs)
+    ret: int | None = None
+    if raw.state is State.RETURNED:
+        ret = regs["rax"] & 0xFFFFFFFF if ret_reg == "eax" else regs[ret_reg]
+    faults = tuple(_fault(r, bufs, symbolize) for r in raw.faults)
+    retouched = _retouched(raw.faults)
+    violations: list[str] = []
+    if ret is not None:
+        violations = _judge(ret, n, src, dst, fill, copied, outside, raw.faults)
+    return Outcome(raw.state, ret, n, copied, beyond, outside, faults, retouched,
+                   tuple(violations), raw.message, raw.ac_at_return, raw.insns)
+
+
+def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, outside: int,
+           faults: tuple[FaultRecord, ...]) -> list[str]:
+    out: list[str] = []
+    if not 0 <= ret <= n:
+        out.append("out_of_range_return")
+    else:
+        reported = n - ret
+        if ret == 0 and copied < n:
+            out.append("zero_with_missing")
+        elif copied < reported:
+            out.append("bytes_mismatch")
+        past = [i for i in range(reported, n) if dst[i] != fill[i]]
+        if past:
+            if all(dst[i] == src[i] for i in past):
+                out.append("modified_past_reported")
+            else:
+                out.append("garbage_past_reported")
+        if ret == n and n > 0 and copied > 0:
+            out.append("claimed_nothing")
+    if outside:
+        out.append("write_outside_buffer")
+    lines = [r.event.address & ~(L.LINE - 1) for r in faults if r.event.kind.value == "mc"]
+    if len(lines) != len(set(lines)):
+        out.append("poison_consumed_twice")
+    return out
+
+
+def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
+    """Did the routine go back to an address that had already faulted (a tail retry)?"""
+    seen: set[tuple[str, int]] = set()
+    for r in faults:
+        unit = L.LINE if r.event.kind.value == "mc" else L.PAGE
+        key = (r.event.kind.value, r.event.address & ~(unit - 1))
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
+def _fault(r: FaultRecord, bufs: Buffers, symbolize: Any) -> Fault:
+    ev, res = r.event, r.resolution
+    entry = res.entry if isinstance(res.entry, ExtableEntry) else None
+    base = bufs.src if ev.kind.value == "mc" else bufs.user
+    offset = ev.address - base if base <= ev.address < base + max(bufs.length, 1) else None
+    if isinstance(res, Redirect):
+        action, fixup = "fixup", res.rip
+    else:
+        assert isinstance(res, Halt)
+        action, fixup = res.state.value, None
+    return Fault(ev.kind.value, ev.rip, symbolize(ev.rip), ev.address, offset,
+                 entry.type_name if entry else None, fixup,
+                 symbolize(fixup) if fixup is not None else None, action, res.note)

@@ -1,0 +1,203 @@
+"""Kernel policy per era: fixup_exception() handler semantics and #MC severity.
+
+Follows kernel-facts.md §5c (what each handler / EX_TYPE does to the registers, as in
+arch/x86/mm/extable.c of each version) and §6a–6b (arch/x86/kernel/cpu/mce/severity.c: when a
+kernel-mode machine check is recoverable, and the is_copy_from_user() decode).
+
+A ``Kernel`` is the ``FaultHandler`` the machine calls on every fault.  Every #MC is modelled
+as a precise SRAR event (RIPV and EIPV set, so mc_recoverable() holds, kernel-facts §11); the
+decision is then the era's severity rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from functools import lru_cache
+
+from . import layout as L
+from .errors import EmulationError
+from .extable import EX_FLAG_CLEAR_AX, EX_FLAG_CLEAR_DX, REG_NAMES, Extable, ExtableEntry, ExType
+from .machine import TRAPNR, CpuView, FaultEvent, FaultKind, Halt, Redirect, Resolution, State
+
+
+class Severity(str, Enum):
+    """Which severity.c rules grade a kernel-mode #MC (kernel-facts §6a)."""
+
+    V5_9 = "v5.9"      # only ex_handler_fault entries recover (a05d54c41ecf)
+    V5_10 = "v5.10"    # + uaccess/copy handlers when is_copy_from_user (300638101329)
+    V5_16 = "v5.16"    # switch on EX_TYPE: UACCESS/COPY + copy-from-user, *_MCE_SAFE (2cadf5248b93)
+    V5_17 = "v5.17"    # as 5.16; EFAULT_REG/DEFAULT fixups are not recoverable (to v6.14)
+    V2025 = "2025"     # is_copy_from_user first, whatever the type (1a15bb8303b6)
+
+
+PANIC_MC = ("Kernel panic - not syncing: Fatal local machine check "
+            "(mce: [Hardware Error]: Machine check: Data load in unrecoverable area of kernel)")
+PANIC_NO_FIXUP = "Kernel panic - not syncing: Failed kernel mode recovery"
+
+#: MOV loads and MOVZX (kernel opcode packing), and MOVS (kernel-facts §6b).
+_LOADS = (0x8A, 0x8B, 0xB60F, 0xB70F)
+_MOVS = (0xA4, 0xA5)
+
+
+@lru_cache(maxsize=1)
+def _capstone():  # type: ignore[no-untyped-def]
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def is_copy_from_user(code: bytes, rip: int, cpu: CpuView) -> tuple[bool, int | None]:
+    """The kernel's is_copy_from_user(): is the instruction at ``rip`` a load from user memory?
+
+    Returns:
+        (verdict, source address or None if the instruction is not a MOV/MOVZX/MOVS load).
+    """
+    from capstone import x86_const as C
+    insn = next(_capstone().disasm(code, rip, 1), None)
+    if insn is None:
+        return False, None
+    value = 0
+    for i, b in enumerate(x for x in insn.opcode if x):
+        value |= b << (8 * i)
+    if value in _MOVS:
+        addr = cpu.reg("rsi")
+    elif value in _LOADS:
+        mems = [op for op in insn.operands if op.type == C.X86_OP_MEM]
+        if not mems:
+            return False, None
+        m = mems[0].mem
+        addr = m.disp
+        if m.base == C.X86_REG_RIP:
+            addr += insn.address + insn.size
+        elif m.base:
+            addr += cpu.reg(_reg64(insn.reg_name(m.base)))
+        if m.index:
+            addr += cpu.reg(_reg64(insn.reg_name(m.index))) * m.scale
+        if m.segment in (C.X86_REG_GS, C.X86_REG_FS):
+            return False, None  # per-CPU data: a kernel address
+    else:
+        return False, None
+    addr &= 0xFFFFFFFFFFFFFFFF
+    return addr < L.TASK_SIZE_MAX, addr
+
+
+def _reg64(name: str) -> str:
+    name = name.lower()
+    if name in REG_NAMES:
+        return name
+    if name.startswith("e"):
+        return "r" + name[1:]
+    if name.startswith("r") and name[-1] in "dwb":
+        return name[:-1]
+    return name
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The kernel side of one era: its exception table, handler semantics and severity.
+
+    Args:
+        extable: the image's exception table.
+        severity: which severity rules apply to a kernel-mode #MC.
+        code: reads instruction bytes (for is_copy_from_user).
+    """
+
+    extable: Extable
+    severity: Severity
+    code: object  # Callable[[int, int], bytes]
+
+    def __call__(self, cpu: CpuView, event: FaultEvent) -> Resolution:
+        entry = self.extable.search(event.rip)
+        if event.kind is FaultKind.MC:
+            return self._machine_check(cpu, event, entry)
+        if entry is None:
+            if event.kind is FaultKind.PF:
+                return Halt(State.OOPS, f"BUG: unable to handle page fault for address: "
+                                        f"{event.address:#018x} (no __ex_table entry)")
+            if event.kind is FaultKind.GP:
+                return Halt(State.OOPS, "general protection fault (no __ex_table entry)")
+            if event.kind is FaultKind.UD:
+                return Halt(State.OOPS, "invalid opcode (ud2 or undefined instruction)")
+            return Halt(State.OOPS, "unexpected trap in kernel mode")
+        return self.apply(cpu, entry, TRAPNR.get(event.kind, 0))
+
+    # -- #MC ---------------------------------------------------------------------------------
+
+    def _machine_check(self, cpu: CpuView, event: FaultEvent,
+                       entry: ExtableEntry | None) -> Resolution:
+        copyin, _ = is_copy_from_user(self.code(event.rip, 16), event.rip, cpu)  # type: ignore[operator]
+        t = entry.type if entry is not None else None
+        sev = self.severity
+        recov = False
+        why = ""
+        if sev is Severity.V5_9:
+            recov = t is ExType.FAULT
+            why = "ex_handler_fault entry" if recov else "only ex_handler_fault entries recover"
+        elif sev is Severity.V5_10:
+            if t is ExType.FAULT:
+                recov, why = True, "EX_HANDLER_FAULT"
+            elif t in (ExType.UACCESS, ExType.COPY):
+                recov = copyin
+                why = ("EX_HANDLER_UACCESS + is_copy_from_user: COPYIN" if copyin else
+                       "uaccess entry, but not a copy from user")
+        elif sev in (Severity.V5_16, Severity.V5_17):
+            if t in (ExType.UACCESS, ExType.COPY) and copyin:
+                recov, why = True, f"EX_TYPE_{t.value} + is_copy_from_user: COPYIN"
+            elif t in (ExType.FAULT_MCE_SAFE, ExType.DEFAULT_MCE_SAFE):
+                recov, why = True, f"EX_TYPE_{t.value}"
+            else:
+                why = (f"{entry.type_name} is not recoverable in this era" if entry else
+                       "no __ex_table entry")
+        else:  # Severity.V2025
+            if copyin:
+                recov, why = True, "is_copy_from_user: COPYIN"
+            elif t in (ExType.FAULT_MCE_SAFE, ExType.DEFAULT_MCE_SAFE):
+                recov, why = True, f"EX_TYPE_{t.value}"
+            else:
+                why = "not a copy from user and not an MCE-safe fixup"
+        if not recov:
+            return Halt(State.PANIC, PANIC_MC, entry, f"severity {sev.value}: {why}")
+        if entry is None:
+            return Halt(State.PANIC, PANIC_NO_FIXUP, None, f"severity {sev.value}: {why}")
+        res = self.apply(cpu, entry, TRAPNR[FaultKind.MC])
+        if isinstance(res, Redirect):
+            return Redirect(res.rip, res.regs, entry, f"severity {sev.value}: {why}"
+                            + (f"; {res.note}" if res.note else ""))
+        return res
+
+    # -- fixup_exception() -------------------------------------------------------------------
+
+    def apply(self, cpu: CpuView, e: ExtableEntry, trapnr: int) -> Resolution:
+        """Apply one entry's handler the way that era's extable.c did."""
+        t = e.type
+        regs: list[tuple[str, int]] = []
+        if t in (ExType.DEFAULT, ExType.DEFAULT_MCE_SAFE):
+            regs += _clear_flags(e)
+        elif t in (ExType.FAULT, ExType.FAULT_MCE_SAFE, ExType.COPY):
+            regs.append(("rax", trapnr))
+        elif t is ExType.UACCESS:
+            pass  # ip = fixup; ax untouched (the WARN on #GP is not modelled)
+        elif t is ExType.IMM_REG:
+            regs.append((REG_NAMES[e.reg], e.imm))
+            regs += _clear_flags(e)
+        elif t is ExType.POP_REG:
+            regs.append(("rsp", cpu.reg("rsp") + 8))
+            regs.append((REG_NAMES[e.reg], e.imm))
+            regs += _clear_flags(e)
+        elif t is ExType.UCOPY_LEN:
+            regs.append(("rcx", e.imm * cpu.reg("rcx") + cpu.reg(REG_NAMES[e.reg])))
+        else:
+            raise EmulationError(f"emu has no model of fixup type {e.type_name} "
+                                 f"(entry for {e.insn:#x})")
+        return Redirect(e.fixup, tuple(regs), e)
+
+
+def _clear_flags(e: ExtableEntry) -> list[tuple[str, int]]:
+    out = []
+    if e.flags & EX_FLAG_CLEAR_AX:
+        out.append(("rax", 0))
+    if e.flags & EX_FLAG_CLEAR_DX:
+        out.append(("rdx", 0))
+    return out

@@ -1,0 +1,81 @@
+"""Rendering: rich tables for terminals, JSON for machines.  Nothing else formats text.
+
+JSON output is deterministic (sorted keys, no timings, no host paths) so the same command
+gives byte-identical output twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .outcome import Outcome
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def console(stream: IO[str]) -> Console:
+    return Console(file=stream, width=160, highlight=False, soft_wrap=False)
+
+
+def _offsets(o: Outcome, kind: str) -> str:
+    fs = [f for f in o.faults if f.kind == kind]
+    if not fs:
+        return "-"
+    where = ", ".join(f"+{f.offset:#x}" if f.offset is not None else f"{f.address:#x}"
+                      for f in fs)
+    return f"{len(fs)} @ {where}"
+
+
+def _ret(o: Outcome) -> str:
+    return "-" if o.return_value is None else str(o.return_value)
+
+
+def run_table(o: Outcome, title: str, stream: IO[str]) -> None:
+    """One case: the summary, then every fault with its extable entry and fixup."""
+    c = console(stream)
+    t = Table(title=title, show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("state", o.state.value)
+    t.add_row("returned", f"{_ret(o)} (bytes not copied)" if o.return_value is not None else "-")
+    t.add_row("bytes copied", f"{o.bytes_copied} of {o.length}")
+    t.add_row("written past copied prefix", str(o.written_beyond))
+    t.add_row("written outside buffer", str(o.written_outside))
+    t.add_row("contract", o.verdict)
+    t.add_row("tail retry", "yes" if o.retouched else "no")
+    if o.insns is not None:
+        t.add_row("instructions", str(o.insns))
+    if o.message:
+        t.add_row("message", o.message)
+    c.print(t)
+    if o.faults:
+        ft = Table(title="faults", title_justify="left")
+        for col in ("#", "kind", "at", "address", "offset", "extable entry", "action",
+                    "fixup", "note"):
+            ft.add_column(col)
+        for i, f in enumerate(o.faults, 1):
+            ft.add_row(str(i), f.kind.upper(), f.where, f"{f.address:#x}",
+                       "-" if f.offset is None else f"{f.offset:#x}", f.handler or "none",
+                       f.action, f.fixup_where or "-", f.note)
+        c.print(ft)
+
+
+def diff_table(rows: Sequence[tuple[str, str, Outcome]], title: str, stream: IO[str]) -> None:
+    """One scenario across variants: a row per (variant, routine)."""
+    c = console(stream)
+    t = Table(title=title, title_justify="left")
+    for col in ("variant", "routine", "returned", "copied", "contract", "#MC", "#PF",
+                "tail retry", "state"):
+        t.add_column(col)
+    for variant, routine, o in rows:
+        t.add_row(variant, routine, _ret(o), str(o.bytes_copied), o.verdict,
+                  _offsets(o, "mc"), _offsets(o, "pf"), "yes" if o.retouched else "no",
+                  o.state.value)
+    c.print(t)

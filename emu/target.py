@@ -1,0 +1,119 @@
+"""A runnable target: one source assembled for one era and CPU, with its machine and kernel.
+
+This is where the stages meet: source text → object (``assemble``) → ``Image`` → ``Machine``
++ ``Kernel`` policy → ``Outcome``.  Targets are cached per (source text, era settings, CPU), so
+a diff or sweep assembles each variant once and reuses one Unicorn instance per target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import outcome
+from .assemble import AsmConfig, get_assembler
+from .eras import ERAS, Era, Routine, cpu_name
+from .errors import InputError, UsageError
+from .extable import Encoding
+from .image import Image, load_object
+from .machine import Buffers, Call, Machine
+from .outcome import Outcome
+from .policy import Kernel, Severity
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The kernel-version facts a source is assembled and judged with."""
+
+    encoding: Encoding
+    ex_layout: int
+    severity: Severity
+
+    @classmethod
+    def of(cls, era: Era) -> Settings:
+        return cls(era.encoding, era.ex_layout, era.severity)
+
+
+class Target:
+    """One assembled source on one CPU, ready to run cases.
+
+    Args:
+        text: the .S source.
+        name: its file name (for messages).
+        settings: extable encoding, EX_TYPE layout, severity rules.
+        cpu: CPU features (REP_GOOD, ERMS, FSRM) for the ALTERNATIVE sites.
+        assembler: backend name.
+        count_insns: count instructions (slower).
+    """
+
+    def __init__(self, text: str, name: str, settings: Settings, cpu: frozenset[str],
+                 assembler: str = "gas", count_insns: bool = False) -> None:
+        self.name = name
+        self.settings = settings
+        self.cpu = cpu
+        obj = get_assembler(assembler).assemble(
+            text, AsmConfig(int(settings.encoding), settings.ex_layout, cpu), name)
+        self.image: Image = load_object(obj, encoding=settings.encoding,
+                                        layout_id=settings.ex_layout, name=name)
+        self.machine = Machine(self.image, count_insns=count_insns)
+        self.kernel = Kernel(self.image.extable, settings.severity, self.image.read)
+
+    def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None) -> Outcome:
+        """Call ``routine`` on the case ``bufs`` and judge the result."""
+        entry = self.image.symbol(routine.name).addr
+        regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length),
+                ("rax", 0))
+        call = Call(entry, regs, stac=routine.caller_stac)
+        kwargs = {} if budget is None else {"budget": budget}
+        raw = self.machine.run(call, bufs, self.kernel, **kwargs)
+        return outcome.build(raw, bufs, routine.ret_reg, self.image.symbolize)
+
+    def describe(self) -> str:
+        return f"{self.name} [{cpu_name(self.cpu)}]"
+
+
+_CACHE: dict[tuple[str, Settings, frozenset[str], str, bool], Target] = {}
+
+
+def read_source(path: str) -> str:
+    """Read a .S file, with a one-line error if it cannot be read."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a .S file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    if not data.strip():
+        raise InputError(f"{path}: empty file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text assembly source (byte {e.start} is not UTF-8)") from None
+
+
+def get_target(text: str, name: str, settings: Settings, cpu: frozenset[str],
+               assembler: str = "gas", count_insns: bool = False) -> Target:
+    key = (hashlib.sha256(text.encode()).hexdigest(), settings, cpu, assembler, count_insns)
+    t = _CACHE.get(key)
+    if t is None:
+        t = _CACHE[key] = Target(text, name, settings, cpu, assembler, count_insns)
+    return t
+
+
+def era_target(era: Era, cpu: frozenset[str], *, count_insns: bool = False) -> Target:
+    """The bundled source of an era, assembled for ``cpu``."""
+    return get_target(read_source(era.path), Path(era.path).name, Settings.of(era), cpu,
+                      count_insns=count_insns)
+
+
+def resolve_era(key: str | None) -> Era | None:
+    if key is None:
+        return None
+    era = ERAS.get(key.upper())
+    if era is None:
+        raise UsageError(f"unknown era '{key}' (known: {', '.join(ERAS)})")
+    return era
