@@ -172,3 +172,32 @@ SYM_FUNC_START(demo_refault)
 	RET
 	_ASM_EXTABLE_UA(1b, 1b)
 SYM_FUNC_END(demo_refault)
+
+/* demo_store_src: stores zeros over the *source* buffer; loads nothing from it. */
+SYM_FUNC_START(demo_store_src)
+	ASM_STAC
+	movl %edx,%ecx
+	xorl %eax,%eax
+1:	movb %al,(%rsi)
+	incq %rsi
+	decl %ecx
+	jnz 1b
+	ASM_CLAC
+	RET
+	_ASM_EXTABLE_UA(1b, 1b)
+SYM_FUNC_END(demo_store_src)
+
+/* demo_straddle: one 8-byte load from src+0 (callers misalign src to straddle a line). */
+SYM_FUNC_START(demo_straddle)
+	ASM_STAC
+	movq $0x1111111111111111,%r8
+1:	movq (%rsi),%r8
+	movq %r8,(%rdi)
+	xorl %eax,%eax
+	ASM_CLAC
+	RET
+2:	movl $8,%eax
+	ASM_CLAC
+	RET
+	_ASM_EXTABLE_UA(1b, 2b)
+SYM_FUNC_END(demo_straddle)
