@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .outcome import Outcome
@@ -40,7 +41,7 @@ def _ret(o: Outcome) -> str:
 def run_table(o: Outcome, title: str, stream: IO[str]) -> None:
     """One case: the summary, then every fault with its extable entry and fixup."""
     c = console(stream)
-    t = Table(title=title, show_header=False, title_justify="left")
+    t = Table(title=escape(title), show_header=False, title_justify="left")
     t.add_column("field", style="bold")
     t.add_column("value")
     t.add_row("state", o.state.value)
@@ -61,16 +62,16 @@ def run_table(o: Outcome, title: str, stream: IO[str]) -> None:
                     "fixup", "note"):
             ft.add_column(col)
         for i, f in enumerate(o.faults, 1):
-            ft.add_row(str(i), f.kind.upper(), f.where, f"{f.address:#x}",
+            ft.add_row(str(i), f.kind.upper(), escape(f.where), f"{f.address:#x}",
                        "-" if f.offset is None else f"{f.offset:#x}", f.handler or "none",
-                       f.action, f.fixup_where or "-", f.note)
+                       f.action, escape(f.fixup_where or "-"), escape(f.note))
         c.print(ft)
 
 
 def diff_table(rows: Sequence[tuple[str, str, Outcome]], title: str, stream: IO[str]) -> None:
     """One scenario across variants: a row per (variant, routine)."""
     c = console(stream)
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     for col in ("variant", "routine", "returned", "copied", "contract", "#MC", "#PF",
                 "tail retry", "state"):
         t.add_column(col)
