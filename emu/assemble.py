@@ -48,6 +48,10 @@ class AsmConfig:
         return flags
 
 
+#: Fixed preprocessor/assembler flags; -Wa,-L keeps .L labels (e.g. .Lcopy_user_handle_tail)
+#: in the symbol table so reports can name them.
+_FLAGS = ["-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64", "-DCONFIG_64BIT", "-Wa,-L"]
+
 _GAS_LINE = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+): (?:Error|error|Fatal error): (?P<msg>.*)$")
 
 
@@ -88,7 +92,7 @@ class GasAssembler:
                 names the file and line of the first error).
         """
         key = hashlib.sha256("\0".join(
-            [self.version(), " ".join(config.defines()), _headers_digest(), source]
+            [self.version(), " ".join(_FLAGS + config.defines()), _headers_digest(), source]
         ).encode()).hexdigest()
         cached = cache_dir() / "objects" / f"{key}.o"
         if cached.is_file():
@@ -100,8 +104,7 @@ class GasAssembler:
             src.write_text(source)
             obj = Path(tmp) / "out.o"
             cmd = [self.gcc, "-c", "-x", "assembler-with-cpp", "-nostdinc",
-                   "-I", str(INCLUDE_DIR), "-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64",
-                   "-DCONFIG_64BIT", *config.defines(), "-o", str(obj), str(src)]
+                   "-I", str(INCLUDE_DIR), *_FLAGS, *config.defines(), "-o", str(obj), str(src)]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=_c_env())
             except OSError as e:

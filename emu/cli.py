@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from . import report
 from .eras import ERAS, Era, Routine, cpu_name, parse_cpu
 from .errors import EmuError, UsageError
 from .machine import Buffers
 from .target import Settings, Target, era_target, get_target, read_source, resolve_era
+
+if TYPE_CHECKING:
+    from .sweep import Grid
 
 
 def _int(text: str) -> int:
@@ -72,7 +75,58 @@ def build_parser() -> argparse.ArgumentParser:
     _case_args(d)
 
     sub.add_parser("eras", help="list the era catalog")
+
+    sw = sub.add_parser("sweep", help="run a grid of cases on every core and summarise the "
+                        "contract violations per variant")
+    sw.add_argument("variants", nargs="*", help="era keys or .S files (default: every era)")
+    _grid_args(sw)
+    sw.add_argument("--step", default="byte",
+                    help="poison offset step: byte (default), line, or a number")
+    sw.add_argument("--results", help="JSON-lines results file, written as cases finish")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue the --results file: only cases it lacks are run")
+    sw.add_argument("--max-cases", type=_int, help="stop after this many new cases")
+    sw.add_argument("--jobs", type=_int, default=None, help="worker processes (default: cores)")
+    sw.add_argument("--plot", help="write a heatmap PNG (one panel per variant)")
+    sw.add_argument("--html", help="write a self-contained HTML report")
+    sw.add_argument("--metric", choices=("class", "error"), default="class",
+                    help="heatmap colour: outcome class, or returned - exact remainder")
+    sw.add_argument("--y", dest="y_axis", choices=("auto", "length", "src_align", "dst_align"),
+                    default="auto", help="heatmap rows (default: the first swept of these)")
+    sw.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    fz = sub.add_parser("fuzz", help="search the sweep space with Hypothesis and shrink "
+                        "the first failure to a minimal emu run command")
+    fz.add_argument("variants", nargs="*", help="era keys or .S files (default: every era)")
+    _grid_args(fz)
+    fz.add_argument("--max-len", type=_int, default=8192, help="largest length tried")
+    fz.add_argument("--want", default="any",
+                    help="failure classes to look for: violation names, states (panic, oops, "
+                    "hang, smap_violation), 'violation' or 'any' (comma list)")
+    fz.add_argument("--examples", type=_int, default=500, help="cases to try before giving up")
+    fz.add_argument("--seed", type=_int, default=0, help="random seed (same seed, same run)")
+    fz.add_argument("--save", help="directory to save the shrunk case as a JSON fixture")
+    fz.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
+
+
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--era", help="era rules for .S variants (default: E)")
+    p.add_argument("--routine", action="append", default=[],
+                   help="routine (repeatable; 'all' = every routine of the era; "
+                   "default: the CPU's choice)")
+    p.add_argument("--len", dest="length", default="4096",
+                   help="lengths: a list like 64,100..200/4 (default 4096)")
+    p.add_argument("--src-align", default="0", help="source alignments (a list)")
+    p.add_argument("--dst-align", default="0", help="destination alignments (a list)")
+    p.add_argument("--poison", default=None,
+                   help="only these fault offsets (a list; default: every offset)")
+    p.add_argument("--faults", default="mc",
+                   help="fault kinds: mc, mc2, pf, mc+pf or all (comma list; default mc)")
+    p.add_argument("--direction", choices=("from", "to", "both"), default="from")
+    p.add_argument("--cpu", action="append", default=[],
+                   help="CPU path (repeatable: none, rep_good, erms, fsrm, a feature list, "
+                   "or all; default none)")
 
 
 def _buffers(a: argparse.Namespace) -> Buffers:
@@ -151,7 +205,66 @@ def cmd_eras(a: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "diff": cmd_diff, "eras": cmd_eras}
+def _grid(a: argparse.Namespace, step: int = 1) -> Grid:
+    from .eras import CPUS
+    from .sweep import FAULT_KINDS, Grid, parse_ints, parse_variant
+    cpus = [c for spec in (a.cpu or ["none"]) for c in (CPUS if spec == "all" else [spec])]
+    kinds = list(FAULT_KINDS) if a.faults == "all" else [k.strip() for k in a.faults.split(",")
+                                                          if k.strip()]
+    return Grid(variants=tuple(parse_variant(v, a.era) for v in (a.variants or list(ERAS))),
+                routines=tuple(a.routine), cpus=tuple(dict.fromkeys(cpus)),
+                directions=("from", "to") if a.direction == "both" else (a.direction,),
+                lengths=parse_ints(a.length), src_aligns=parse_ints(a.src_align),
+                dst_aligns=parse_ints(a.dst_align), kinds=tuple(kinds), step=step,
+                offsets=parse_ints(a.poison) if a.poison else ())
+
+
+def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
+    import os
+    from .sweep import Results, execute
+    step = {"byte": 1, "line": 64}.get(a.step)
+    if step is None:
+        try:
+            step = int(a.step, 0)
+        except ValueError:
+            raise UsageError(f"--step must be byte, line or a number, not '{a.step}'") from None
+    grid = _grid(a, step)
+    for opt in (a.plot, a.html):
+        if opt and a.results and Path(opt).resolve() == Path(a.results).resolve():
+            raise UsageError(f"{opt}: the picture would overwrite the results file")
+    results = Results(a.results, a.resume)
+    jobs = a.jobs if a.jobs is not None else (os.cpu_count() or 1)
+    summary = execute(grid, results, jobs=jobs, max_cases=a.max_cases,
+                      progress=not a.json and sys.stderr.isatty())
+    if a.plot or a.html:
+        from . import plot
+        recs = [results.records[c.id] for c in grid.cases() if c.id in results.records]
+        if a.plot:
+            plot.write_png(grid, recs, a.plot, metric=a.metric, y_axis=a.y_axis)
+        if a.html:
+            plot.write_html(grid, recs, summary, a.html, metric=a.metric, y_axis=a.y_axis)
+    if a.json:
+        out.write(report.dumps(summary))
+    else:
+        report.sweep_summary(summary, out)
+    return 0
+
+
+def cmd_fuzz(a: argparse.Namespace, out: IO[str]) -> int:
+    from . import fuzz
+    grid = _grid(a)
+    found = fuzz.search(grid, want=fuzz.parse_want(a.want), max_len=a.max_len,
+                        examples=a.examples, seed=a.seed)
+    path = fuzz.save(found, a.save) if found is not None and a.save else None
+    if a.json:
+        out.write(report.dumps(fuzz.to_json(found, path)))
+    else:
+        report.fuzz_result(fuzz.to_json(found, path), out)
+    return 1 if found is not None else 0
+
+
+COMMANDS = {"run": cmd_run, "diff": cmd_diff, "eras": cmd_eras, "sweep": cmd_sweep,
+            "fuzz": cmd_fuzz}
 
 
 def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:

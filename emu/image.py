@@ -90,20 +90,23 @@ class Image:
                       key=lambda s: s.addr)
 
     def symbolize(self, addr: int) -> str:
-        """``name+0xoff`` for an address, using the closest symbol at or below it."""
+        """``name+0xoff`` for an address: the innermost sized symbol (function or SYM_CODE
+        block, local ``.L`` ones included) that contains it, else ``section+0xoff``."""
         for name, stub in self.stubs.items():
             if stub == addr:
                 return name
         best: Symbol | None = None
         for s in self.symbols.values():
-            if s.addr <= addr and (best is None or s.addr > best.addr or
-                                   (s.addr == best.addr and s.kind == "func")):
-                if self._section_of(s.addr) is self._section_of(addr):
+            if s.size and s.addr <= addr < s.addr + s.size:
+                if best is None or s.addr > best.addr or (s.addr == best.addr and s.kind == "func"):
                     best = s
-        if best is None:
+        if best is not None:
+            off = addr - best.addr
+            return best.name if off == 0 else f"{best.name}+{off:#x}"
+        sec = self._section_of(addr)
+        if sec is None:
             return f"{addr:#x}"
-        off = addr - best.addr
-        return best.name if off == 0 else f"{best.name}+{off:#x}"
+        return f"{sec.name}+{addr - sec.addr:#x}"
 
     def _section_of(self, addr: int) -> Section | None:
         for s in self.sections:
@@ -192,7 +195,7 @@ def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int
             continue
         a = placed[shndx][1] + int(sym["st_value"])
         sym_addr.append(a)
-        if kind == "STT_SECTION" or not sym.name:
+        if kind == "STT_SECTION" or not sym.name or _internal(sym.name):
             continue
         k = {"STT_FUNC": "func", "STT_OBJECT": "object"}.get(kind, "notype")
         old = symbols.get(sym.name)
@@ -234,6 +237,11 @@ def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int
 
     sections = tuple(Section(n, a, bytes(b), x) for n, a, b, x in placed.values())
     return Image(name, sections, symbols, Extable(entries), encoding, stubs)
+
+
+def _internal(name: str) -> bool:
+    """Assembler-internal names kept by ``as -L``: numeric local labels and size helpers."""
+    return "\x01" in name or "\x02" in name or name.startswith(".L__sym_size_")
 
 
 def _addend(rel) -> int:  # type: ignore[no-untyped-def]

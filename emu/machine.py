@@ -22,6 +22,7 @@ image and reset between cases (``context_restore`` + buffer rewrite + PTE restor
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class FaultKind(str, Enum):
 #: CPU vector → fault kind (the one errno/vector table of the machine).
 VECTORS: dict[int, FaultKind] = {14: FaultKind.PF, 18: FaultKind.MC, 13: FaultKind.GP,
                                  6: FaultKind.UD}
+#: Exceptions QEMU tracks for double-fault promotion (#PF and the contributory ones).
+_CONTRIBUTORY = frozenset({FaultKind.PF, FaultKind.GP})
+_OLD_EXCEPTION_OFFSET: int | None = None
 TRAPNR: dict[FaultKind, int] = {FaultKind.PF: 14, FaultKind.MC: 18, FaultKind.GP: 13,
                                 FaultKind.UD: 6}
 
@@ -433,6 +437,36 @@ class Machine:
         for name, value in res.regs:
             self.uc.reg_write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
         self.uc.reg_write(X.UC_X86_REG_RIP, res.rip)
+        if event.kind in _CONTRIBUTORY:
+            self._end_exception(TRAPNR[event.kind])
+
+    def _end_exception(self, vector: int) -> None:
+        """Mark a redirected exception as delivered.
+
+        QEMU remembers the vector of an exception in flight (``env->old_exception``) and
+        clears it only when the exception is delivered through the IDT, which never happens
+        when ``UC_HOOK_INTR`` handles it.  Without this, the next #PF of the same run (a
+        handle_tail retry faulting again) would be promoted to a double fault (vector 8).
+        The field is located once per process by comparing a context saved inside the hook
+        with the initial context (-1 there, the vector here) and is reset through a
+        context save / patch / restore.
+        """
+        global _OLD_EXCEPTION_OFFSET
+        ctx = self.uc.context_save()
+        raw = bytes(ctx)
+        if _OLD_EXCEPTION_OFFSET is None:
+            init = bytes(self._ctx)
+            hits = [off for off in range(0, min(len(raw), len(init)) - 3, 4)
+                    if init[off:off + 4] == b"\xff\xff\xff\xff"
+                    and raw[off:off + 4] == struct.pack("<i", vector)]
+            if len(hits) != 1:
+                raise EmulationError("cannot locate QEMU's old_exception field in the Unicorn "
+                                     f"context ({len(hits)} candidates); unicorn version?")
+            _OLD_EXCEPTION_OFFSET = hits[0]
+        base = ctypes.cast(ctx.context, ctypes.c_void_p).value
+        assert base is not None
+        ctypes.memmove(base + _OLD_EXCEPTION_OFFSET, b"\xff\xff\xff\xff", 4)
+        self.uc.context_restore(ctx)
 
     def _on_intr(self, uc: Uc, intno: int, _ud: object) -> None:
         run = self._run

@@ -80,3 +80,23 @@ def diff_table(rows: Sequence[tuple[str, str, Outcome]], title: str, stream: IO[
                   _offsets(o, "mc"), _offsets(o, "pf"), "yes" if o.retouched else "no",
                   o.state.value)
     c.print(t)
+
+
+def sweep_summary(summary: dict[str, Any], stream: IO[str]) -> None:
+    """``emu sweep``: per variant, outcome classes and violation classes, each with one
+    minimal reproducer.  Violations a copy_from_user() caller does not notice (it zero-pads
+    the tail) are marked as such, not hidden.  Plain lines, so commands are never wrapped."""
+    w = stream.write
+    pending = summary.get("pending", 0)
+    w(f"sweep: {summary['cases']} cases over {len(summary['variants'])} variant(s)"
+      + (f", {pending} pending (continue with --resume)" if pending else "") + "\n")
+    for v in summary["variants"].values():
+        w(f"\n{v['label']}: {v['cases']} cases, {v['runs']} distinct runs\n")
+        for name, slot in v["classes"].items():
+            w(f"  {name:<24} {slot['count']:>7}  {slot.get('example', '-')}\n")
+            if name == "tool_error" and slot.get("message"):
+                w(f"  {'':<24} {'':>7}  ({slot['message']})\n")
+        for name, slot in v["violations"].items():
+            who = "benign for copy_from_user" if slot["benign_for_copy_from_user"] else \
+                "not benign"
+            w(f"  ! {name:<22} {slot['count']:>7}  [{who}]  {slot.get('example', '-')}\n")
