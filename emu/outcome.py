@@ -123,12 +123,10 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     lo = L.PAGE + bufs.dst_align
     dst = raw.dst_window[lo:lo + n]
     fill = raw.dst_initial[lo:lo + n]
-    copied = 0
-    while copied < n and dst[copied] == src[copied]:
-        copied += 1
-    beyond = sum(1 for i in range(copied, n) if dst[i] != fill[i])
-    outside = sum(1 for a, b in zip(raw.dst_window[:lo] + raw.dst_window[lo + n:],
-                                    raw.dst_initial[:lo] + raw.dst_initial[lo + n:]) if a != b)
+    copied = common_prefix(dst, src)
+    beyond = differing(dst[copied:], fill[copied:])
+    outside = (differing(raw.dst_window[:lo], raw.dst_initial[:lo])
+               + differing(raw.dst_window[lo + n:], raw.dst_initial[lo + n:]))
     regs = dict(raw.regs)
     ret: int | None = None
     if raw.state is State.RETURNED:
@@ -142,6 +140,34 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
                    tuple(violations), raw.message, raw.ac_at_return, raw.insns)
 
 
+def common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix of two byte strings (binary search on C-speed compares)."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi:                       # invariant: a[:lo] == b[:lo], a[:hi+1] != b[:hi+1]
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def diff_span(a: bytes, b: bytes) -> tuple[int, int]:
+    """[first, last+1) of the positions where two equally long byte strings differ."""
+    first = common_prefix(a, b)
+    if first == len(a):
+        return first, first
+    return first, len(a) - common_prefix(a[::-1], b[::-1])
+
+
+def differing(a: bytes, b: bytes) -> int:
+    """Number of positions where two equally long byte strings differ."""
+    lo, hi = diff_span(a, b)
+    return sum(x != y for x, y in zip(a[lo:hi], b[lo:hi]))
+
+
 def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, outside: int,
            faults: tuple[FaultRecord, ...]) -> list[str]:
     out: list[str] = []
@@ -153,7 +179,8 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
             out.append("zero_with_missing")
         elif copied < reported:
             out.append("bytes_mismatch")
-        past = [i for i in range(reported, n) if dst[i] != fill[i]]
+        lo, hi = diff_span(dst[reported:], fill[reported:])
+        past = [i for i in range(reported + lo, reported + hi) if dst[i] != fill[i]]
         if past:
             if all(dst[i] == src[i] for i in past):
                 out.append("modified_past_reported")
