@@ -115,10 +115,13 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--routine", action="append", default=[],
                    help="routine (repeatable; 'all' = every routine of the era; "
                    "default: the CPU's choice)")
-    p.add_argument("--len", dest="length", default="4096",
-                   help="lengths: a list like 64,100..200/4 (default 4096)")
-    p.add_argument("--src-align", default="0", help="source alignments (a list)")
-    p.add_argument("--dst-align", default="0", help="destination alignments (a list)")
+    p.add_argument("--len", dest="length", default=None,
+                   help="lengths: a list like 64,100..200/4 (sweep default 4096; fuzz "
+                   "default: any up to --max-len)")
+    p.add_argument("--src-align", default=None,
+                   help="source alignments, a list (sweep default 0; fuzz default: any)")
+    p.add_argument("--dst-align", default=None,
+                   help="destination alignments, a list (sweep default 0; fuzz default: any)")
     p.add_argument("--poison", default=None,
                    help="only these fault offsets (a list; default: every offset)")
     p.add_argument("--faults", default="mc",
@@ -214,8 +217,8 @@ def _grid(a: argparse.Namespace, step: int = 1) -> Grid:
     return Grid(variants=tuple(parse_variant(v, a.era) for v in (a.variants or list(ERAS))),
                 routines=tuple(a.routine), cpus=tuple(dict.fromkeys(cpus)),
                 directions=("from", "to") if a.direction == "both" else (a.direction,),
-                lengths=parse_ints(a.length), src_aligns=parse_ints(a.src_align),
-                dst_aligns=parse_ints(a.dst_align), kinds=tuple(kinds), step=step,
+                lengths=parse_ints(a.length or "4096"), src_aligns=parse_ints(a.src_align or "0"),
+                dst_aligns=parse_ints(a.dst_align or "0"), kinds=tuple(kinds), step=step,
                 offsets=parse_ints(a.poison) if a.poison else ())
 
 
@@ -254,7 +257,8 @@ def cmd_fuzz(a: argparse.Namespace, out: IO[str]) -> int:
     from . import fuzz
     grid = _grid(a)
     found = fuzz.search(grid, want=fuzz.parse_want(a.want), max_len=a.max_len,
-                        examples=a.examples, seed=a.seed)
+                        examples=a.examples, seed=a.seed, fixed_len=a.length is not None,
+                        fixed_align=a.src_align is not None or a.dst_align is not None)
     path = fuzz.save(found, a.save) if found is not None and a.save else None
     if a.json:
         out.write(report.dumps(fuzz.to_json(found, path)))

@@ -100,3 +100,23 @@ def sweep_summary(summary: dict[str, Any], stream: IO[str]) -> None:
             who = "benign for copy_from_user" if slot["benign_for_copy_from_user"] else \
                 "not benign"
             w(f"  ! {name:<22} {slot['count']:>7}  [{who}]  {slot.get('example', '-')}\n")
+
+
+def fuzz_result(res: dict[str, Any], stream: IO[str]) -> None:
+    """``emu fuzz``: the shrunk failing case as an ``emu run`` command, or "nothing found"."""
+    w = stream.write
+    if not res["found"]:
+        w("fuzz: no failure of the wanted classes found\n")
+        return
+    r = res["record"]
+    w(f"fuzz: found {', '.join(res['failures'])} (seed {res['seed']}, {res['tried']} cases "
+      "tried incl. shrinking); shrunk case:\n")
+    w(f"  {res['command']}\n")
+    ret = "-" if r["return_value"] is None else r["return_value"]
+    w(f"  state {r['state']}, returned {ret}, copied {r['bytes_copied']} of "
+      f"{res['case']['length']}, class {r['class']}, violations "
+      f"{', '.join(r['violations']) or '-'}\n")
+    if r.get("message"):
+        w(f"  {r['message']}\n")
+    if res.get("saved"):
+        w(f"  saved: {res['saved']}\n")

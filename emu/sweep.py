@@ -5,9 +5,8 @@ alignments × fault kinds × fault offsets.  Each case is one ``Target.run`` and
 ``outcome.build`` — the contract of include/linux/uaccess.h plus the #MC invariants
 (kernel-facts.md §1, §3).  The sweep adds an *outcome class* on top of the violation names:
 
-* ``exact``  — returned, no violation, and the return value is exactly len − bytes copied;
-* ``short``  — returned, no violation, but fewer bytes reported than were copied (legal:
-  "you don't have to squeeze as much as possible", §1 rule 4);
+* ``ok``     — returned, no violation.  (Then the return value is exactly len − bytes copied:
+  a smaller count would leave copied bytes past the report, ``modified_past_reported``.)
 * ``benign`` — returned with violations that a copy_from_user() caller does not notice,
   because it zero-pads [len − ret, len) (``BENIGN_FOR_COPY_FROM_USER``, §1 rule 5);
 * ``violation`` — any other violation;
@@ -51,7 +50,7 @@ from .machine import Buffers, State
 from .outcome import BENIGN_FOR_COPY_FROM_USER, VIOLATIONS, Outcome
 
 #: Outcome classes, from best to worst (the heatmap colours follow this order).
-CLASSES: tuple[str, ...] = ("exact", "short", "benign", "violation", "smap_violation",
+CLASSES: tuple[str, ...] = ("ok", "benign", "violation", "smap_violation",
                             "oops", "hang", "panic", "tool_error")
 FAULT_KINDS: dict[str, str] = {
     "mc": "one #MC: the source line holding the offset is poisoned",
@@ -281,8 +280,7 @@ def classify(o: Outcome, direction: str) -> str:
     if o.violations:
         benign = direction == "from" and set(o.violations) <= BENIGN_FOR_COPY_FROM_USER
         return "benign" if benign else "violation"
-    assert o.return_value is not None
-    return "exact" if o.return_value == o.length - o.bytes_copied else "short"
+    return "ok"
 
 
 def record(case: Case, o: Outcome) -> dict[str, Any]:
@@ -375,9 +373,12 @@ def _worker_main(conn: Connection) -> None:
             return
         if batch is None:
             return
-        for d in batch:
-            conn.send(runner.run(Case.from_json(d)))
-        conn.send(None)
+        try:
+            for d in batch:
+                conn.send(runner.run(Case.from_json(d)))
+            conn.send(None)
+        except (BrokenPipeError, OSError):  # the parent is gone: stop quietly
+            return
 
 
 @dataclass

@@ -1,0 +1,220 @@
+"""``emu sweep``: summary, reproducers, results file, resume, worker crashes, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emu.sweep import Grid, parse_variant
+
+from sweep_helpers import ROOT, emu, emu_proc, read_results
+
+SMALL = ["C", "D", "E", "F", "--len", "200", "--src-align", "0x7e0", "--step", "4"]
+
+
+def grid_ids(*variants: str, n: int = 200, align: int = 0x7E0, step: int = 4) -> set[str]:
+    g = Grid(variants=tuple(parse_variant(v, None) for v in variants), lengths=(n,),
+             src_aligns=(align,), step=step)
+    return {c.id for c in g.cases()}
+
+
+def test_summary_counts_match_records(results: Path) -> None:
+    rc, out = emu("sweep", *SMALL, "--results", str(results), "--json", "--jobs", "2")
+    assert rc == 0
+    s = json.loads(out)
+    recs = read_results(results)
+    assert len(recs) == s["cases"] == len(grid_ids("C", "D", "E", "F")) == 4 * 50
+    assert {r["id"] for r in recs} == grid_ids("C", "D", "E", "F")
+    for spec, v in s["variants"].items():
+        mine = [r for r in recs if r["case"]["variant"] == spec]
+        assert v["cases"] == len(mine)
+        assert sum(c["count"] for c in v["classes"].values()) == len(mine)
+        for name, slot in v["violations"].items():
+            assert slot["count"] == sum(name in r["violations"] for r in mine)
+            assert slot["benign_for_copy_from_user"] == (name in ("modified_past_reported",
+                                                                  "garbage_past_reported"))
+    # an "ok" case returns exactly len - bytes copied; other classes carry their reason
+    for r in recs:
+        if r["class"] == "ok":
+            assert r["error"] == 0 and not r["violations"]
+        elif r["class"] in ("benign", "violation"):
+            assert r["violations"]
+    # the eras differ as kernel-facts §3 says: C returns 0 after #MC, D retries the tail
+    assert set(s["variants"]["C"]["violations"]) == {"zero_with_missing"}
+    assert "poison_consumed_twice" in s["variants"]["D"]["violations"]
+    assert "zero_with_missing" not in s["variants"]["E"]["violations"]
+
+
+def test_printed_reproducers_reproduce() -> None:
+    rc, out = emu("sweep", *SMALL, "--json", "--jobs", "1")
+    assert rc == 0
+    s = json.loads(out)
+    checked = 0
+    for v in s["variants"].values():
+        for group in ("classes", "violations"):
+            for name, slot in v[group].items():
+                argv = shlex.split(slot["example"])
+                assert argv[:2] == ["emu", "run"]
+                rc, js = emu(*argv[1:], "--json")
+                assert rc == 0
+                o = json.loads(js)
+                if group == "violations":
+                    assert name in o["violations"], slot["example"]
+                elif name in ("ok",):
+                    assert o["violations"] == [] and o["state"] == "returned"
+                elif name in ("benign", "violation"):
+                    assert o["violations"]
+                else:
+                    assert o["state"] == name
+                checked += 1
+    assert checked >= 8
+
+
+def test_text_summary_marks_benign_violations() -> None:
+    rc, out = emu("sweep", "E", "--len", "4096", "--src-align", "0x7e0", "--step", "line",
+                  "--jobs", "1")
+    assert rc == 0
+    assert "modified_past_reported" in out and "[benign for copy_from_user]" in out
+    assert "claimed_nothing" in out and "[not benign]" in out
+    assert "emu run E --len 4096 --src-align 0x7e0" in out
+
+
+def test_existing_results_file_is_not_overwritten(results: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    results.write_text("precious\n")
+    rc, _ = emu("sweep", "C", "--len", "8", "--results", str(results))
+    assert rc == 2
+    assert "exists" in capsys.readouterr().err
+    assert results.read_text() == "precious\n"
+    # and resuming into a file that is not a sweep file is refused too
+    rc, _ = emu("sweep", "C", "--len", "8", "--results", str(results), "--resume")
+    assert rc == 2
+    assert results.read_text() == "precious\n"
+
+
+def test_resume_after_case_limit(results: Path) -> None:
+    base = ["sweep", *SMALL, "--results", str(results), "--json", "--jobs", "2"]
+    rc, out = emu(*base, "--max-cases", "77")
+    assert rc == 0 and json.loads(out)["pending"] == 200 - 77
+    first = read_results(results)
+    assert len(first) == 77
+    rc, out = emu(*base, "--resume", "--max-cases", "50")
+    assert rc == 0 and json.loads(out)["pending"] == 200 - 127
+    rc, out = emu(*base, "--resume")
+    s = json.loads(out)
+    assert rc == 0 and s["pending"] == 0 and s["cases"] == 200
+    recs = read_results(results)
+    ids = [r["id"] for r in recs]
+    assert len(ids) == len(set(ids)) == 200          # zero duplicated
+    assert set(ids) == grid_ids("C", "D", "E", "F")   # zero lost
+    assert recs[:77] == first                         # nothing rewritten
+    # the resumed records equal a fresh uninterrupted sweep, case by case
+    fresh = results.with_name("fresh.jsonl")
+    rc, out = emu("sweep", *SMALL, "--json", "--jobs", "1", "--results", str(fresh))
+
+    def behaviour(rs):  # type: ignore[no-untyped-def]
+        return {r["id"]: {k: v for k, v in r.items() if k != "reused"} for r in rs}
+    assert behaviour(read_results(fresh)) == behaviour(recs)
+    for v, w in zip(json.loads(out)["variants"].values(), s["variants"].values()):
+        assert v["classes"] == w["classes"] and v["violations"] == w["violations"]
+    # resuming a finished sweep runs nothing and adds nothing
+    size = results.stat().st_size
+    rc, _ = emu(*base, "--resume")
+    assert rc == 0 and results.stat().st_size == size
+
+
+def test_resume_after_kill(results: Path, tmp_path: Path) -> None:
+    """Kill a running sweep (parent and workers keep going no further), then resume."""
+    argv = [sys.executable, "-m", "emu", "sweep", "C", "D", "E", "F", "--len", "4096",
+            "--src-align", "0x7e0", "--step", "line", "--faults", "mc,mc2",
+            "--results", str(results), "--jobs", "2", "--json"]
+    total = len(_ids_mc_mc2())
+    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            if results.exists() and results.read_bytes().count(b"\n") >= 40:
+                break
+            time.sleep(0.02)
+        assert p.poll() is None, "sweep finished before it could be interrupted"
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait()
+    # simulate the worst case: the kill tore the last line mid-write
+    with open(results, "ab") as fh:
+        fh.write(b'{"id": "C|torn')
+    done = len([ln for ln in results.read_bytes().split(b"\n")[:-1] if ln])
+    assert 40 <= done < total
+    r = emu_proc(*argv[3:], "--resume")
+    assert r.returncode == 0, r.stderr
+    recs = read_results(results)
+    ids = [x["id"] for x in recs]
+    assert len(ids) == len(set(ids)) == total
+    assert set(ids) == _ids_mc_mc2()
+    assert all(x["class"] != "tool_error" for x in recs)
+
+
+def _ids_mc_mc2() -> set[str]:
+    g = Grid(variants=tuple(parse_variant(v, None) for v in "CDEF"), lengths=(4096,),
+             src_aligns=(0x7E0,), step=64, kinds=("mc", "mc2"))
+    return {c.id for c in g.cases()}
+
+
+def test_worker_crash_is_recorded_and_the_sweep_goes_on(results: Path) -> None:
+    ids = sorted(grid_ids("C", "E"))
+    victim = next(i for i in ids if i.startswith("E|") and i.endswith("|mc|0x40"))
+    raiser = next(i for i in ids if i.startswith("C|") and i.endswith("|mc|0x80"))
+    r = emu_proc("sweep", "C", "E", "--len", "200", "--src-align", "0x7e0", "--step", "4",
+                 "--results", str(results), "--json", "--jobs", "2",
+                 env={"EMU_SWEEP_CRASH": victim, "EMU_SWEEP_RAISE": raiser})
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    recs = {x["id"]: x for x in read_results(results)}
+    assert set(recs) == set(ids)                      # every case recorded, once
+    assert recs[victim]["class"] == "tool_error"
+    assert "worker died" in recs[victim]["message"]
+    assert recs[raiser]["class"] == "tool_error"
+    assert "RuntimeError" in recs[raiser]["message"]
+    others = [x for i, x in recs.items() if i not in (victim, raiser)]
+    assert all(x["class"] != "tool_error" for x in others)
+    assert s["variants"]["E"]["classes"]["tool_error"]["count"] == 1
+    assert s["variants"]["C"]["classes"]["tool_error"]["count"] == 1
+    # the neighbours of the killed case (same line, maybe same batch) were run normally
+    same_line = [x for x in others if x["case"]["variant"] == "E"
+                 and 0x20 <= x["case"]["offset"] < 0x60]
+    assert same_line and all(x["class"] in ("ok", "benign", "violation") for x in same_line)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["sweep", "Q"], "neither an era"),
+    (["sweep", "C", "--len", "x"], "not a list of numbers"),
+    (["sweep", "C", "--faults", "mc,boom"], "unknown fault kind"),
+    (["sweep", "C", "--step", "half"], "--step"),
+    (["sweep", "C", "--cpu", "AVX512"], "unknown CPU feature"),
+    (["sweep", "C", "--len", "65536", "--src-align", "8"], "does not fit"),
+    (["sweep", "C", "--resume"], "--resume needs --results"),
+    (["sweep", "no/such/file.S", "--routine", "f"], "no such file"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, msg, capsys) -> None:  # type: ignore[no-untyped-def]
+    rc, out = emu(*argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and out == ""
+    assert msg in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_source_file_variant(tmp_path: Path) -> None:
+    """A .S variant is assembled in the workers with the --era rules it names."""
+    src = ROOT / "asm" / "era-C.S"
+    rc, out = emu("sweep", str(src), "--era", "C", "--routine", "copy_user_generic_unrolled",
+                  "--len", "128", "--step", "line", "--json", "--jobs", "1")
+    assert rc == 0
+    v = json.loads(out)["variants"][str(src)]
+    assert set(v["violations"]) == {"zero_with_missing"}
+    assert "--era C" in v["classes"]["violation"]["example"]
