@@ -22,7 +22,10 @@ demo: install
 	$(EMU) diff $(SEED) --cpu erms
 
 # pytest exits 5 when it collects nothing; make treats that as the failure it is.
+# scripts/linux-sources installs Debian's linux-source-6.1 / -6.12 (once) and extracts the
+# x86 user-copy files the tests/kernel suite reads, into a cache outside the repository.
 test: install
+	scripts/linux-sources
 	$(PY) -m pytest -q -m "not slow"
 
 golden: install

@@ -52,7 +52,8 @@ class AsmConfig:
 #: in the symbol table so reports can name them.
 _FLAGS = ["-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64", "-DCONFIG_64BIT", "-Wa,-L"]
 
-_GAS_LINE = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+): (?:Error|error|Fatal error): (?P<msg>.*)$")
+_GAS_LINE = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?:\d+:)? (?:Error|error|Fatal error|"
+                       r"fatal error): (?P<msg>.*)$")
 
 
 class GasAssembler:
@@ -111,7 +112,8 @@ class GasAssembler:
                 raise AssembleError(f"cannot run {self.gcc}: {e.strerror} "
                                     "(install it with: apt-get install gcc binutils)") from e
             if proc.returncode != 0:
-                raise AssembleError(_first_error(proc.stderr, src.name, name))
+                raise AssembleError(explain_error(_first_error(proc.stderr, src.name, name),
+                                                  source))
             data = obj.read_bytes()
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmpfile = cached.with_suffix(f".{os.getpid()}.tmp")
@@ -148,6 +150,44 @@ def _first_error(stderr: str, tmpname: str, name: str) -> str:
             return f"{where}:{m['line']}: {m['msg']}"
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     return f"{name}: " + (lines[-1].strip() if lines else "assembler failed")
+
+
+_NO_INSN = re.compile(r"^(?P<where>.*?:(?P<line>\d+)): no such instruction: `(?P<word>[^\s(']+)")
+_PAREN = re.compile(r"^(?P<where>.*?:(?P<line>\d+)): invalid character '\(' in mnemonic")
+_NO_HEADER = re.compile(r"^(?P<where>.*?:\d+): (?P<hdr>\S+\.h): No such file or directory")
+
+
+def explain_error(message: str, source: str) -> str:
+    """Turn gas/cpp wording into what went wrong in kernel terms.
+
+    gas reports an undefined kernel macro as an unknown, lower-cased instruction
+    ("no such instruction: `_asm_extable_foo(1b,2b)'"); the macro's real name is read back
+    from the source line.  A missing kernel header gets a hint where emu's headers live.
+    """
+    m = _NO_INSN.match(message)
+    if m:
+        word = m["word"]
+        lines = source.splitlines()
+        n = int(m["line"])
+        text = lines[n - 1] if 0 < n <= len(lines) else ""
+        hit = re.search(re.escape(word), text, re.I)
+        real = hit.group(0) if hit else word
+        if "(" in message or real != real.lower() or real.startswith("_"):
+            return (f"{m['where']}: unknown macro '{real}' (not defined by emu's kernel headers "
+                    f"in {INCLUDE_DIR}; add it to asm/emu_kernel.h)")
+    m = _PAREN.match(message)
+    if m:
+        lines = source.splitlines()
+        n = int(m["line"])
+        call = re.search(r"\b([A-Za-z_]\w*)\s*\(", lines[n - 1] if 0 < n <= len(lines) else "")
+        if call:
+            return (f"{m['where']}: unknown macro '{call.group(1)}' (not defined by emu's "
+                    f"kernel headers in {INCLUDE_DIR}; add it to asm/emu_kernel.h)")
+    m = _NO_HEADER.match(message)
+    if m:
+        return (f"{m['where']}: kernel header <{m['hdr']}> is not provided by emu "
+                f"({INCLUDE_DIR}: add a one-line file that includes <asm/emu_kernel.h>)")
+    return message
 
 
 ASSEMBLERS = {"gas": GasAssembler}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from . import report
+from . import inputs, report
 from .eras import ERAS, Era, Routine, cpu_name, parse_cpu
 from .errors import EmuError, UsageError
 from .machine import Buffers
@@ -63,16 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run one case and print its outcome")
-    r.add_argument("source", help="a .S file, or an era key (A-F) for a bundled source")
+    r.add_argument("source", nargs="?",
+                   help="a .S file, an era key (A-F) for a bundled source, debian:6.1 / "
+                   "debian:6.12 (Debian's linux-source), or with --tree a path in the tree")
     r.add_argument("--era", help="kernel era whose extable encoding and #MC rules apply to "
                    "a .S file (default: E)")
     r.add_argument("--instructions", action="store_true", help="count instructions")
     _case_args(r)
+    inputs.add_arguments(r)
 
     d = sub.add_parser("diff", help="run one scenario across variants and compare")
     d.add_argument("variants", nargs="*", help="era keys or .S files (default: every era)")
     d.add_argument("--era", help="era rules for .S variants (default: E)")
     _case_args(d)
+    inputs.add_arguments(d)
 
     sub.add_parser("eras", help="list the era catalog")
 
@@ -137,11 +141,20 @@ def _buffers(a: argparse.Namespace) -> Buffers:
                    dst_align=a.dst_align, poison=tuple(a.poison), unmapped=tuple(a.unmapped))
 
 
-def _variant(spec: str, era_key: str | None, cpu: frozenset[str],
-             count: bool = False) -> tuple[str, Target, Era | None]:
-    era = ERAS.get(spec.upper()) if not Path(spec).suffix else None
+def _variant(spec: str | None, era_key: str | None, cpu: frozenset[str], count: bool = False,
+             a: argparse.Namespace | None = None,
+             patches: list[str] | None = None) -> tuple[str, Target, Era | None]:
+    era = ERAS.get(spec.upper()) if spec and not Path(spec).suffix else None
+    if a is not None and (era is None or a.tree or (patches if patches is not None else a.patch)
+                          or a.assembler != "gas"):
+        if era is not None:   # a bundled source, patched or assembled by another backend
+            spec = era.path
+        label, kt = inputs.variant(spec, a, cpu, count, patches)
+        return label, kt, None
     if era is not None:
         return f"{era.key} {era.versions}", era_target(era, cpu, count_insns=count), era
+    if spec is None:
+        raise UsageError("name a source: a .S file or an era key")
     if not Path(spec).suffix and not Path(spec).exists():
         raise UsageError(f"'{spec}' is neither an era ({', '.join(ERAS)}) nor a .S file")
     rules = resolve_era(era_key) or ERAS["E"]
@@ -151,6 +164,8 @@ def _variant(spec: str, era_key: str | None, cpu: frozenset[str],
 
 
 def _routine(t: Target, era: Era | None, name: str | None, cpu: frozenset[str]) -> Routine:
+    if isinstance(t, inputs.KernelTarget):
+        return t.routine_for(name, cpu)
     if era is not None:
         return era.routine(name) if name else era.select_routine(cpu)
     if not name:
@@ -162,8 +177,15 @@ def _routine(t: Target, era: Era | None, name: str | None, cpu: frozenset[str]) 
 
 def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
     cpu = parse_cpu(a.cpu)
-    label, t, era = _variant(a.source, a.era, cpu, a.instructions)
+    label, t, era = _variant(a.source, a.era, cpu, a.instructions, a)
     routine = _routine(t, era, a.routine, cpu)
+    if inputs.is_get_user(routine.name):
+        g = inputs.run_get_user(t, routine.name, _buffers(a))
+        if a.json:
+            out.write(report.dumps({"variant": label, "cpu": cpu_name(cpu), **g.to_json()}))
+        else:
+            report.get_user_table(g, f"{label}: {routine.name}", out)
+        return 0
     o = t.run(routine, _buffers(a))
     if a.json:
         out.write(report.dumps({"variant": label, "routine": routine.name, "cpu": cpu_name(cpu),
@@ -177,8 +199,13 @@ def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
     cpu = parse_cpu(a.cpu)
     bufs = _buffers(a)
     rows = []
-    for spec in a.variants or list(ERAS):
-        label, t, era = _variant(spec, a.era, cpu)
+    specs = a.variants or ([] if a.tree else list(ERAS))
+    if not specs:
+        raise UsageError("diff --tree needs revisions to compare (e.g. v5.9 v5.17 v6.4)")
+    variants = [_variant(spec, a.era, cpu, a=a, patches=[]) for spec in specs]
+    if a.patch:   # the last variant once more, with the patch series applied
+        variants.append(_variant(specs[-1], a.era, cpu, a=a))
+    for label, t, era in variants:
         routine = _routine(t, era, a.routine, cpu)
         rows.append((label, routine.name, t.run(routine, bufs)))
     if a.json:

@@ -120,3 +120,22 @@ def fuzz_result(res: dict[str, Any], stream: IO[str]) -> None:
         w(f"  {r['message']}\n")
     if res.get("saved"):
         w(f"  saved: {res['saved']}\n")
+
+
+def get_user_table(g: Any, title: str, stream: IO[str]) -> None:
+    """One __get_user_N call (``inputs.GetUserResult``): error code, value, faults."""
+    c = console(stream)
+    t = Table(title=escape(title), show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("state", g.state.value)
+    t.add_row("eax", "-" if g.err is None else f"{g.err}" + (" (-EFAULT)" if g.err == -14 else ""))
+    t.add_row("rdx", "-" if g.value is None else f"{g.value:#x}")
+    t.add_row("user value", f"{g.expected:#x}")
+    t.add_row("verdict", g.verdict)
+    if g.message:
+        t.add_row("message", g.message)
+    for i, f in enumerate(g.faults, 1):
+        t.add_row(f"fault {i}", escape(f"{f.kind.upper()} at {f.where}, {f.handler or 'no entry'}"
+                                       f" -> {f.action} {f.fixup_where or ''}".rstrip()))
+    c.print(t)

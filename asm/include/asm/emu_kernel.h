@@ -48,6 +48,11 @@
 #define EMU_CPU_SMAP 1
 #endif
 
+/* The kernel configuration emu models: x86-64 with machine-check support (copy_mc_fragile). */
+#ifndef CONFIG_X86_MCE
+#define CONFIG_X86_MCE 1
+#endif
+
 /* ---- generic helpers ------------------------------------------------------------ */
 
 #define __stringify_1(x...)	#x
@@ -65,17 +70,21 @@
 #define _ASM_ALIGN	.balign 8
 #define __ASM_SEL(a, b)	b
 #define __ASM_FORM(x, ...)	x
-#define _ASM_AX		%rax
-#define _ASM_BX		%rbx
-#define _ASM_CX		%rcx
-#define _ASM_DX		%rdx
-#define _ASM_SP		%rsp
-#define _ASM_BP		%rbp
-#define _ASM_SI		%rsi
-#define _ASM_DI		%rdi
-#define _ASM_ARG1	%rdi
-#define _ASM_ARG2	%rsi
-#define _ASM_ARG3	%rdx
+/* In assembly the kernel's _ASM_<reg> names are bare register names: sources write %_ASM_AX. */
+#define _ASM_AX		rax
+#define _ASM_BX		rbx
+#define _ASM_CX		rcx
+#define _ASM_DX		rdx
+#define _ASM_SP		rsp
+#define _ASM_BP		rbp
+#define _ASM_SI		rsi
+#define _ASM_DI		rdi
+#define _ASM_ARG1	rdi
+#define _ASM_ARG2	rsi
+#define _ASM_ARG3	rdx
+#define _ASM_ARG4	rcx
+#define _ASM_ARG5	r8
+#define _ASM_ARG6	r9
 
 /* ---- symbols (linux/linkage.h) -------------------------------------------------- */
 
@@ -196,6 +205,12 @@
 #define X86_FEATURE_SMAP	(9*32+20)
 #define X86_FEATURE_FSRM	(18*32+ 4)
 #define X86_FEATURE_CLAC_STAC	X86_FEATURE_SMAP
+/* Features emu never selects (their ALTERNATIVE keeps the old instruction). */
+#define X86_FEATURE_LFENCE_RDTSC	(3*32+18)
+#define X86_FEATURE_LA57	(16*32+16)
+#define X86_FEATURE_XMM2	(0*32+26)
+#define X86_FEATURE_RETPOLINE	(7*32+12)
+#define X86_FEATURE_RETHUNK	(11*32+14)
 
 #define ALT_FLAGS_SHIFT		16
 #define ALT_FLAG_NOT		(1 << 0)
@@ -403,6 +418,36 @@
 
 #define EFAULT		14
 #define EIO		5
+
+/* ---- Kconfig tests (linux/kconfig.h) ---------------------------------------------- */
+
+/*
+ * IS_ENABLED(CONFIG_FOO) is 1 when the -D flags define CONFIG_FOO as 1, else 0; usable in
+ * #if and, because it expands to a plain number, in gas .if.  emu builds with
+ * CONFIG_X86_64 and CONFIG_64BIT only.
+ */
+#define EMU_KCONFIG_ON_1		0,
+#define EMU_KCONFIG_SECOND(a, b, ...)	b
+#define EMU_KCONFIG_PICK(junk)		EMU_KCONFIG_SECOND(junk 1, 0)
+#define EMU_KCONFIG_TEST(v)		EMU_KCONFIG_PICK(EMU_KCONFIG_ON_##v)
+#define IS_ENABLED(option)		EMU_KCONFIG_TEST(option)
+#define IS_BUILTIN(option)		EMU_KCONFIG_TEST(option)
+#define IS_REACHABLE(option)		EMU_KCONFIG_TEST(option)
+
+/* ---- boot-time constants (asm/runtime-const.h, v6.12+) ------------------------------ */
+
+/*
+ * The kernel assembles a placeholder 64-bit immediate and patches the real value in at
+ * boot.  emu assembles the value directly.  USER_PTR_MAX is taken as TASK_SIZE_MAX - 1
+ * (the 4-level-paging value without LAM; UNVERIFIED against every release).
+ */
+.macro RUNTIME_CONST_PTR sym:req, reg:req
+	.ifc \sym, USER_PTR_MAX
+	movabsq $(TASK_SIZE_MAX - 1), %\reg
+	.else
+	.error "emu: RUNTIME_CONST_PTR: no value known for \sym"
+	.endif
+.endm
 
 /* CONFIG_COPY_MC_TEST / CONFIG_MCSAFE_TEST hooks (5.9-5.10): compiled out. */
 #define COPY_MC_TEST_CTL

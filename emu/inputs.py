@@ -1,0 +1,203 @@
+"""Kernel inputs for the CLI: a source, tree revision, patch, object or vmlinux → a ``Target``.
+
+Glue between ``sources`` (text), ``detect`` (which era's rules), the assembler backends and
+``target.Target``.  A ``KernelTarget`` remembers its ``Detection`` so the CLI can pick the
+routine the kernel would have called, among those the file really defines (a real v6.4+
+copy_user_64.S has rep_movs_alternative only; its caller is inlined C).
+
+get_user helpers (getuser.S) take their argument in rax and return the value in rdx and
+0 / -EFAULT in eax (kernel-facts §4b), so they have their own small runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import outcome
+from .detect import GET_USER_SIZES, Detection, detect
+from .eras import ERAS, Routine
+from .errors import UsageError
+from .machine import Buffers, Call, State
+from .outcome import Fault
+from .sources import COPY_USER, DEBIAN_VERSIONS, Source, apply_patches, debian_file, read_file, \
+    read_rev
+from .target import Settings, Target
+
+EFAULT = 14
+
+
+class KernelTarget(Target):
+    """A ``Target`` built from a kernel input, with the era detection that configured it."""
+
+    def __init__(self, src: Source, detection: Detection, cpu: frozenset[str],
+                 assembler: str = "gas", count_insns: bool = False) -> None:
+        super().__init__(src.text, src.name, Settings.of(detection.era), cpu, assembler,
+                         count_insns)
+        self.source = src
+        self.detection = detection
+
+    def routine_for(self, name: str | None, cpu: frozenset[str]) -> Routine:
+        """The routine ``--routine`` names, else the one the kernel would call on ``cpu``."""
+        det = self.detection
+        if name:
+            self.image.symbol(name)
+            for r in det.routines:
+                if r.name == name:
+                    return r
+            if name in GET_USER_SIZES:
+                return Routine(name, len_reg="rax", ret_reg="eax")
+            return Routine(name)
+        if not det.routines and not det.get_user:
+            funcs = ", ".join(s.name for s in self.image.functions())
+            raise UsageError(f"{self.name}: --routine is required for a source file "
+                             f"(functions: {funcs})")
+        if det.get_user and not det.routines:
+            return Routine(det.get_user[0], len_reg="rax", ret_reg="eax")
+        return det.select_routine(cpu)
+
+
+_CACHE: dict[tuple[str, str, frozenset[str], str, bool], KernelTarget] = {}
+
+
+def kernel_target(src: Source, cpu: frozenset[str], *, era: str | None = None,
+                  assembler: str = "gas", count_insns: bool = False) -> KernelTarget:
+    """Detect the era of ``src`` (or use ``era``) and build its target, cached."""
+    det = detect(src.text, name=src.name, forced=era)
+    key = (hashlib.sha256(src.text.encode()).hexdigest(), det.era.key, cpu, assembler,
+           count_insns)
+    t = _CACHE.get(key)
+    if t is None or t.name != src.name:
+        t = _CACHE[key] = KernelTarget(src, det, cpu, assembler, count_insns)
+    return t
+
+
+# ---- command line ------------------------------------------------------------------------
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The kernel-input options shared by ``run`` and ``diff``."""
+    p.add_argument("--tree", metavar="DIR",
+                   help="a kernel git tree; files are read with git show REV:PATH (for diff, "
+                        "the variants are revisions)")
+    p.add_argument("--rev", metavar="REV", help="revision to read from --tree (run; default HEAD)")
+    p.add_argument("--file", metavar="PATH", default=None,
+                   help=f"file inside the tree (default {COPY_USER})")
+    p.add_argument("--patch", metavar="FILE", action="append", default=[],
+                   help="apply an mbox (like git am) or a plain diff (like git apply) first; "
+                        "repeat for a series, applied in order.  For diff, adds the last "
+                        "variant with the patches applied as one more variant")
+    p.add_argument("--assembler", default="gas", help="assembler backend: gas (default) "
+                   "or keystone")
+
+
+def uses_inputs(a: argparse.Namespace) -> bool:
+    return bool(getattr(a, "tree", None) or getattr(a, "patch", None))
+
+
+def source_for(spec: str | None, a: argparse.Namespace) -> Source:
+    """The source a variant spec names: a tree revision, ``debian:6.1``, or a file."""
+    tree = getattr(a, "tree", None)
+    path = getattr(a, "file", None) or COPY_USER
+    if tree:
+        if a.cmd == "run":
+            return read_rev(tree, getattr(a, "rev", None) or "HEAD", spec or path)
+        if spec is None:
+            raise UsageError("diff --tree needs revisions to compare (e.g. v5.9 v5.17 v6.4)")
+        return read_rev(tree, spec, path)
+    if getattr(a, "rev", None):
+        raise UsageError("--rev needs --tree DIR")
+    if spec is None:
+        raise UsageError(f"{a.cmd}: name a source (.S file, era key, or debian:VERSION)")
+    if spec.startswith("debian:"):
+        version = spec.split(":", 1)[1]
+        if version not in DEBIAN_VERSIONS:
+            raise UsageError(f"'{spec}': known Debian sources are "
+                             f"{', '.join('debian:' + v for v in DEBIAN_VERSIONS)}")
+        p = debian_file(version, getattr(a, "file", None) or COPY_USER)
+        s = read_file(str(p))
+        return Source(s.text, f"debian-{version}:{p.name}", str(p))
+    if not Path(spec).suffix and not Path(spec).exists():
+        raise UsageError(f"'{spec}' is neither an era ({', '.join(ERAS)}) nor a .S file")
+    return read_file(spec)
+
+
+def variant(spec: str | None, a: argparse.Namespace, cpu: frozenset[str], count: bool = False,
+            patches: list[str] | None = None) -> tuple[str, KernelTarget]:
+    """A labelled target for one variant spec (patches: those of ``--patch`` by default)."""
+    src = source_for(spec, a)
+    src = apply_patches(src, a.patch if patches is None else patches)
+    t = kernel_target(src, cpu, era=getattr(a, "era", None),
+                      assembler=getattr(a, "assembler", "gas"), count_insns=count)
+    return f"{src.name} ({t.detection.era.key})", t
+
+
+# ---- get_user ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class GetUserResult:
+    """One call of a __get_user_N helper.
+
+    ``err`` is eax as a signed int (0 or -EFAULT), ``value`` rdx masked to the access size,
+    ``expected`` the user bytes at the address.  ``ok`` holds when the helper either read the
+    right value and returned 0, or returned -EFAULT with rdx cleared.
+    """
+
+    name: str
+    state: State
+    err: int | None
+    value: int | None
+    expected: int
+    faults: tuple[Fault, ...]
+    message: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.state is not State.RETURNED:
+            return self.state.value
+        if self.err == 0:
+            return "ok" if self.value == self.expected else "wrong_value"
+        if self.err == -EFAULT:
+            return "ok" if self.value == 0 else "efault_with_value"
+        return "bad_error_code"
+
+    def to_json(self) -> dict[str, object]:
+        return {"routine": self.name, "state": self.state.value, "err": self.err,
+                "value": None if self.value is None else hex(self.value),
+                "expected": hex(self.expected), "verdict": self.verdict,
+                "message": self.message, "faults": [f.to_json() for f in self.faults]}
+
+
+def is_get_user(name: str) -> bool:
+    return name in GET_USER_SIZES
+
+
+def run_get_user(t: Target, name: str, bufs: Buffers) -> GetUserResult:
+    """Call ``name`` with rax = the user source address of ``bufs`` (direction "from")."""
+    if bufs.direction != "from":
+        raise UsageError(f"{name} reads user memory: --direction must be 'from'")
+    size = GET_USER_SIZES[name]
+    if bufs.length < size:
+        raise UsageError(f"{name} reads {size} bytes: --len must be at least {size}")
+    entry = t.image.symbol(name).addr
+    raw = t.machine.run(Call(entry, (("rax", bufs.src),)), bufs, t.kernel)
+    o = outcome.build(raw, bufs, "eax", t.image.symbolize)
+    regs = dict(raw.regs)
+    src = raw.src_window[bufs.src_align:bufs.src_align + size]
+    err = value = None
+    if raw.state is State.RETURNED:
+        e = regs["rax"] & 0xFFFFFFFFFFFFFFFF
+        err = e - (1 << 64) if e >> 63 else e
+        value = regs["rdx"] & ((1 << (8 * size)) - 1)
+    return GetUserResult(name, raw.state, err, value, int.from_bytes(src, "little"),
+                         o.faults, raw.message)
+
+
+def debian_era(version: str) -> str:
+    """The era a Debian linux-source version belongs to (6.1 → E, 6.12 → F)."""
+    return ERAS[DEBIAN_VERSIONS[version]].key
+
+
+def label_path(path: str) -> str:
+    return Path(path).name
