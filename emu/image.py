@@ -71,6 +71,7 @@ class Image:
     extable: Extable = field(repr=False)
     encoding: Encoding
     stubs: dict[str, int] = field(default_factory=dict, repr=False)
+    _names: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
     def symbol(self, name: str) -> Symbol:
         """Look up a symbol by name.
@@ -92,6 +93,12 @@ class Image:
     def symbolize(self, addr: int) -> str:
         """``name+0xoff`` for an address: the innermost sized symbol (function or SYM_CODE
         block, local ``.L`` ones included) that contains it, else ``section+0xoff``."""
+        name = self._names.get(addr)
+        if name is None:
+            name = self._names[addr] = self._symbolize(addr)
+        return name
+
+    def _symbolize(self, addr: int) -> str:
         for name, stub in self.stubs.items():
             if stub == addr:
                 return name

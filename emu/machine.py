@@ -202,7 +202,8 @@ class RawRun:
 
 # ---- memory contents --------------------------------------------------------------------
 
-WINDOW_SPAN = (L.WINDOW_PAGES + 2) * L.PAGE  # guard + data + guard
+WINDOW_PAGES = L.WINDOW_PAGES + 2  # guard + data + guard
+WINDOW_SPAN = WINDOW_PAGES * L.PAGE
 DST_FILL = 0xFF
 
 
@@ -213,6 +214,8 @@ def source_pattern(size: int) -> bytes:
 
 _SRC_WINDOW_BYTES = source_pattern(WINDOW_SPAN)
 _DST_WINDOW_BYTES = bytes([DST_FILL]) * WINDOW_SPAN
+_SENTINEL_BYTES = struct.pack("<Q", L.SENTINEL)
+_SRC_DATA = _SRC_WINDOW_BYTES[L.PAGE:L.PAGE + L.MAX_SPAN]
 
 # ---- the machine --------------------------------------------------------------------------
 
@@ -223,7 +226,7 @@ RESULT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp
                "eflags")
 EFLAGS_AC = 1 << 18
 PHYS_SIZE = 8 << 20
-PTE_P, PTE_W, PTE_U = 1, 2, 4
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 MAX_FAULTS = 256
 DEFAULT_BUDGET = 5_000_000
 
@@ -252,7 +255,16 @@ class Machine:
         self._pages: dict[int, tuple[int, int, int]] = {}  # va page → (pa, pte address, flags)
         self._build()
         self._ctx = self.uc.context_save()
-        self._dirty_ptes: list[int] = []
+        self._fast = _FastRegs(self.uc)
+        self._layout: str | None = None
+        self._pte_cache: dict[frozenset[int], list[bytes]] = {}
+        self._dirty: list[tuple[int, int]] = []
+        # PTE arrays of the two windows (each window's pages share one page table).
+        self._window_ptes = [(L.USER_WINDOW - L.PAGE, self._pages[L.USER_WINDOW - L.PAGE][1]),
+                             (L.KERNEL_WINDOW - L.PAGE, self._pages[L.KERNEL_WINDOW - L.PAGE][1])]
+        for base, ptes in self._window_ptes:
+            last = self._pages[base + (WINDOW_PAGES - 1) * L.PAGE][1]
+            assert last == ptes + 8 * (WINDOW_PAGES - 1), "window PTEs must be contiguous"
         self._poison_hooks: list[int] = []
         self._poison_key: tuple[int, ...] = ()
         self._hook_lines: dict[int, int] = {}
@@ -340,28 +352,24 @@ class Machine:
         """
         uc = self.uc
         uc.context_restore(self._ctx)
-        # 1. Buffers: source pattern in the source window, 0xFF fill in the destination window.
-        src_pa = self._user_pa if bufs.direction == "from" else self._kern_pa
-        dst_pa = self._kern_pa if bufs.direction == "from" else self._user_pa
-        uc.mem_write(src_pa, _SRC_WINDOW_BYTES)
-        uc.mem_write(dst_pa, _DST_WINDOW_BYTES)
-        # 2. Non-present user pages (restore the previous case's first).
-        flush = bool(self._dirty_ptes)
-        for va in self._dirty_ptes:
-            pa, pte, flags = self._pages[va]
-            uc.mem_write(pte, struct.pack("<Q", pa | flags | PTE_P))
-        self._dirty_ptes = []
-        absent = set()
-        for off in bufs.unmapped:
-            va = (bufs.user + off) & ~0xFFF
-            pa, pte, flags = self._pages[va]
-            uc.mem_write(pte, struct.pack("<Q", pa | flags))
-            self._dirty_ptes.append(va)
-            absent.add(va)
-            flush = True
-        if flush:
-            uc.reg_write(X.UC_X86_REG_CR3, self._pml4)   # a CR3 write flushes the TLB
-        # 3. Poisoned lines: one read hook per line (physical range line-7 .. line+63).
+        # 1. Buffer windows: source pattern in the source window, 0xFF in the destination
+        #    window.  They are rewritten only when the direction changes; pages a run
+        #    dirtied are restored after it (step 8).
+        if bufs.direction != self._layout:
+            src_pa, dst_pa = self._window_pa(bufs.direction)
+            uc.mem_write(src_pa, _SRC_WINDOW_BYTES)
+            uc.mem_write(dst_pa, _DST_WINDOW_BYTES)
+            self._layout = bufs.direction
+        # 2. Page tables of both windows: present bits for this case, accessed/dirty bits
+        #    cleared; the CR3 write flushes the TLB so the CPU sets them again.
+        absent = frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
+        for ptes, table in zip(self._window_ptes, self._pte_tables(absent)):
+            uc.mem_write(ptes[1], table)
+        self._fast.write(X.UC_X86_REG_CR3, self._pml4)
+        # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical).
+        #    Blocks translated while no read hook existed never call hooks, so the TB cache
+        #    is flushed when hooks appear; blocks translated with hooks look the hook list up
+        #    at run time, so changing the lines needs no flush (unicorn-notes §3).
         line_va = {self.pa(va): va for va in {(bufs.src + off) & ~(L.LINE - 1)
                                              for off in bufs.poison}}
         lines = tuple(sorted(line_va))
@@ -370,28 +378,33 @@ class Machine:
                 uc.hook_del(h)
             self._poison_hooks = [uc.hook_add(UC_HOOK_MEM_READ, self._on_read, line,
                                               line - 7, line + L.LINE - 1) for line in lines]
+            if bool(lines) != bool(self._poison_key):
+                uc.ctl_flush_tb()
             self._poison_key = lines
-            uc.ctl_flush_tb()  # hooks are not retroactive on translated blocks
         self._hook_lines = line_va
         # 4. Registers and the return address.
+        fast = self._fast
         rsp = L.STACK_TOP - 8
-        uc.mem_write(self.pa(rsp), struct.pack("<Q", L.SENTINEL))
-        uc.reg_write(X.UC_X86_REG_RSP, rsp)
+        uc.mem_write(self.pa(rsp), _SENTINEL_BYTES)
+        fast.write(X.UC_X86_REG_RSP, rsp)
         for name, value in call.regs:
-            uc.reg_write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
-        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2 | (EFLAGS_AC if call.stac else 0))
+            fast.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
+        fast.write(X.UC_X86_REG_EFLAGS, 0x2 | (EFLAGS_AC if call.stac else 0))
         self._run = _RunState(handler, absent)
         self._insns = 0
         # 5. Run.
         try:
             uc.emu_start(call.entry, L.SENTINEL, count=budget)
         except UcError as e:
-            rip = uc.reg_read(X.UC_X86_REG_RIP)
+            self._run = None
+            self._restore_windows()
+            rip = fast.read(X.UC_X86_REG_RIP)
             raise EmulationError(f"unicorn stopped at {self.image.symbolize(rip)}: {e}",
                                  pc=rip, errno=e.errno) from e
         run, self._run = self._run, None
         assert run is not None
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        # 6. How it ended.
+        rip = fast.read(X.UC_X86_REG_RIP)
         if run.halt is not None:
             state, message = run.halt.state, run.halt.message
         elif rip == L.SENTINEL:
@@ -400,24 +413,81 @@ class Machine:
             state = State.HANG
             message = (f"no return after {budget} instructions; stopped at "
                        f"{self.image.symbolize(rip)}")
-        regs = tuple((n, uc.reg_read(REGS[n])) for n in RESULT_REGS)
-        eflags = uc.reg_read(X.UC_X86_REG_EFLAGS)
+        regs = tuple((n, fast.read(REGS[n])) for n in RESULT_REGS)
+        eflags = dict(regs)["eflags"]
+        # 7. What was written: only pages the CPU marked dirty are read back.
+        src_window, dst_window = self._read_windows(bufs.direction)
+        # 8. Put dirtied pages back for the next case.
+        self._restore_windows()
         return RawRun(
             state=state, message=message, regs=regs, faults=tuple(run.faults),
-            src_window=bytes(uc.mem_read(src_pa + L.PAGE, L.MAX_SPAN)),
-            dst_window=bytes(uc.mem_read(dst_pa, WINDOW_SPAN)),
-            dst_initial=_DST_WINDOW_BYTES,
+            src_window=src_window, dst_window=dst_window, dst_initial=_DST_WINDOW_BYTES,
             ac_at_return=bool(eflags & EFLAGS_AC),
             insns=self._insns if self.count_insns else None,
         )
 
+    def _pte_tables(self, absent: frozenset[int]) -> list[bytes]:
+        """PTE arrays of both windows with accessed/dirty clear and ``absent`` pages not present."""
+        cached = self._pte_cache.get(absent)
+        if cached is None:
+            cached = [b"".join(struct.pack("<Q", self._pages[base + i * L.PAGE][0]
+                                           | self._pages[base][2]
+                                           | (0 if base + i * L.PAGE in absent else PTE_P))
+                               for i in range(WINDOW_PAGES))
+                      for base, _ in self._window_ptes]
+            if len(self._pte_cache) > 256:
+                self._pte_cache.clear()
+            self._pte_cache[absent] = cached
+        return cached
+
+    def _window_pa(self, direction: str) -> tuple[int, int]:
+        """Physical bases (guard page included) of the (source, destination) windows."""
+        return ((self._user_pa, self._kern_pa) if direction == "from"
+                else (self._kern_pa, self._user_pa))
+
+    def _dirty_pages(self) -> list[tuple[int, int]]:
+        """(window physical base, page index) of every window page written by the last run."""
+        out = []
+        for (base, ptes), wpa in zip(self._window_ptes, (self._user_pa, self._kern_pa)):
+            raw = self.uc.mem_read(ptes, 8 * WINDOW_PAGES)
+            for i in range(WINDOW_PAGES):
+                if raw[8 * i] & PTE_D:
+                    out.append((wpa, i))
+        return out
+
+    def _read_windows(self, direction: str) -> tuple[bytes, bytes]:
+        src_pa, dst_pa = self._window_pa(direction)
+        self._dirty = self._dirty_pages()
+        src: bytes | bytearray = _SRC_DATA
+        dst: bytes | bytearray = _DST_WINDOW_BYTES
+        for wpa, i in self._dirty:
+            page = self.uc.mem_read(wpa + i * L.PAGE, L.PAGE)
+            if wpa == src_pa:
+                if src is _SRC_DATA:
+                    src = bytearray(_SRC_WINDOW_BYTES)
+                src[i * L.PAGE:(i + 1) * L.PAGE] = page
+            else:
+                if dst is _DST_WINDOW_BYTES:
+                    dst = bytearray(_DST_WINDOW_BYTES)
+                dst[i * L.PAGE:(i + 1) * L.PAGE] = page
+        if isinstance(src, bytearray):
+            src = bytes(src[L.PAGE:L.PAGE + L.MAX_SPAN])
+        return bytes(src), bytes(dst)
+
+    def _restore_windows(self) -> None:
+        src_pa, _ = self._window_pa(self._layout or "from")
+        for wpa, i in getattr(self, "_dirty", None) or self._dirty_pages():
+            init = _SRC_WINDOW_BYTES if wpa == src_pa else _DST_WINDOW_BYTES
+            self.uc.mem_write(wpa + i * L.PAGE, init[i * L.PAGE:(i + 1) * L.PAGE])
+        self._dirty = []
+
     # -- hooks ----------------------------------------------------------------------------------
 
     def reg(self, name: str) -> int:
-        return int(self.uc.reg_read(REGS[name]))
+        return self._fast.read(REGS[name])
 
     def _snapshot(self) -> tuple[tuple[str, int], ...]:
-        return tuple((n, self.uc.reg_read(REGS[n])) for n in
+        return tuple((n, self._fast.read(REGS[n])) for n in
                      ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "eflags"))
 
     def _dispatch(self, event: FaultEvent) -> None:
@@ -435,8 +505,8 @@ class Machine:
             self.uc.emu_stop()
             return
         for name, value in res.regs:
-            self.uc.reg_write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
-        self.uc.reg_write(X.UC_X86_REG_RIP, res.rip)
+            self._fast.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
+        self._fast.write(X.UC_X86_REG_RIP, res.rip)
         if event.kind in _CONTRIBUTORY:
             self._end_exception(TRAPNR[event.kind])
 
@@ -473,13 +543,13 @@ class Machine:
         if run is None or run.halt is not None:
             uc.emu_stop()
             return
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self._fast.read(X.UC_X86_REG_RIP)
         kind = VECTORS.get(intno, FaultKind.TRAP)
         if kind is FaultKind.PF:
-            addr = uc.reg_read(X.UC_X86_REG_CR2)
+            addr = self._fast.read(X.UC_X86_REG_CR2)
             page = addr & ~0xFFF
             user = addr < L.TASK_SIZE_MAX
-            ac = uc.reg_read(X.UC_X86_REG_EFLAGS) & EFLAGS_AC
+            ac = self._fast.read(X.UC_X86_REG_EFLAGS) & EFLAGS_AC
             if user and page in self._pages and page not in run.absent and not ac:
                 event = FaultEvent(kind, rip, addr, user)
                 res = Halt(State.SMAP_VIOLATION,
@@ -516,7 +586,7 @@ class Machine:
             first += L.LINE
         if line != first:
             return
-        rip = uc.reg_read(X.UC_X86_REG_RIP)
+        rip = self._fast.read(X.UC_X86_REG_RIP)
         va = self._hook_lines[line] + max(addr - line, 0)
         self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX))
 
@@ -539,6 +609,26 @@ class Machine:
             except Exception:  # noqa: BLE001 - best effort at teardown
                 pass
             self.uc = None  # type: ignore[assignment]
+
+
+class _FastRegs:
+    """Register access through the C API directly (~0.4 µs instead of ~2 µs per call)."""
+
+    def __init__(self, uc: Uc) -> None:
+        from unicorn.unicorn_py3.unicorn import uclib
+        self._read = uclib.uc_reg_read
+        self._write = uclib.uc_reg_write
+        self._h = uc._uch  # noqa: SLF001 - the binding's engine handle
+        self._buf = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._buf)
+
+    def read(self, reg: int) -> int:
+        self._read(self._h, reg, self._ref)
+        return self._buf.value
+
+    def write(self, reg: int, value: int) -> None:
+        self._buf.value = value
+        self._write(self._h, reg, self._ref)
 
 
 @dataclass

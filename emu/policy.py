@@ -54,33 +54,50 @@ def is_copy_from_user(code: bytes, rip: int, cpu: CpuView) -> tuple[bool, int | 
     Returns:
         (verdict, source address or None if the instruction is not a MOV/MOVZX/MOVS load).
     """
+    shape = _decode(code, rip)
+    if shape is None:
+        return False, None
+    if shape == "movs":
+        addr = cpu.reg("rsi")
+    else:
+        base, index, scale, disp = shape
+        addr = disp
+        if base:
+            addr += cpu.reg(base)
+        if index:
+            addr += cpu.reg(index) * scale
+    addr &= 0xFFFFFFFFFFFFFFFF
+    return addr < L.TASK_SIZE_MAX, addr
+
+
+@lru_cache(maxsize=4096)
+def _decode(code: bytes, rip: int) -> str | tuple[str, str, int, int] | None:
+    """Decode once per instruction: "movs", (base, index, scale, disp) of a load, or None."""
     from capstone import x86_const as C
     insn = next(_capstone().disasm(code, rip, 1), None)
     if insn is None:
-        return False, None
+        return None
     value = 0
     for i, b in enumerate(x for x in insn.opcode if x):
         value |= b << (8 * i)
     if value in _MOVS:
-        addr = cpu.reg("rsi")
-    elif value in _LOADS:
-        mems = [op for op in insn.operands if op.type == C.X86_OP_MEM]
-        if not mems:
-            return False, None
-        m = mems[0].mem
-        addr = m.disp
-        if m.base == C.X86_REG_RIP:
-            addr += insn.address + insn.size
-        elif m.base:
-            addr += cpu.reg(_reg64(insn.reg_name(m.base)))
-        if m.index:
-            addr += cpu.reg(_reg64(insn.reg_name(m.index))) * m.scale
-        if m.segment in (C.X86_REG_GS, C.X86_REG_FS):
-            return False, None  # per-CPU data: a kernel address
-    else:
-        return False, None
-    addr &= 0xFFFFFFFFFFFFFFFF
-    return addr < L.TASK_SIZE_MAX, addr
+        return "movs"
+    if value not in _LOADS:
+        return None
+    mems = [op for op in insn.operands if op.type == C.X86_OP_MEM]
+    if not mems:
+        return None
+    m = mems[0].mem
+    if m.segment in (C.X86_REG_GS, C.X86_REG_FS):
+        return None  # per-CPU data: a kernel address
+    disp = m.disp
+    base = ""
+    if m.base == C.X86_REG_RIP:
+        disp += insn.address + insn.size
+    elif m.base:
+        base = _reg64(insn.reg_name(m.base))
+    index = _reg64(insn.reg_name(m.index)) if m.index else ""
+    return base, index, m.scale, disp
 
 
 def _reg64(name: str) -> str:
@@ -92,6 +109,49 @@ def _reg64(name: str) -> str:
     if name.startswith("r") and name[-1] in "dwb":
         return name[:-1]
     return name
+
+
+def grade(severity: Severity, entry: ExtableEntry | None, copyin: bool) -> tuple[bool, str]:
+    """severity.c's verdict on a kernel-mode #MC (kernel-facts §6a), without the CPU.
+
+    Args:
+        severity: which era's rules.
+        entry: the __ex_table entry at the faulting IP, or None.
+        copyin: what is_copy_from_user() said about the faulting instruction.
+
+    Returns:
+        (recoverable, why).  Recoverable with no entry still panics ("Failed kernel mode
+        recovery"); that is the caller's business, as in do_machine_check().
+    """
+    t = entry.type if entry is not None else None
+    if severity is Severity.V5_9:
+        if t is ExType.FAULT:
+            return True, "ex_handler_fault entry"
+        return False, "only ex_handler_fault entries recover"
+    if severity is Severity.V5_10:
+        if t is ExType.FAULT:
+            return True, "EX_HANDLER_FAULT"
+        if t in (ExType.UACCESS, ExType.COPY):
+            if copyin:
+                return True, "EX_HANDLER_UACCESS + is_copy_from_user: COPYIN"
+            return False, "uaccess entry, but not a copy from user"
+        return False, (f"{entry.type_name} is not recoverable in this era" if entry else
+                       "no __ex_table entry")
+    if severity in (Severity.V5_16, Severity.V5_17):
+        if t in (ExType.UACCESS, ExType.COPY) and copyin:
+            return True, f"EX_TYPE_{t.value} + is_copy_from_user: COPYIN"
+        if t in (ExType.FAULT_MCE_SAFE, ExType.DEFAULT_MCE_SAFE):
+            return True, f"EX_TYPE_{t.value}"
+        if t in (ExType.UACCESS, ExType.COPY):
+            return False, f"EX_TYPE_{t.value}, but not a copy from user"
+        return False, (f"{entry.type_name} is not recoverable in this era" if entry else
+                       "no __ex_table entry")
+    # Severity.V2025
+    if copyin:
+        return True, "is_copy_from_user: COPYIN"
+    if t in (ExType.FAULT_MCE_SAFE, ExType.DEFAULT_MCE_SAFE):
+        return True, f"EX_TYPE_{t.value}"
+    return False, "not a copy from user and not an MCE-safe fixup"
 
 
 @dataclass(frozen=True)
@@ -128,35 +188,8 @@ class Kernel:
     def _machine_check(self, cpu: CpuView, event: FaultEvent,
                        entry: ExtableEntry | None) -> Resolution:
         copyin, _ = is_copy_from_user(self.code(event.rip, 16), event.rip, cpu)  # type: ignore[operator]
-        t = entry.type if entry is not None else None
         sev = self.severity
-        recov = False
-        why = ""
-        if sev is Severity.V5_9:
-            recov = t is ExType.FAULT
-            why = "ex_handler_fault entry" if recov else "only ex_handler_fault entries recover"
-        elif sev is Severity.V5_10:
-            if t is ExType.FAULT:
-                recov, why = True, "EX_HANDLER_FAULT"
-            elif t in (ExType.UACCESS, ExType.COPY):
-                recov = copyin
-                why = ("EX_HANDLER_UACCESS + is_copy_from_user: COPYIN" if copyin else
-                       "uaccess entry, but not a copy from user")
-        elif sev in (Severity.V5_16, Severity.V5_17):
-            if t in (ExType.UACCESS, ExType.COPY) and copyin:
-                recov, why = True, f"EX_TYPE_{t.value} + is_copy_from_user: COPYIN"
-            elif t in (ExType.FAULT_MCE_SAFE, ExType.DEFAULT_MCE_SAFE):
-                recov, why = True, f"EX_TYPE_{t.value}"
-            else:
-                why = (f"{entry.type_name} is not recoverable in this era" if entry else
-                       "no __ex_table entry")
-        else:  # Severity.V2025
-            if copyin:
-                recov, why = True, "is_copy_from_user: COPYIN"
-            elif t in (ExType.FAULT_MCE_SAFE, ExType.DEFAULT_MCE_SAFE):
-                recov, why = True, f"EX_TYPE_{t.value}"
-            else:
-                why = "not a copy from user and not an MCE-safe fixup"
+        recov, why = grade(sev, entry, copyin)
         if not recov:
             return Halt(State.PANIC, PANIC_MC, entry, f"severity {sev.value}: {why}")
         if entry is None:
