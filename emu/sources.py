@@ -178,7 +178,8 @@ def apply_patches(src: Source, patches: list[str]) -> Source:
     in the given order), plain diffs like ``git apply``.  Only hunks for ``src.path`` are
     applied (``--include``), so a series that also changes headers or C files still applies.
     A source read from disk is placed at the path the patch names for a file of the same
-    name (``copy_user_64.S`` → ``arch/x86/lib/copy_user_64.S``).
+    name (``copy_user_64.S`` → ``arch/x86/lib/copy_user_64.S``), or at the only path the
+    series changes.
 
     Raises:
         InputError: a patch does not apply (git's reason and the patch are named), or the
@@ -190,9 +191,11 @@ def apply_patches(src: Source, patches: list[str]) -> Source:
     path = src.path
     if not path.startswith("arch/"):
         wanted = Path(path).name
-        cands = {q for _, t in texts for q in patched_paths(t) if Path(q).name == wanted}
+        named = sorted({q for _, t in texts for q in patched_paths(t)})
+        cands = {q for q in named if Path(q).name == wanted}
+        if not cands and len(named) == 1:   # the series changes one file: this one
+            cands = set(named)
         if len(cands) != 1:
-            named = sorted({q for _, t in texts for q in patched_paths(t)})
             raise InputError(f"{', '.join(patches)}: changes no file named {wanted} "
                              f"(it changes: {', '.join(named) or 'nothing'})")
         path = cands.pop()
@@ -223,7 +226,7 @@ def apply_patches(src: Source, patches: list[str]) -> Source:
         new = dest.read_text()
     if new == src.text:
         raise InputError(f"{', '.join(patches)}: changes nothing in {path}")
-    tag = "+".join(Path(p).name for p in patches)
+    tag = Path(patches[0]).stem[:24] if len(patches) == 1 else f"{len(patches)} patches"
     return Source(new, f"{src.name}+{tag}", src.path)
 
 
