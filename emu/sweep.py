@@ -38,7 +38,7 @@ import signal
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -111,9 +111,11 @@ class Case:
         return " ".join(parts)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["poison"], d["unmapped"] = list(self.poison), list(self.unmapped)
-        return d
+        return {"variant": self.variant, "routine": self.routine, "cpu": self.cpu,
+                "direction": self.direction, "length": self.length,
+                "src_align": self.src_align, "dst_align": self.dst_align, "kind": self.kind,
+                "offset": self.offset, "poison": list(self.poison),
+                "unmapped": list(self.unmapped), "era": self.era}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Case:
@@ -374,8 +376,8 @@ def _worker_main(conn: Connection) -> None:
         if batch is None:
             return
         try:
-            for d in batch:
-                conn.send(runner.run(Case.from_json(d)))
+            for case in batch:
+                conn.send(runner.run(case))
             conn.send(None)
         except (BrokenPipeError, OSError):  # the parent is gone: stop quietly
             return
@@ -417,7 +419,7 @@ def run_parallel(cases: Sequence[Case], jobs: int,
                 if not w.batch and todo:
                     w.batch = [todo.popleft() for _ in range(min(batch_size(), len(todo)))]
                     w.returned = 0
-                    w.conn.send([c.to_json() for c in w.batch])
+                    w.conn.send(w.batch)
             busy = [w for w in workers if w.batch]
             if not busy:
                 break
