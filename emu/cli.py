@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from . import inputs, report
+from . import inputs, policy_cmds, report
 from .eras import ERAS, Era, Routine, cpu_name, parse_cpu
 from .errors import EmuError, UsageError
 from .machine import Buffers
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--instructions", action="store_true", help="count instructions")
     _case_args(r)
     inputs.add_arguments(r)
+    policy_cmds.add_run_options(r)
 
     d = sub.add_parser("diff", help="run one scenario across variants and compare")
     d.add_argument("variants", nargs="*", help="era keys or .S files (default: every era)")
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_arguments(d)
 
     sub.add_parser("eras", help="list the era catalog")
+
+    policy_cmds.add_parsers(sub, _case_args)
 
     sw = sub.add_parser("sweep", help="run a grid of cases on every core and summarise the "
                         "contract violations per variant")
@@ -176,6 +179,10 @@ def _routine(t: Target, era: Era | None, name: str | None, cpu: frozenset[str]) 
 
 
 def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
+    if a.caller:
+        return policy_cmds.cmd_run_caller(a, out)
+    if a.fault_in or a.mce_count is not None:
+        raise UsageError("--fault-in and --no-mce-count apply to --caller write only")
     cpu = parse_cpu(a.cpu)
     label, t, era = _variant(a.source, a.era, cpu, a.instructions, a)
     routine = _routine(t, era, a.routine, cpu)
@@ -295,7 +302,7 @@ def cmd_fuzz(a: argparse.Namespace, out: IO[str]) -> int:
 
 
 COMMANDS = {"run": cmd_run, "diff": cmd_diff, "eras": cmd_eras, "sweep": cmd_sweep,
-            "fuzz": cmd_fuzz}
+            "fuzz": cmd_fuzz, "explain": policy_cmds.cmd_explain, "map": policy_cmds.cmd_map}
 
 
 def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
