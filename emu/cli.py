@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--jobs", type=_int, default=None, help="worker processes (default: cores)")
     sw.add_argument("--plot", help="write a heatmap PNG (one panel per variant)")
     sw.add_argument("--html", help="write a self-contained HTML report")
-    sw.add_argument("--metric", choices=("class", "error"), default="class",
-                    help="heatmap colour: outcome class, or returned - exact remainder")
+    sw.add_argument("--metric", choices=("class", "violation", "error"), default="class",
+                    help="heatmap colour: outcome class, worst violation name, or "
+                    "returned - exact remainder")
     sw.add_argument("--y", dest="y_axis", choices=("auto", "length", "src_align", "dst_align"),
                     default="auto", help="heatmap rows (default: the first swept of these)")
     sw.add_argument("--json", action="store_true", help="print the summary as JSON")

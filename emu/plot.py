@@ -3,7 +3,9 @@
 Each panel is one variant: columns are the fault offset (the poisoned source byte, or the
 first byte of the non-present user page), rows are the length, an alignment, or — when
 neither varies — the CPU path / routine / direction / fault kind.  A cell shows the outcome
-class of that case (``sweep.CLASSES``, best to worst), or with ``metric="error"`` the error
+class of that case (``sweep.CLASSES``, best to worst); with ``metric="violation"`` the worst
+violation name (or machine state) of the case, which tells apart eras that share a class
+(returning 0 after #MC vs consuming the poison twice); or with ``metric="error"`` the error
 of the returned value against the exact remainder (returned − (len − bytes copied)):
 positive means the routine under-reported what it copied, negative means it claimed bytes it
 never copied.  When several cases fall on one cell (other swept dimensions), the worst class
@@ -40,6 +42,33 @@ CLASS_COLOURS: dict[str, str] = {
     "tool_error": "#000000",
 }
 RANK = {c: i for i, c in enumerate(CLASSES)}
+#: ``metric="violation"``: labels from best to worst, with their colours.
+LABEL_COLOURS: dict[str, str] = {
+    "ok": "#2ca02c", "modified_past_reported": "#ffdd57", "claimed_nothing": "#bcbd22",
+    "garbage_past_reported": "#e377c2", "poison_consumed_twice": "#ff7f0e",
+    "bytes_mismatch": "#17becf", "write_outside_buffer": "#1f77b4",
+    "out_of_range_return": "#aec7e8", "zero_with_missing": "#3b6fb6",
+    "smap_violation": "#9467bd", "oops": "#8c564b", "hang": "#7f7f7f", "panic": "#d62728",
+    "tool_error": "#000000",
+}
+LABELS = tuple(LABEL_COLOURS)
+
+
+def label(rec: dict[str, Any]) -> str:
+    """The worst violation name or machine state of a record (``metric="violation"``)."""
+    names = set(rec["violations"]) | {rec["class"] if rec["class"] == "tool_error"
+                                      else rec["state"]}
+    names.discard("returned")
+    ranked = [n for n in LABELS if n in names]
+    return ranked[-1] if ranked else "ok"
+
+
+def _categories(metric: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    return (CLASSES, CLASS_COLOURS) if metric == "class" else (LABELS, LABEL_COLOURS)
+
+
+def _category(rec: dict[str, Any], metric: str) -> str:
+    return rec["class"] if metric == "class" else label(rec)
 
 
 def _row_key(case: Case, y_axis: str) -> Any:
@@ -68,8 +97,8 @@ def matrix(records: Sequence[dict[str, Any]], variant: str, metric: str,
         if case.variant != variant:
             continue
         key = (_row_key(case, y_axis), case.offset)
-        if metric == "class":
-            val = float(RANK[rec["class"]])
+        if metric in ("class", "violation"):
+            val = float(_categories(metric)[0].index(_category(rec, metric)))
             cells[key] = max(cells.get(key, -1.0), val)
         else:
             err = rec.get("error")
@@ -107,10 +136,11 @@ def _panel(ax: Any, records: Sequence[dict[str, Any]], variant: str, label: str,
         for i, y in enumerate(ys):
             for j, x in enumerate(xs):
                 missing[i, j] = (x, y) not in present
-    if metric == "class":
-        cmap = ListedColormap([CLASS_COLOURS[c] for c in CLASSES]).with_extremes(bad="#ffffff")
+    if metric != "error":
+        names, colours = _categories(metric)
+        cmap = ListedColormap([colours[c] for c in names]).with_extremes(bad="#ffffff")
         img = ax.imshow(m, aspect="auto", interpolation="nearest", cmap=cmap, vmin=-0.5,
-                        vmax=len(CLASSES) - 0.5)
+                        vmax=len(names) - 0.5)
     else:
         cmap = plt.get_cmap("coolwarm").with_extremes(bad="#bbbbbb")
         img = ax.imshow(m, aspect="auto", interpolation="nearest", cmap=cmap,
@@ -147,12 +177,12 @@ def figure(grid: Grid, records: Sequence[dict[str, Any]], *, metric: str = "clas
     n = len(variants)
     if strip:
         fig, axes = plt.subplots(n, 1, figsize=(12, 1.1 * n + 1.4), squeeze=False,
-                                 sharex=True)
+                                 sharex=True, layout="constrained")
         axes = axes[:, 0]
     else:
         wide = 2.2 if y == "path" else 0  # room for each panel's own row labels
         fig, axes = plt.subplots(1, n, figsize=((3.6 + wide) * n + 1.5, 4.8), squeeze=False,
-                                 sharey=y != "path")
+                                 sharey=y != "path", layout="constrained")
         axes = axes[0]
     img = None
     for ax, (spec, name) in zip(axes, variants):
@@ -160,22 +190,22 @@ def figure(grid: Grid, records: Sequence[dict[str, Any]], *, metric: str = "clas
         if not strip or ax is axes[-1]:
             ax.set_xlabel("fault offset (source byte poisoned / user page unmapped)",
                           fontsize=8)
-    if metric == "class":
-        present = {r["class"] for r in records}
-        handles = [Patch(color=CLASS_COLOURS[c], label=c) for c in CLASSES if c in present]
-        fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)),
+    if metric != "error":
+        names, colours = _categories(metric)
+        present = {_category(r, metric) for r in records}
+        handles = [Patch(color=colours[c], label=c) for c in names if c in present]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(7, len(handles)),
                    fontsize=8, frameon=False)
     elif img is not None:
         fig.colorbar(img, ax=list(axes), shrink=0.8,
                      label="returned - (len - bytes copied)")
     fig.suptitle(_title(grid, metric), fontsize=10)
-    if metric == "class":
-        fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     return fig
 
 
 def _title(grid: Grid, metric: str) -> str:
-    what = "outcome class" if metric == "class" else "error of the returned value"
+    what = {"class": "outcome class", "violation": "worst violation or state"}.get(
+        metric, "error of the returned value")
     lens = ",".join(str(n) for n in grid.lengths[:4]) + ("..." if len(grid.lengths) > 4 else "")
     return (f"{what}: len {lens}, faults {'+'.join(grid.kinds)}, "
             f"cpu {'/'.join(grid.cpus)}, copy_{'/'.join(grid.directions)}_user")

@@ -61,3 +61,17 @@ def test_plot_refuses_to_overwrite_results(tmp_path: Path, capsys) -> None:  # t
     res = tmp_path / "r.jsonl"
     rc, _ = emu("sweep", "C", "--len", "8", "--results", str(res), "--plot", str(res))
     assert rc == 2 and not res.exists()
+
+
+def test_violation_metric_tells_eras_apart(tmp_path: Path) -> None:
+    """C (returns 0) and D (consumes the poison twice) share the class "violation" but not
+    the violation name; the violation heatmap shows both colours."""
+    from emu.plot import LABEL_COLOURS
+    png = tmp_path / "v.png"
+    rc, _ = emu("sweep", "C", "D", "--len", "128", "--step", "line", "--plot", str(png),
+                "--metric", "violation", "--jobs", "1")
+    assert rc == 0
+    seen = colours(png.read_bytes())
+    for name in ("zero_with_missing", "poison_consumed_twice"):
+        assert rgb(LABEL_COLOURS[name]) in seen, name
+    assert rgb(CLASS_COLOURS["panic"]) not in seen
