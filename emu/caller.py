@@ -267,6 +267,8 @@ class WriteResult:
         if self.state == "killed":
             return (f"killed by {self.signal} ({self.si_code}) at {self.si_addr:#x}; "
                     f"write() had committed {self.bytes_written} bytes")
+        if self.state != "returned":
+            return f"nothing: the kernel stops ({self.state})"
         if self.errno:
             return f"write() = -1, errno {self.errno}"
         return f"write() = {self.return_value}"

@@ -184,6 +184,8 @@ def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
         return policy_cmds.cmd_run_caller(a, out)
     if a.fault_in or a.mce_count is not None:
         raise UsageError("--fault-in and --no-mce-count apply to --caller write only")
+    if a.mce_rules:
+        return policy_cmds.cmd_run_rules(a, out)
     cpu = parse_cpu(a.cpu)
     label, t, era = _variant(a.source, a.era, cpu, a.instructions, a)
     routine = _routine(t, era, a.routine, cpu)

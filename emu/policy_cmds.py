@@ -145,6 +145,28 @@ def cmd_run_caller(a: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def cmd_run_rules(a: argparse.Namespace, out: IO[str]) -> int:
+    """``emu run SOURCE --mce-rules RULES``: one copy judged by another era's #MC rules."""
+    for opt in ("tree", "file", "object", "vmlinux"):
+        if getattr(a, opt, None):
+            raise UsageError(f"--mce-rules works with era keys and .S files, not --{opt}")
+    if getattr(a, "patch", None):
+        raise UsageError("--mce-rules works with era keys and .S files, not --patch")
+    if not a.source:
+        raise UsageError("name a source: a .S file or an era key")
+    cpu = parse_cpu(a.cpu)
+    label, t, era, sev = _source(a.source, a.era, _rules(a.mce_rules), cpu)
+    routine = _routine(t, era, a.routine, cpu)
+    o = t.run(routine, _buffers(a))
+    if a.json:
+        out.write(report.dumps({"variant": label, "routine": routine.name, "cpu": cpu_name(cpu),
+                                "mce_rules": sev.value, **o.to_json()}))
+    else:
+        report.run_table(o, f"{label}: {routine.name} [cpu {cpu_name(cpu)}, #MC rules "
+                         f"{sev.value}]", out)
+    return 0
+
+
 def cmd_explain(a: argparse.Namespace, out: IO[str]) -> int:
     """``emu explain``: one copy, or the write(2) model with each step's faults."""
     cpu = parse_cpu(a.cpu)
