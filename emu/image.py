@@ -306,3 +306,122 @@ def _entry(raw: bytes, off: int, relocs: dict[int, tuple[int, int, str]], encodi
         raise ImageError(f"{name}: __ex_table entry {off // 12} points at '{third[2]}' where the "
                          "type/data encoding (≥ v5.16) needs a number")
     return decode(encoding, layout_id, fields[0], fields[1], word)
+
+
+# ---- linked kernels (vmlinux) ------------------------------------------------------------
+
+def load_linked(data: bytes, *, encoding: Encoding, layout_id: int, name: str = "vmlinux",
+                keep: tuple[str, ...] = ()) -> Image:
+    """Load a linked x86-64 kernel image (ET_EXEC with a symbol table, e.g. ``vmlinux``).
+
+    In a linked image the ``__ex_table`` words are already resolved, each relative to its own
+    address (unicorn-notes §7); in the handler-pointer encoding (≤ v5.15) the third word
+    points at a handler function, whose symbol name (ex_handler_*) gives the type.
+
+    Only a window of the image is loaded: the symbols named in ``keep`` that the image
+    defines, plus the fixups of the extable entries whose faulting instruction lies inside
+    them ("selected by address range").  With ``keep`` empty, every allocated section is
+    loaded.  The window is moved to ``layout.TEXT_BASE`` as a whole (one offset for code,
+    symbols and entries), which keeps every relative reference inside it valid.
+
+    Raises:
+        ImageError: not an x86-64 ET_EXEC with symbols, none of ``keep`` is defined, or the
+            window does not fit the emulated text area.
+    """
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        return _load_linked(elf, encoding, layout_id, name, keep)
+    except ELFError as e:
+        raise ImageError(f"{name}: not a valid ELF file: {e}") from e
+    except (struct.error, ValueError, KeyError, IndexError) as e:
+        raise ImageError(f"{name}: corrupt ELF file: {e}") from e
+
+
+def _load_linked(elf: ELFFile, encoding: Encoding, layout_id: int, name: str,
+                 keep: tuple[str, ...]) -> Image:
+    if elf.header["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
+        raise ImageError(f"{name}: ELF for {elf.header['e_machine']}, not x86-64")
+    if elf.header["e_type"] != "ET_EXEC":
+        raise ImageError(f"{name}: {elf.header['e_type']} is not a linked kernel image "
+                         "(use --object for a .o)")
+    symtab = elf.get_section_by_name(".symtab")
+    if not isinstance(symtab, SymbolTableSection):
+        raise ImageError(f"{name}: no symbol table (a stripped image cannot be used)")
+    syms: list[tuple[str, int, int, str, bool]] = []
+    for sym in symtab.iter_symbols():
+        if sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS") or not sym.name:
+            continue
+        kind = sym["st_info"]["type"]
+        if kind in ("STT_SECTION", "STT_FILE"):
+            continue
+        syms.append((sym.name, int(sym["st_value"]), int(sym["st_size"]),
+                     {"STT_FUNC": "func", "STT_OBJECT": "object"}.get(kind, "notype"),
+                     sym["st_info"]["bind"] != "STB_LOCAL"))
+    by_addr: dict[int, list[str]] = {}
+    for n, a, *_ in syms:
+        by_addr.setdefault(a, []).append(n)
+
+    # 1. The exception table, resolved field by field.
+    raw_entries: list[tuple[int, int, int, str | None]] = []
+    ex = elf.get_section_by_name(EXTABLE)
+    if ex is not None and ex["sh_size"]:
+        raw = ex.data()
+        base = int(ex["sh_addr"])
+        if len(raw) % 12:
+            raise ImageError(f"{name}: __ex_table size {len(raw)} is not a multiple of 12")
+        for off in range(0, len(raw), 12):
+            i, f, third = struct.unpack_from("<iiI", raw, off)
+            insn, fixup = base + off + i, base + off + 4 + f
+            handler = None
+            if encoding is Encoding.HANDLER:
+                target = base + off + 8 + struct.unpack_from("<i", raw, off + 8)[0]
+                names = by_addr.get(target, [])
+                handler = next((n for n in names if n.startswith("ex_handler_")),
+                               names[0] if names else None)
+                if handler is None:
+                    raise ImageError(f"{name}: __ex_table entry {off // 12} (insn {insn:#x}) "
+                                     f"points at {target:#x}, which no symbol names; is this "
+                                     "image really in the handler-pointer encoding (<= v5.15)?")
+                third = 0
+            raw_entries.append((insn, fixup, third, handler))
+
+    # 2. The window to load.
+    secs = [s for s in elf.iter_sections()
+            if s["sh_flags"] & SH_FLAGS.SHF_ALLOC and s["sh_size"] and s.name != EXTABLE]
+    if keep:
+        ranges = [(a, a + max(size, 1)) for n, a, size, k, _ in syms if n in keep]
+        if not ranges:
+            funcs = sorted(n for n, _, _, k, _ in syms if k == "func")
+            raise ImageError(f"{name}: defines none of {', '.join(keep)} (functions: "
+                             f"{', '.join(funcs[:20]) or 'none'}{' ...' if len(funcs) > 20 else ''})")
+        inside = [e for e in raw_entries if any(lo <= e[0] < hi for lo, hi in ranges)]
+        lo = min([r[0] for r in ranges] + [e[1] for e in inside])
+        hi = max([r[1] for r in ranges] + [e[1] + 256 for e in inside])
+    else:
+        lo = min(int(s["sh_addr"]) for s in secs)
+        hi = max(int(s["sh_addr"]) + int(s["sh_size"]) for s in secs)
+    lo &= ~(layout.PAGE - 1)
+    if hi - lo > layout.TEXT_LIMIT:
+        raise ImageError(f"{name}: the code to load spans {hi - lo} bytes ({lo:#x}..{hi:#x}); "
+                         f"emu maps at most {layout.TEXT_LIMIT} (name one routine with "
+                         "--routine)")
+    delta = layout.TEXT_BASE - lo
+
+    sections: list[Section] = []
+    for s in secs:
+        a, size = int(s["sh_addr"]), int(s["sh_size"])
+        a0, a1 = max(a, lo), min(a + size, hi)
+        if a0 >= a1:
+            continue
+        body = bytes(size) if s["sh_type"] == "SHT_NOBITS" else s.data()
+        sections.append(Section(s.name, a0 + delta, body[a0 - a:a1 - a],
+                                bool(s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)))
+    symbols: dict[str, Symbol] = {}
+    for n, a, size, k, glob in syms:
+        if lo <= a < hi:
+            old = symbols.get(n)
+            if old is None or (old.kind != "func" and k == "func"):
+                symbols[n] = Symbol(n, a + delta, size, k, glob)
+    entries = [decode(encoding, layout_id, i + delta, f + delta, third, handler=h)
+               for i, f, third, h in raw_entries if lo <= i < hi and lo <= f < hi]
+    return Image(name, tuple(sections), symbols, Extable(entries), encoding, {})

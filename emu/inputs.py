@@ -88,6 +88,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="apply an mbox (like git am) or a plain diff (like git apply) first; "
                         "repeat for a series, applied in order.  For diff, adds the last "
                         "variant with the patches applied as one more variant")
+    p.add_argument("--object", metavar="FILE.o", help="run a built relocatable object (kbuild "
+                   ".o) instead of assembling a source; for diff, name .o files as variants")
+    p.add_argument("--vmlinux", metavar="FILE", help="run a linked kernel image with symbols "
+                   "(vmlinux); for diff, name variants vmlinux:FILE")
     p.add_argument("--assembler", default="gas", help="assembler backend: gas (default) "
                    "or keystone")
 
@@ -126,6 +130,21 @@ def source_for(spec: str | None, a: argparse.Namespace) -> Source:
 def variant(spec: str | None, a: argparse.Namespace, cpu: frozenset[str], count: bool = False,
             patches: list[str] | None = None) -> tuple[str, KernelTarget]:
     """A labelled target for one variant spec (patches: those of ``--patch`` by default)."""
+    obj = getattr(a, "object", None) if a.cmd == "run" else None
+    lnk = getattr(a, "vmlinux", None) if a.cmd == "run" else None
+    if spec and spec.endswith(".o"):
+        obj = spec
+    elif spec and spec.startswith("vmlinux:"):
+        lnk = spec.split(":", 1)[1]
+    if obj or lnk:
+        if spec and a.cmd == "run" and (getattr(a, "object", None) or getattr(a, "vmlinux", None)):
+            raise UsageError("run: give either a source or --object/--vmlinux, not both")
+        if a.patch or getattr(a, "tree", None):
+            raise UsageError("--patch and --tree apply to sources, not to built objects")
+        from .objects import built_target
+        bt = built_target(obj or lnk, linked=bool(lnk), cpu=cpu, era=getattr(a, "era", None),
+                          routine=getattr(a, "routine", None), count_insns=count)
+        return f"{bt.name} ({bt.detection.era.key})", bt
     src = source_for(spec, a)
     src = apply_patches(src, a.patch if patches is None else patches)
     t = kernel_target(src, cpu, era=getattr(a, "era", None),
