@@ -73,3 +73,13 @@ def test_bad_caller_input_is_one_line_and_exit_2(argv: list[str],
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("emu: error: ") and err.count("\n") == 1
+
+
+def test_short_count_without_mce_count_loops_in_task_work() -> None:
+    # kernel-facts §7a inference: "returning bytes not copied ... puts the kernel into a loop"
+    # (Sept 2020) matches the double queue of 81065b35e248.  Era D semantics (tail retry, then
+    # the fault-in touches the poison) without mce_count queue the same work three times.
+    r = simulate(ERAS["D"], CPUS["erms"], SEED, mce_count=False)
+    assert r.state == "hang" and r.mc_count == 3 and r.bytes_written is None
+    with_count = simulate(ERAS["D"], CPUS["erms"], SEED)
+    assert with_count.state == "returned" and with_count.mc_count == 3
