@@ -133,7 +133,7 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poison", default=None,
                    help="only these fault offsets (a list; default: every offset)")
     p.add_argument("--faults", default="mc",
-                   help="fault kinds: mc, mc2, pf, mc+pf or all (comma list; default mc)")
+                   help="fault kinds: mc, mc2, pf, pf2, mc+pf or all (comma list; default mc)")
     p.add_argument("--direction", choices=("from", "to", "both"), default="from")
     p.add_argument("--cpu", action="append", default=[],
                    help="CPU path (repeatable: none, rep_good, erms, fsrm, a feature list, "

@@ -107,8 +107,9 @@ def cases(grid: Grid, max_len: int, fixed_len: bool, fixed_align: bool) -> Any:
         elif kind == "mc2":
             nxt = (sa + off) // L.LINE * L.LINE + L.LINE - sa
             poison = (off, nxt) if nxt < n else (off,)
-        elif kind == "pf":
-            unmapped = (off,)
+        elif kind in ("pf", "pf2"):
+            nxt = (user_align + off) // L.PAGE * L.PAGE + L.PAGE - user_align
+            unmapped = (off, nxt) if kind == "pf2" and nxt < n else (off,)
         else:
             nxt = (user_align + off) // L.PAGE * L.PAGE + L.PAGE - user_align
             poison, unmapped = (off,), ((nxt,) if nxt < n else ())

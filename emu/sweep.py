@@ -15,8 +15,8 @@ alignments × fault kinds × fault offsets.  Each case is one ``Target.run`` and
 
 Fault kinds: ``mc`` poisons the 64-byte source line holding the offset; ``mc2`` also poisons the
 next line; ``pf`` makes the user page holding the offset not present (one case per page the
-user buffer touches, so the #PF lands on a page boundary); ``mc+pf`` poisons the line and makes
-the next user page not present.
+user buffer touches, so the #PF lands on a page boundary); ``pf2`` also unmaps the next user
+page; ``mc+pf`` poisons the line and makes the next user page not present.
 
 Execution: a small process pool of our own (``multiprocessing`` 'spawn' context, so no Unicorn
 instance is ever forked).  Each worker builds and caches its own Targets.  A worker that dies
@@ -56,6 +56,7 @@ FAULT_KINDS: dict[str, str] = {
     "mc": "one #MC: the source line holding the offset is poisoned",
     "mc2": "two #MC: that line and the next one are poisoned",
     "pf": "one #PF: the user page holding the offset is not present (one case per page)",
+    "pf2": "two #PF: that user page and the next one are not present",
     "mc+pf": "#MC on the line holding the offset and #PF on the next user page",
 }
 #: Test hooks: a worker kills itself (SIGKILL) or raises on the case with this id.
@@ -234,10 +235,12 @@ def _faults(kind: str, n: int, sa: int, da: int, direction: str, step: int,
         nxt = (user_align + off) // L.PAGE * L.PAGE + L.PAGE - user_align
         return nxt if nxt < n else None
 
-    if kind == "pf":
-        for p in pages:
-            if not offsets or p in offsets:
+    if kind in ("pf", "pf2"):
+        for p in [o for o in offsets if 0 <= o < n] if offsets else pages:
+            if kind == "pf":
                 yield p, (), (p,)
+            elif (nxt := next_page(p)) is not None:
+                yield p, (), (p, nxt)
         return
     for off in (o for o in offsets if 0 <= o < n) if offsets else range(0, n, step):
         if kind == "mc":

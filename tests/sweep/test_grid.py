@@ -30,6 +30,8 @@ def test_pf_cases_fall_on_page_boundaries() -> None:
     assert [c.unmapped for c in cases] == [(0,), (0x1000 - 0x7E0,), (0x2000 - 0x7E0,)]
     for c in cases[1:]:
         assert (c.src_align + c.unmapped[0]) % L.PAGE == 0
+    two = list(grid(lengths=(0x2100,), src_aligns=(0x7E0,), kinds=("pf2",)).cases())
+    assert [c.unmapped for c in two] == [(0, 0x820), (0x820, 0x1820)]
 
 
 def test_two_fault_kinds() -> None:
