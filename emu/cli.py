@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--seed", type=_int, default=0, help="random seed (same seed, same run)")
     fz.add_argument("--save", help="directory to save the shrunk case as a JSON fixture")
     fz.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    from . import check
+    ck = sub.add_parser("check", help="CI regression check: run the standard matrix on OLD "
+                        "and NEW and report behavioural changes by class (exit 1 on a "
+                        "regression)")
+    check.add_check_arguments(ck)
+    sn = sub.add_parser("snapshot", help="record the standard matrix outcome of a source "
+                        "for emu check --against")
+    check.add_snapshot_arguments(sn)
     return p
 
 
@@ -304,8 +313,19 @@ def cmd_fuzz(a: argparse.Namespace, out: IO[str]) -> int:
     return 1 if found is not None else 0
 
 
+def cmd_check(a: argparse.Namespace, out: IO[str]) -> int:
+    from . import check
+    return check.cmd_check(a, out)
+
+
+def cmd_snapshot(a: argparse.Namespace, out: IO[str]) -> int:
+    from . import check
+    return check.cmd_snapshot(a, out)
+
+
 COMMANDS = {"run": cmd_run, "diff": cmd_diff, "eras": cmd_eras, "sweep": cmd_sweep,
-            "fuzz": cmd_fuzz, "explain": policy_cmds.cmd_explain, "map": policy_cmds.cmd_map}
+            "fuzz": cmd_fuzz, "explain": policy_cmds.cmd_explain, "map": policy_cmds.cmd_map,
+            "check": cmd_check, "snapshot": cmd_snapshot}
 
 
 def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
