@@ -510,11 +510,14 @@ def snapshot_json(side: Side) -> dict[str, Any]:
 def dumps_snapshot(side: Side) -> str:
     """Deterministic text: sorted keys, one case per line (reviewable as a diff)."""
     d = snapshot_json(side)
-    cases = d.pop("cases")
+    cases, amap = d.pop("cases"), d.pop("map")
     head = json.dumps(d, indent=1, sort_keys=True)
     body = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}"
                       for k, v in cases.items())
-    return head[:-2] + ',\n "cases": {\n' + body + "\n }\n}\n"
+    maps = ",\n".join(f"  {json.dumps(cpu)}: [\n" + ",\n".join(
+        f"   {json.dumps(x, sort_keys=True)}" for x in xs) + "\n  ]" for cpu, xs in amap.items())
+    return (head[:-2] + ',\n "cases": {\n' + body + '\n },\n "map": {\n' + maps
+            + "\n }\n}\n")
 
 
 def _access(d: dict[str, Any]) -> umap.Access:
@@ -585,6 +588,9 @@ def write_atomic(path: str, text: str, force: bool, what: str) -> None:
     except OSError as e:
         raise InputError(f"{path}: cannot write: {e.strerror}") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
