@@ -36,7 +36,7 @@ from typing import Any
 from . import layout as L
 from . import trace
 from .assemble import ASM_DIR
-from .eras import ERAS, Era, Routine, cpu_name
+from .eras import Era, Routine, cpu_name
 from .errors import UsageError
 from .extable import Encoding
 from .machine import Buffers, Halt, State

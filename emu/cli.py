@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--era", help="era rules for .S variants (default: E)")
     _case_args(d)
     inputs.add_arguments(d)
+    policy_cmds.add_run_options(d)
 
     sub.add_parser("eras", help="list the era catalog")
 
@@ -215,6 +216,8 @@ def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
+    if a.caller or a.mce_rules or a.fault_in or a.mce_count is not None:
+        return policy_cmds.cmd_diff_policy(a, out)
     cpu = parse_cpu(a.cpu)
     bufs = _buffers(a)
     rows = []

@@ -172,6 +172,28 @@ def write(r: WriteResult, out: IO[str], *, detail: bool = True) -> None:
         out.write(f"  - {a}\n")
 
 
+def write_table(rows: Sequence[WriteResult], title: str, out: IO[str]) -> None:
+    """``emu diff --caller write``: one line per era."""
+    out.write(f"{title}\n")
+    head = ("era", "routine", "1st copy", "written", "errno", "signal", "#MC copy/fault-in",
+            "state")
+    table = [head]
+    for r in rows:
+        first = next((s.data.get("returned") for s in r.steps if s.kind == "copy"), None)
+        inc = sum(1 for m in r.mcs if m.stage == "copy")
+        table.append((r.era, r.routine, _none(first), _none(r.bytes_written), r.errno or "-",
+                      f"{r.signal} {r.si_code}" if r.signal else "-",
+                      f"{inc}/{r.mc_count - inc}",
+                      r.state + (f": {_short(r.panic)}" if r.panic else "")))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for row in table:
+        out.write("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+
+
+def _short(panic: str) -> str:
+    return panic.replace("Kernel panic - not syncing: ", "").split(" (mce:")[0]
+
+
 def map_table(rows: Sequence[Access], title: str, out: IO[str]) -> None:
     """``emu map``: one line per user-memory access."""
     out.write(f"{title}\n")

@@ -167,6 +167,48 @@ def cmd_run_rules(a: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def cmd_diff_policy(a: argparse.Namespace, out: IO[str]) -> int:
+    """``emu diff --caller write`` (one write(2) per era) or ``emu diff --mce-rules R``."""
+    for opt in ("tree", "file", "object", "vmlinux"):
+        if getattr(a, opt, None):
+            raise UsageError(f"--caller/--mce-rules work with era keys and .S files, not --{opt}")
+    cpu = parse_cpu(a.cpu)
+    specs = a.variants or list(ERAS)
+    if not a.caller:
+        if a.fault_in or a.mce_count is not None:
+            raise UsageError("--fault-in and --no-mce-count apply to --caller write only")
+        rows = []
+        for spec in specs:
+            label, t, era, sev = _source(spec, a.era, _rules(a.mce_rules), cpu)
+            routine = _routine(t, era, a.routine, cpu)
+            rows.append((f"{label} (#MC {sev.value})", routine.name, t.run(routine, _buffers(a))))
+        if a.json:
+            out.write(report.dumps({"cpu": cpu_name(cpu), "rows": [
+                {"variant": v, "routine": r, **o.to_json()} for v, r, o in rows]}))
+        else:
+            report.diff_table(rows, f"copy_{a.direction}_user len={a.length} "
+                              f"src+{a.src_align:#x} poison={_fmt(a.poison)} cpu={cpu_name(cpu)}",
+                              out)
+        return 0
+    results = []
+    for spec in specs:
+        if Path(spec).suffix or spec.upper() not in ERAS:
+            raise UsageError(f"--caller write compares era keys ({', '.join(ERAS)}), not '{spec}'")
+        ns = argparse.Namespace(**{**vars(a), "source": spec})
+        results.append(_write(ns, cpu, False))
+    if a.json:
+        out.write(report.dumps({"cpu": cpu_name(cpu), "rows": [r.to_json() for r in results]}))
+    else:
+        explain.write_table(results, f"write(fd, buf, {a.length}) buf+{a.src_align:#x} "
+                            f"poison={_fmt(a.poison)} unmapped={_fmt(a.unmapped)} "
+                            f"cpu={cpu_name(cpu)}", out)
+    return 0
+
+
+def _fmt(offs: tuple[int, ...]) -> str:
+    return ",".join(f"{o:#x}" for o in offs) or "-"
+
+
 def cmd_explain(a: argparse.Namespace, out: IO[str]) -> int:
     """``emu explain``: one copy, or the write(2) model with each step's faults."""
     cpu = parse_cpu(a.cpu)

@@ -106,3 +106,16 @@ def test_cli_json_has_the_interface_fields() -> None:
         assert key in j
     assert (j["bytes_written"], j["mc_count"], j["signal"]) == (P, 3, None)
     assert j["model"]["assumptions"]
+
+
+@pytest.mark.parametrize("cpu", ["none", "erms"])
+def test_diff_caller_agrees_with_each_era_model(cpu: str) -> None:
+    out = io.StringIO()
+    rc = main(["diff", "--caller", "write", "--src-align", hex(ALIGN), "--poison", hex(P),
+               "--cpu", cpu, "--json"], out)
+    rows = json.loads(out.getvalue())["rows"]
+    assert rc == 0 and [r["era"] for r in rows] == list(ERAS)
+    for row in rows:
+        r = write(row["era"], cpu)
+        assert (row["state"], row["bytes_written"], row["signal"], row["mc_count"]) == \
+            (r.state, r.bytes_written, r.signal, r.mc_count)
