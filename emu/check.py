@@ -13,18 +13,32 @@ present in both OLD and NEW:
 * directions ``from`` and ``to`` (copy_from_user / copy_to_user);
 * lengths 1, 7, 8, 63, 64, 65, 200, 4096 (below/at/above the 8- and 64-byte thresholds of
   the byte, word and unrolled loops, and a page);
-* (source, destination) alignments (0, 0), (0x7e0, 0) (the seed scenario), (3, 5),
-  (0xff9, 7) (a copy that crosses a page boundary early);
+* (source, destination) alignments (0, 0), (0x8, 0), (0x10, 0), (0x18, 0), (0x7e0, 0) (the
+  seed scenario), (0x28, 0), (0x30, 0), (0x38, 0): with the destination aligned, the first
+  poisoned line starts at each of the eight qword offsets of a 64-byte block, so every load
+  of an unrolled block is the one that takes the #MC in some case; plus (3, 5) and
+  (0xff9, 7) (unaligned destination: ALIGN_DESTINATION runs; a page boundary 7 bytes in);
 * per (length, alignment): a clean copy; one #MC (the 64-byte source line holding the offset
   is poisoned) at offsets 0, 8, 40, len/2, len-1 and 0x960 (the seed's mid-block offset),
   one case per distinct line; two #MC (the lines of len/2 and len-1, when they differ);
   one #PF per user page the buffer touches, at the first byte of that page (offset 0 and
   every page boundary inside the buffer).
 
-That is 180 cases per routine, CPU path and direction (1440 per routine).  A CPU path whose
-assembled image is byte-identical to one already run (most ≤ v6.3 routines have no
-ALTERNATIVE site) reuses that path's outcomes, and so does a NEW image identical to OLD's
-(a comment-only change), because an image plus the era rules fully determine the outcome.
+That is 746 cases per routine and CPU path (both directions), 2984 per routine; the four
+≤ v6.3 routines make 11936 cases per side.  __get_user_N helpers (getuser.S; address in rax,
+kernel-facts §4b) get their own cells: user address at page offsets 0, 1, 0x3f and 0xfff
+(straddling a line, a page), each clean, with an #MC on the line of the first and of the last
+byte, and with a #PF on the page of the first and of the last byte (12 to 15 cases per CPU
+path).
+
+A CPU path whose assembled image is byte-identical to one already run (most ≤ v6.3 routines
+have no ALTERNATIVE site) reuses that path's outcomes, and so does a NEW image identical to
+OLD's (a comment-only change), because an image plus the era rules fully determine the
+outcome.  Measured on the 2-core development machine (shared with other jobs), one process,
+``emu check`` wall time including start-up and assembly: era-D.S vs era-E.S (4 routines,
+2 x 11936 cases, 2 x 2984 distinct runs) 5.0 s; era-F.S vs a one-entry type change
+(2 routines, 2 x 5968 cases; three distinct CPU images, 2 x 4476 runs) 6.6 s; a
+comment-only change 2.8 s.  No worker pool is needed to stay under a minute.
 
 Outcomes are compared case by case and each difference is put in a class (``CLASSES``, stable
 names).  Every class that is not ``--allow``-ed and has at least one case or map site is a
@@ -49,9 +63,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import map as umap
-from .detect import KNOWN_ROUTINES, detect
+from .detect import GET_USER_SIZES, KNOWN_ROUTINES, detect
 from .eras import ERAS, CPUS, Routine
 from .errors import InputError, UsageError
+from .inputs import GetUserResult, run_get_user
 from .machine import Buffers, State
 from .outcome import Outcome
 from .sources import COPY_USER, Source, apply_patches, read_file, read_rev
@@ -66,6 +81,8 @@ MATRIX_LENGTHS = (1, 7, 8, 63, 64, 65, 200, 4096)
 MATRIX_ALIGNS = ((0, 0), (0x8, 0), (0x10, 0), (0x18, 0), (0x7E0, 0), (0x28, 0), (0x30, 0),
                  (0x38, 0), (3, 5), (0xFF9, 7))
 MC_OFFSETS = (0, 8, 40, "half", "last", 0x960)
+#: __get_user_N source alignments: aligned, odd, straddling a line, straddling a page.
+GET_USER_ALIGNS = (0, 1, 0x3F, 0xFFF)
 PAGE, LINE = 0x1000, 64
 
 #: Finding classes: stable name → (title, what the old → new counts measure).
@@ -140,6 +157,9 @@ class MCase:
             faults.append("#MC at " + ",".join(f"+{p:#x}" for p in self.poison))
         if self.unmapped:
             faults.append("#PF at " + ",".join(f"+{p:#x}" for p in self.unmapped))
+        if self.routine in GET_USER_SIZES:
+            return (f"{self.routine} cpu {self.cpu}, user address at page offset "
+                    f"{self.src_align:#x}, {' '.join(faults) or 'no fault'}")
         return (f"{self.routine} cpu {self.cpu}, copy_{self.direction}_user len {self.length} "
                 f"src+{self.src_align:#x} dst+{self.dst_align:#x}, "
                 f"{' '.join(faults) or 'no fault'}")
@@ -169,10 +189,29 @@ def case_faults(direction: str, n: int, sa: int, da: int
             yield "pf", (), (off,)
 
 
+def get_user_faults(size: int, sa: int) -> Iterator[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """The cells of a __get_user_N helper: clean, #MC on the line of the first and of the
+    last byte, #PF on the page of the first and of the last byte (distinct ones only)."""
+    yield "none", (), ()
+    for kind, unit in (("mc", LINE), ("pf", PAGE)):
+        seen: set[int] = set()
+        for off in (0, size - 1):
+            if (sa + off) // unit not in seen:
+                seen.add((sa + off) // unit)
+                yield (kind, (off,), ()) if kind == "mc" else (kind, (), (off,))
+
+
 def matrix(routines: list[str], cpus: tuple[str, ...] = MATRIX_CPUS) -> list[MCase]:
     """Every case of the standard matrix for ``routines``, in a fixed order."""
     out: list[MCase] = []
     for r in routines:
+        size = GET_USER_SIZES.get(r)
+        if size is not None:
+            for cpu in cpus:
+                for sa in GET_USER_ALIGNS:
+                    for kind, po, un in get_user_faults(size, sa):
+                        out.append(MCase(r, cpu, "from", size, sa, 0, kind, po, un))
+            continue
         for cpu in cpus:
             for d in MATRIX_DIRECTIONS:
                 for n in MATRIX_LENGTHS:
@@ -186,7 +225,8 @@ def matrix_json() -> dict[str, Any]:
     return {"version": MATRIX_VERSION, "cpus": list(MATRIX_CPUS),
             "directions": list(MATRIX_DIRECTIONS), "lengths": list(MATRIX_LENGTHS),
             "aligns": [list(x) for x in MATRIX_ALIGNS],
-            "mc_offsets": [str(x) if isinstance(x, str) else x for x in MC_OFFSETS]}
+            "mc_offsets": [str(x) if isinstance(x, str) else x for x in MC_OFFSETS],
+            "get_user_aligns": list(GET_USER_ALIGNS)}
 
 
 def compact(o: Outcome) -> dict[str, Any]:
@@ -194,6 +234,18 @@ def compact(o: Outcome) -> dict[str, Any]:
     return {"state": o.state.value, "ret": o.return_value, "copied": o.bytes_copied,
             "violations": list(o.violations), "mc": o.mc_count, "pf": o.pf_count,
             "retry": o.retouched}
+
+
+def compact_get_user(g: GetUserResult) -> dict[str, Any]:
+    """The same record for a __get_user_N call: ``ret`` is eax (0 / -EFAULT), ``copied`` the
+    size when rdx holds the user value, and a verdict other than ok is the violation."""
+    size = GET_USER_SIZES[g.name]
+    mc = sum(1 for f in g.faults if f.kind == "mc")
+    pf = sum(1 for f in g.faults if f.kind == "pf")
+    return {"state": g.state.value, "ret": g.err,
+            "copied": size if g.value is not None and g.value == g.expected else 0,
+            "violations": [] if g.verdict in ("ok", g.state.value) else [g.verdict],
+            "mc": mc, "pf": pf, "retry": False}
 
 
 # ---- sides --------------------------------------------------------------------------------
@@ -279,7 +331,7 @@ def _fingerprint(t: Any) -> str:
 _MEMO: dict[tuple[str, str], dict[str, tuple[dict[str, Any], str | None]]] = {}
 
 
-def _panic_site(o: Outcome) -> str | None:
+def _panic_site(o: Outcome | GetUserResult) -> str | None:
     for f in o.faults:
         if f.kind == "mc" and f.action == "panic":
             return f.where
@@ -302,10 +354,13 @@ def prepare(side: Side, era: str, names: list[str]) -> None:
     t = _targets(side, ("none",))["none"]
     side.functions = tuple(s.name for s in t.image.functions())
     known = {r.name: r for r in t.detection.routines}
+    known.update({g: Routine(g, len_reg="rax", ret_reg="eax") for g in t.detection.get_user})
     if names:
         for n in names:
             if n in t.image.symbols:
-                side.routines[n] = known.get(n) or KNOWN_ROUTINES.get(n) or Routine(n)
+                side.routines[n] = known.get(n) or KNOWN_ROUTINES.get(n) or (
+                    Routine(n, len_reg="rax", ret_reg="eax") if n in GET_USER_SIZES
+                    else Routine(n))
     else:
         side.routines = dict(known)
 
@@ -325,8 +380,12 @@ def run_side(side: Side, routines: list[str]) -> None:
                 for c in cases:
                     if c.routine != r:
                         continue
-                    o = t.run(routine, c.buffers())
-                    got[_cpuless(c.key)] = (compact(o), _panic_site(o))
+                    if r in GET_USER_SIZES:
+                        g = run_get_user(t, r, c.buffers())
+                        got[_cpuless(c.key)] = (compact_get_user(g), _panic_site(g))
+                    else:
+                        o = t.run(routine, c.buffers())
+                        got[_cpuless(c.key)] = (compact(o), _panic_site(o))
                     side.distinct_runs += 1
                 _MEMO[memo_key] = got
             for c in cases:
@@ -403,8 +462,8 @@ def classify(old: dict[str, Any], new: dict[str, Any], kind: str) -> list[str]:
             out.append("return_changed")
         if set(new["violations"]) - set(old["violations"]):
             out.append("new_violation")
-    if old["mc"] != new["mc"]:
-        out.append("mc_count_changed")
+    if old["mc"] != new["mc"] and old["state"] == new["state"]:
+        out.append("mc_count_changed")   # with a state change, the state is the finding
     if not out:
         out.append("other_change")
     return out

@@ -282,3 +282,57 @@ def test_era_keys_use_old_rules_by_default(capsys: Cap) -> None:
     assert "era-E.S --era D" in ex["command"] and "era-D.S --era D" in ex["old_command"]
     got = run_json(ex["command"], capsys)
     assert ex["new"].startswith(f"returned {got['return_value']} ")
+
+
+GET_USER = """/* SPDX-License-Identifier: MIT */
+/* A __get_user_N pair written for the emu tests from kernel-facts.md section 4b. */
+#include <linux/linkage.h>
+#include <asm/asm.h>
+#include <asm/smap.h>
+#include <asm/errno.h>
+
+SYM_FUNC_START(__get_user_1)
+	ASM_STAC
+1:	movzbl (%rax),%edx
+	xorl %eax,%eax
+	ASM_CLAC
+	RET
+SYM_FUNC_END(__get_user_1)
+
+SYM_FUNC_START(__get_user_8)
+	ASM_STAC
+2:	movq (%rax),%rdx
+	xorl %eax,%eax
+	ASM_CLAC
+	RET
+SYM_FUNC_END(__get_user_8)
+
+SYM_CODE_START_LOCAL(.Lget_user_fail)
+	ASM_CLAC
+	xorl %edx,%edx
+	movq $(-EFAULT),%rax
+	RET
+SYM_CODE_END(.Lget_user_fail)
+
+	{kind}(1b, .Lget_user_fail)
+	{kind}(2b, .Lget_user_fail)
+"""
+
+
+def test_get_user_helpers_run_in_the_matrix(tmp_path: Path, capsys: Cap) -> None:
+    # the 6.4-6.7 getuser.S shape (b19b74bc99b1, kernel-facts §8): UA -> plain _ASM_EXTABLE
+    old, new = tmp_path / "getuser-ua.S", tmp_path / "getuser-default.S"
+    old.write_text(GET_USER.replace("{kind}", "_ASM_EXTABLE_UA"))
+    new.write_text(GET_USER.replace("{kind}", "_ASM_EXTABLE"))
+    code, doc = check_json([str(old), str(new), "--era", "E"], capsys)
+    assert code == 1 and doc["regressions"] == ["new_mc_panic"]
+    assert doc["matrix"]["routines"] == ["__get_user_1", "__get_user_8"]
+    f = classes(doc)["new_mc_panic"]
+    assert f["cases"] > 0 and len(f["sites"]) == 2 and all(s["in_matrix"] for s in f["sites"])
+    ex = f["example"]
+    assert "--routine __get_user_1" in ex["command"]
+    new_run, old_run = run_json(ex["command"], capsys), run_json(ex["old_command"], capsys)
+    assert new_run["state"] == "panic"
+    assert (old_run["state"], old_run["err"]) == ("returned", -14)
+    code, doc = check_json([str(old), str(old), "--era", "E"], capsys)
+    assert code == 0

@@ -42,3 +42,9 @@ def test_fewer_violations_is_not_a_new_violation() -> None:
 def test_other_change_catches_what_no_named_class_covers() -> None:
     assert classify(rec(retry=False), rec(retry=True), "pf") == ["other_change"]
     assert classify(rec(copied=10), rec(copied=11), "pf") == ["other_change"]
+
+
+def test_a_state_change_is_not_also_an_mc_count_change() -> None:
+    # era F: the word loop's byte retry takes a second #MC; when the first one panics,
+    # the panic is the finding, not the count
+    assert classify(rec(ret=5, mc=2), rec("panic", None, mc=1), "mc") == ["new_mc_panic"]
