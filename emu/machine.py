@@ -258,6 +258,9 @@ class Machine:
         self._fast = _FastRegs(self.uc)
         self._layout: str | None = None
         self._pte_cache: dict[frozenset[int], list[bytes]] = {}
+        self._carried: list[tuple[int, int]] = []
+        self._stack_page = self.pa((L.STACK_TOP - 8) & ~0xFFF)
+        self._recording: _Recording | None = None
         self._dirty: list[tuple[int, int]] = []
         # PTE arrays of the two windows (each window's pages share one page table).
         self._window_ptes = [(L.USER_WINDOW - L.PAGE, self._pages[L.USER_WINDOW - L.PAGE][1]),
@@ -338,7 +341,7 @@ class Machine:
     # -- running ------------------------------------------------------------------------------
 
     def run(self, call: Call, bufs: Buffers, handler: FaultHandler, *,
-            budget: int = DEFAULT_BUDGET) -> RawRun:
+            budget: int = DEFAULT_BUDGET, start: Checkpoint | None = None) -> RawRun:
         """Run one case from a clean state and report what happened.
 
         Args:
@@ -346,12 +349,15 @@ class Machine:
             bufs: buffer placement and the faults to inject.
             handler: the kernel policy deciding each fault.
             budget: instruction limit; running out gives ``State.HANG``.
+            start: resume from this checkpoint of the same call's clean run instead of the
+                entry point (``record``); the case must differ from the clean run only in
+                faults that the clean run first touches at or after the checkpoint.
 
         Raises:
             EmulationError: Unicorn failed for a reason that is not kernel behaviour.
         """
         uc = self.uc
-        uc.context_restore(self._ctx)
+        uc.context_restore(self._ctx if start is None else start.ctx)
         # 1. Buffer windows: source pattern in the source window, 0xFF in the destination
         #    window.  They are rewritten only when the direction changes; pages a run
         #    dirtied are restored after it (step 8).
@@ -382,19 +388,28 @@ class Machine:
                 uc.ctl_flush_tb()
             self._poison_key = lines
         self._hook_lines = line_va
-        # 4. Registers and the return address.
+        # 4. Registers and the return address (or the checkpoint's memory).
         fast = self._fast
-        rsp = L.STACK_TOP - 8
-        uc.mem_write(self.pa(rsp), _SENTINEL_BYTES)
-        fast.write(X.UC_X86_REG_RSP, rsp)
-        for name, value in call.regs:
-            fast.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
-        fast.write(X.UC_X86_REG_EFLAGS, 0x2 | (EFLAGS_AC if call.stac else 0))
+        if start is None:
+            rsp = L.STACK_TOP - 8
+            uc.mem_write(self.pa(rsp), _SENTINEL_BYTES)
+            fast.write(X.UC_X86_REG_RSP, rsp)
+            for name, value in call.regs:
+                fast.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
+            fast.write(X.UC_X86_REG_EFLAGS, 0x2 | (EFLAGS_AC if call.stac else 0))
+            begin = call.entry
+            self._carried = []
+        else:
+            uc.mem_write(self._stack_page, start.stack)
+            for wpa, i, data in start.pages:
+                uc.mem_write(wpa + i * L.PAGE, data)
+            self._carried = [(wpa, i) for wpa, i, _ in start.pages]
+            begin = start.rip
         self._run = _RunState(handler, absent)
         self._insns = 0
         # 5. Run.
         try:
-            uc.emu_start(call.entry, L.SENTINEL, count=budget)
+            uc.emu_start(begin, L.SENTINEL, count=budget)
         except UcError as e:
             self._run = None
             self._restore_windows()
@@ -425,6 +440,74 @@ class Machine:
             ac_at_return=bool(eflags & EFLAGS_AC),
             insns=self._insns if self.count_insns else None,
         )
+
+    def record(self, call: Call, bufs: Buffers, handler: FaultHandler, *,
+               budget: int = DEFAULT_BUDGET) -> FastForward | None:
+        """Run the clean case once and checkpoint the first load that touches each line/page.
+
+        A case that poisons line L (or unmaps source page P) behaves exactly like the clean
+        run until the first load touching L (or P): nothing before it can see the fault.
+        Each checkpoint holds the CPU context saved in a read hook at that load (RIP at the
+        load, rep counters architectural, unicorn-notes §1) and the memory the run had
+        changed by then (dirty destination pages and the stack page).
+
+        Returns:
+            The checkpoints, or None when the clean run itself faulted or did not return
+            (then there is nothing to fast-forward through).
+        """
+        if bufs.poison or bufs.unmapped or bufs.length == 0:
+            raise UsageError("record() takes the clean case: no poison, no unmapped page")
+        lo = self.pa(bufs.src)
+        rec = _Recording(lo, lo + bufs.length, bufs.src, bufs.direction == "from")
+        uc = self.uc
+        # The recording hook replaces any poison hooks; TBs are flushed around it so the
+        # next run re-translates with its own hook set.
+        for h in self._poison_hooks:
+            uc.hook_del(h)
+        self._poison_hooks, self._poison_key = [], ()
+        hook = uc.hook_add(UC_HOOK_MEM_READ, self._on_record, None, lo - 7, rec.hi - 1)
+        uc.ctl_flush_tb()
+        self._recording = rec
+        try:
+            raw = self.run(call, bufs, handler, budget=budget)
+        finally:
+            self._recording = None
+            uc.hook_del(hook)
+            uc.ctl_flush_tb()
+        if raw.state is not State.RETURNED or raw.faults or rec.spoiled:
+            return None
+        return FastForward(dict(rec.lines), dict(rec.pages))
+
+    def _on_record(self, uc: Uc, _access: int, addr: int, size: int, _value: int,
+                   _ud: object) -> None:
+        rec = self._recording
+        if rec is None:
+            return
+        a, b = max(addr, rec.lo), min(addr + size, rec.hi)
+        if a >= b:
+            return
+        lines = range((a - rec.lo + rec.va) & ~(L.LINE - 1), b - rec.lo + rec.va, L.LINE)
+        pages = range((a - rec.lo + rec.va) & ~(L.PAGE - 1), b - rec.lo + rec.va, L.PAGE)
+        new_lines = [ln for ln in lines if ln not in rec.lines]
+        new_pages = [pg for pg in pages if rec.by_page and pg not in rec.pages]
+        if not new_lines and not new_pages:
+            return
+        src_pa, _ = self._window_pa(self._layout or "from")
+        dirty = self._dirty_pages()
+        if any(wpa == src_pa for wpa, _ in dirty):
+            rec.spoiled = True  # the routine wrote its own source: do not fast-forward
+        cp = Checkpoint(
+            seq=len(rec.lines) + len(rec.pages),
+            rip=self._fast.read(X.UC_X86_REG_RIP),
+            ctx=uc.context_save(),
+            pages=tuple((wpa, i, bytes(uc.mem_read(wpa + i * L.PAGE, L.PAGE)))
+                        for wpa, i in sorted(set(dirty) | set(self._carried))),
+            stack=bytes(uc.mem_read(self._stack_page, L.PAGE)),
+        )
+        for ln in new_lines:
+            rec.lines[ln] = cp
+        for pg in new_pages:
+            rec.pages[pg] = cp
 
     def _pte_tables(self, absent: frozenset[int]) -> list[bytes]:
         """PTE arrays of both windows with accessed/dirty clear and ``absent`` pages not present."""
@@ -457,7 +540,7 @@ class Machine:
 
     def _read_windows(self, direction: str) -> tuple[bytes, bytes]:
         src_pa, dst_pa = self._window_pa(direction)
-        self._dirty = self._dirty_pages()
+        self._dirty = sorted(set(self._dirty_pages()) | set(self._carried))
         src: bytes | bytearray = _SRC_DATA
         dst: bytes | bytearray = _DST_WINDOW_BYTES
         for wpa, i in self._dirty:
@@ -476,7 +559,8 @@ class Machine:
 
     def _restore_windows(self) -> None:
         src_pa, _ = self._window_pa(self._layout or "from")
-        for wpa, i in getattr(self, "_dirty", None) or self._dirty_pages():
+        for wpa, i in (getattr(self, "_dirty", None) or
+                       sorted(set(self._dirty_pages()) | set(self._carried))):
             init = _SRC_WINDOW_BYTES if wpa == src_pa else _DST_WINDOW_BYTES
             self.uc.mem_write(wpa + i * L.PAGE, init[i * L.PAGE:(i + 1) * L.PAGE])
         self._dirty = []
@@ -609,6 +693,50 @@ class Machine:
             except Exception:  # noqa: BLE001 - best effort at teardown
                 pass
             self.uc = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """CPU and memory state of a clean run just before one load (see ``Machine.record``)."""
+
+    seq: int
+    rip: int
+    ctx: object = field(repr=False, compare=False)
+    pages: tuple[tuple[int, int, bytes], ...] = field(repr=False, compare=False)
+    stack: bytes = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class FastForward:
+    """The checkpoints of one clean run, by source line and (for copies from user) page."""
+
+    lines: dict[int, Checkpoint]
+    pages: dict[int, Checkpoint]
+
+    def start_for(self, bufs: Buffers) -> Checkpoint | None:
+        """The earliest checkpoint among the case's faults; None if the run never meets one.
+
+        Only source-side faults are covered: poisoned source lines, and for copies from
+        user the non-present source pages.  A non-present destination page (copy to user)
+        is met by a store, which the recording does not watch, so it returns None.
+        """
+        if bufs.unmapped and bufs.direction != "from":
+            return None
+        cps = [self.lines.get((bufs.src + off) & ~(L.LINE - 1)) for off in bufs.poison]
+        cps += [self.pages.get((bufs.src + off) & ~(L.PAGE - 1)) for off in bufs.unmapped]
+        met = [cp for cp in cps if cp is not None]
+        return min(met, key=lambda cp: cp.seq) if met else None
+
+
+@dataclass
+class _Recording:
+    lo: int           # physical [lo, hi) of the source
+    hi: int
+    va: int           # virtual address of lo
+    by_page: bool
+    lines: dict[int, Checkpoint] = field(default_factory=dict)
+    pages: dict[int, Checkpoint] = field(default_factory=dict)
+    spoiled: bool = False
 
 
 class _FastRegs:

@@ -17,7 +17,7 @@ from .eras import ERAS, Era, Routine, cpu_name
 from .errors import InputError, UsageError
 from .extable import Encoding
 from .image import Image, load_object
-from .machine import Buffers, Call, Machine
+from .machine import Buffers, Call, Checkpoint, FastForward, Machine
 from .outcome import Outcome
 from .policy import Kernel, Severity
 
@@ -58,16 +58,51 @@ class Target:
                                         layout_id=settings.ex_layout, name=name)
         self.machine = Machine(self.image, count_insns=count_insns)
         self.kernel = Kernel(self.image.extable, settings.severity, self.image.read)
+        self._ff: dict[tuple[object, ...], FastForward | None] = {}
 
-    def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None) -> Outcome:
-        """Call ``routine`` on the case ``bufs`` and judge the result."""
+    def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None,
+            fast_forward: bool = False) -> Outcome:
+        """Call ``routine`` on the case ``bufs`` and judge the result.
+
+        Args:
+            routine: what to call and how.
+            bufs: the case.
+            budget: instruction limit (default: the machine's).
+            fast_forward: start a faulting case from the checkpoint of its clean run just
+                before the first load that meets the fault (``Machine.record``); the
+                outcome is the same as a full run, which the tests check across eras.
+        """
+        call = self._call(routine, bufs)
+        kwargs: dict[str, int] = {} if budget is None else {"budget": budget}
+        start = self.checkpoint(routine, bufs, budget) if fast_forward else None
+        raw = self.machine.run(call, bufs, self.kernel, start=start, **kwargs)
+        return outcome.build(raw, bufs, routine.ret_reg, self.image.symbolize)
+
+    def _call(self, routine: Routine, bufs: Buffers) -> Call:
         entry = self.image.symbol(routine.name).addr
         regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length),
                 ("rax", 0))
-        call = Call(entry, regs, stac=routine.caller_stac)
-        kwargs = {} if budget is None else {"budget": budget}
-        raw = self.machine.run(call, bufs, self.kernel, **kwargs)
-        return outcome.build(raw, bufs, routine.ret_reg, self.image.symbolize)
+        return Call(entry, regs, stac=routine.caller_stac)
+
+    def checkpoint(self, routine: Routine, bufs: Buffers,
+                   budget: int | None = None) -> Checkpoint | None:
+        """Where a fast-forwarded run of ``bufs`` starts (None: from the entry point).
+
+        The clean run of the same call is recorded once per (routine, direction, length,
+        alignments) and kept for the next cases of a sweep.
+        """
+        if not (bufs.poison or bufs.unmapped) or self.machine.count_insns:
+            return None
+        key = (routine.name, bufs.direction, bufs.length, bufs.src_align, bufs.dst_align, budget)
+        if key not in self._ff:
+            clean = Buffers(bufs.direction, bufs.length, bufs.src_align, bufs.dst_align)
+            if len(self._ff) >= 16:
+                self._ff.pop(next(iter(self._ff)))
+            kwargs = {} if budget is None else {"budget": budget}
+            self._ff[key] = self.machine.record(self._call(routine, clean), clean, self.kernel,
+                                                **kwargs)
+        ff = self._ff[key]
+        return ff.start_for(bufs) if ff is not None else None
 
     def describe(self) -> str:
         return f"{self.name} [{cpu_name(self.cpu)}]"
