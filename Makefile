@@ -28,6 +28,11 @@ test: install
 	scripts/linux-sources
 	$(PY) -m pytest -q -m "not slow"
 
+# Speed is measured here, never asserted in tests: emu's harness against a bare Unicorn loop
+# on the same machine code, and fast-forward against full re-execution.
+bench: install
+	$(PY) bench/bench.py
+
 golden: install
 	$(PY) -m pytest -q tests/golden --update-golden
 
