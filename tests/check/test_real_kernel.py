@@ -1,0 +1,67 @@
+"""emu check on Debian's real kernel files (run-time inputs, never copied into the project).
+
+``make test`` extracts them with scripts/linux-sources; like tests/kernel, a missing file is a
+clear failure, not a skip.  The changed side is produced here, in a temporary directory, by
+rewriting extable macro names only: the same class of change as 4c132d1d844a / b19b74bc99b1
+(kernel-facts.md §8).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from check_helpers import run_cli
+from emu.errors import InputError
+from emu.sources import debian_file
+
+Cap = pytest.CaptureFixture[str]
+
+
+def debian(version: str, name: str) -> Path:
+    try:
+        return debian_file(version, f"arch/x86/lib/{name}")
+    except InputError as e:
+        pytest.fail(f"{e} -- these tests need Debian's kernel sources; `make test` runs "
+                    "scripts/linux-sources to install and extract them", pytrace=False)
+
+
+def check(argv: list[str], capsys: Cap) -> tuple[int, dict]:
+    code, out, err = run_cli(["check", *argv, "--json"], capsys)
+    assert err == ""
+    return code, json.loads(out)
+
+
+def test_6_1_copy_user_load_type_change(tmp_path: Path, capsys: Cap) -> None:
+    real = debian("6.1", "copy_user_64.S")
+    text = real.read_text()
+    # the unrolled block's eight loads (labels 1-4, 9-12, fixup 30b) become EFAULT_REG
+    changed, n = re.subn(r"_ASM_EXTABLE_CPY\((1|2|3|4|9|10|11|12)b, 30b\)",
+                         r"_ASM_EXTABLE_TYPE_REG(\1b, 30b, EX_TYPE_EFAULT_REG, %rax)", text)
+    assert n == 8
+    new = tmp_path / "copy_user_64.S"
+    new.write_text(changed)
+    code, doc = check(["debian:6.1", str(new)], capsys)
+    assert (code, doc["regressions"]) == (1, ["new_mc_panic"])
+    assert doc["old"]["era"] == "E"
+    f = {c["class"]: c for c in doc["classes"]}["new_mc_panic"]
+    assert f["cases"] > 0 and len(f["sites"]) == 8 and all(s["in_matrix"] for s in f["sites"])
+    assert "copy_user_generic_unrolled" in f["example"]["command"]
+    code, doc = check(["debian:6.1", str(real)], capsys)
+    assert (code, doc["regressions"]) == (0, [])
+
+
+def test_6_12_getuser_default_type(tmp_path: Path, capsys: Cap) -> None:
+    real = debian("6.12", "getuser.S")
+    changed, n = re.subn(r"_ASM_EXTABLE_UA\(", "_ASM_EXTABLE(", real.read_text())
+    assert n > 0
+    new = tmp_path / "getuser.S"
+    new.write_text(changed)
+    code, doc = check(["debian:6.12", str(new), "--file", "arch/x86/lib/getuser.S"], capsys)
+    assert (code, doc["regressions"]) == (1, ["new_mc_panic"])
+    assert any(r.startswith("__get_user_") for r in doc["matrix"]["routines"])
+    f = {c["class"]: c for c in doc["classes"]}["new_mc_panic"]
+    assert f["cases"] > 0 and f["sites"]
