@@ -86,6 +86,15 @@ def harness_loop(target, routine, n: int) -> float:  # type: ignore[no-untyped-d
     return (time.perf_counter() - t0) / n
 
 
+def sweep_loop(target, routine, fast_forward: bool) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per case of an offset sweep: one #MC on each line of a 4096-byte copy."""
+    cases = [Buffers(length=4096, src_align=0x7E0, poison=(off,)) for off in range(0, 4096, 64)]
+    t0 = time.perf_counter()
+    for b in cases:
+        target.run(routine, b, fast_forward=fast_forward)
+    return (time.perf_counter() - t0) / len(cases)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=400, help="cases per measurement")
@@ -104,6 +113,17 @@ def main() -> int:
         worst = max(worst, h / b)
         print(f"{label:<22} {1 / h:16.0f} {1 / b:13.0f} {h / b:6.2f}")
     print(f"worst ratio {worst:.2f} (target <= 1.3)")
+    print()
+    print("offset sweep: one #MC on each of the 64 lines of a 4096-byte copy")
+    print(f"{'routine':<22} {'full cases/s':>13} {'fast-forward':>13} {'speedup':>8}")
+    for label, era_key, cpu, name in CASES:
+        era = ERAS[era_key]
+        t = era_target(era, CPUS[cpu])
+        r = era.routine(name)
+        sweep_loop(t, r, True)
+        full = statistics.median(sweep_loop(t, r, False) for _ in range(a.r))
+        ff = statistics.median(sweep_loop(t, r, True) for _ in range(a.r))
+        print(f"{label:<22} {1 / full:13.0f} {1 / ff:13.0f} {full / ff:8.2f}")
     return 0
 
 
