@@ -606,7 +606,9 @@ def load_snapshot(path: str) -> Side:
         raise InputError(f"{path}: snapshot version {d.get('version')} (this emu reads "
                          f"{SNAPSHOT_VERSION}); record it again with emu snapshot")
     if d.get("matrix") != matrix_json():
-        raise InputError(f"{path}: recorded with matrix {d.get('matrix', {}).get('version')}, "
+        m = d.get("matrix")
+        raise InputError(f"{path}: recorded with matrix "
+                         f"{m.get('version') if isinstance(m, dict) else m}, "
                          f"this emu runs {MATRIX_VERSION}; record it again with emu snapshot "
                          "--force")
     try:
@@ -732,7 +734,10 @@ def _check_outputs(a: argparse.Namespace) -> None:
         if p.is_dir():
             raise UsageError(f"{a.junit}: is a directory (--junit)")
         if p.exists() and not a.force:
-            head = p.read_bytes()[:4096]
+            try:
+                head = p.read_bytes()[:4096]
+            except OSError as e:
+                raise InputError(f"{a.junit}: cannot read: {e.strerror} (--junit)") from None
             if b"<testsuites" not in head and b"<testsuite" not in head:
                 raise UsageError(f"{a.junit} exists and is not a JUnit report; use --force to "
                                  "replace it")

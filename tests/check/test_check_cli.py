@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from check_helpers import ERA_E, IN_TREE, era_e, git, run_cli, without_function
+from emu import check
 from emu.check import CLASSES
 
 Cap = pytest.CaptureFixture[str]
@@ -253,6 +254,9 @@ def test_snapshot_is_never_overwritten_without_force(sources: dict[str, Path], t
     (["check", "Q", "{type}"], "neither an era"),
     (["check", "{base}", "{broken}"], "broken.S"),
     (["snapshot", "{base}"], "required"),
+    (["snapshot", "{base}", "-o", "{dir}/no/such/dir/snap.json"], "cannot write"),
+    (["check", "--against", "{oldsnap}", "{type}"], "record it again"),
+    (["check", "--against", "{badsnap}", "{type}"], "malformed"),
 ])
 def test_bad_input(argv: list[str], needle: str, sources: dict[str, Path], tmp_path: Path,
                    capsys: Cap) -> None:
@@ -264,8 +268,14 @@ def test_bad_input(argv: list[str], needle: str, sources: dict[str, Path], tmp_p
     broken.write_text("SYM_FUNC_START(copy_user_generic_unrolled)\n\tmovq %rax,\n")
     d = tmp_path / "plain"
     d.mkdir()
+    oldsnap = tmp_path / "old.json"
+    oldsnap.write_text(json.dumps({"format": "emu-check-snapshot", "version": 1,
+                                   "matrix": ["std-0"]}))
+    badsnap = tmp_path / "bad.json"
+    badsnap.write_text(json.dumps({"format": "emu-check-snapshot", "version": 1,
+                                   "matrix": check.matrix_json(), "cases": {"x": 1}}))
     subst = {"base": sources["base"], "type": sources["type"], "notes": notes, "snap": snap,
-             "dir": d, "broken": broken}
+             "dir": d, "broken": broken, "oldsnap": oldsnap, "badsnap": badsnap}
     before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     code, out, err = run_cli([a.format(**subst) for a in argv], capsys)
     assert code == 2 and out == ""
@@ -336,3 +346,8 @@ def test_get_user_helpers_run_in_the_matrix(tmp_path: Path, capsys: Cap) -> None
     assert (old_run["state"], old_run["err"]) == ("returned", -14)
     code, doc = check_json([str(old), str(old), "--era", "E"], capsys)
     assert code == 0
+
+
+def test_json_is_deterministic(sources: dict[str, Path], capsys: Cap) -> None:
+    argv = ["check", str(sources["base"]), str(sources["type"]), "--json"]
+    assert run_cli(argv, capsys)[1] == run_cli(argv, capsys)[1]
