@@ -205,7 +205,8 @@ def model_for(era: Era, *, mce_rules: Severity | None = None, fault_in: FaultIn 
 class Step:
     """One thing the kernel did, in order.  ``detail`` is the emulated call, if any."""
 
-    kind: str            # fault_in, copy, write_end, mce, return_to_user, syscall_return, panic
+    kind: str   # fault_in, copy, *_result, write_end, mce, syscall_return, return_to_user,
+    #             or the end state (panic, hang, oops)
     text: str
     data: dict[str, Any] = field(default_factory=dict)
     detail: trace.Traced | None = field(default=None, repr=False, compare=False)
@@ -307,7 +308,6 @@ class _Stop(Exception):
 class _Task:
     """current->mce_* and the task_work list."""
 
-    model: WriteModel
     count: int = 0
     page: int | None = None
     queued: int = 0
@@ -349,7 +349,7 @@ class WriteSim:
         self.holes = sorted({(src_align + u) & ~(L.PAGE - 1) for u in unmapped})
         self.steps: list[Step] = []
         self.mcs: list[McSite] = []
-        self.task = _Task(self.model)
+        self.task = _Task()
         written = uncopied = 0
         status = 0
         cur, fpos, left = src_align, file_off, length
@@ -386,7 +386,7 @@ class WriteSim:
                 written += copied
         except _Stop as stop:
             state, panic = stop.state, stop.message
-            self._step("panic" if state == "panic" else "hang", stop.message)
+            self._step(state, stop.message)
         ret_value: int | None = None
         errno = signal = si_code = None
         si_addr = None
