@@ -344,7 +344,7 @@ class Runner:
         if hit is not None:
             return hit, True
         t, r = self.target_and_routine(case)
-        o = t.run(r, b)
+        o = t.run(r, b, fast_forward=True)  # same outcome as a full run, see Machine.record
         self.runs += 1
         if len(self._memo) > 4096:
             self._memo.clear()
