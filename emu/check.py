@@ -778,6 +778,11 @@ def run_check(a: argparse.Namespace) -> Result:
     if not a.against:
         run_side(old, common)
     run_side(new, common)
+    if not common and not set(old.routines) ^ set(new.routines) and not any(
+            old.accesses.values()) and not any(new.accesses.values()):
+        raise UsageError(f"{new.label}: nothing to compare: no routine emu knows how to call "
+                         "and no instruction that touches user memory (name routines with "
+                         f"--routine; functions: {', '.join(new.functions) or 'none'})")
     return Result(old, new, compare(old, new, allow), common)
 
 
@@ -788,10 +793,11 @@ def run_snapshot(a: argparse.Namespace) -> Side:
     if era not in ERAS:
         raise UsageError(f"unknown --era '{a.era}' (known: {', '.join(ERAS)})")
     prepare(side, era, a.routine)
-    if not side.routines:
-        raise UsageError(f"{side.label}: no copy routine emu knows how to call; name them "
-                         f"with --routine (functions: {', '.join(side.functions) or 'none'})")
     run_side(side, list(side.routines))
+    if not side.routines and not any(side.accesses.values()):
+        raise UsageError(f"{side.label}: nothing to record: no routine emu knows how to call "
+                         "and no instruction that touches user memory (name routines with "
+                         f"--routine; functions: {', '.join(side.functions) or 'none'})")
     return side
 
 

@@ -253,6 +253,8 @@ def test_snapshot_is_never_overwritten_without_force(sources: dict[str, Path], t
     (["check", "--tree", "{dir}", "HEAD~1", "HEAD"], "not a git tree"),
     (["check", "Q", "{type}"], "neither an era"),
     (["check", "{base}", "{broken}"], "broken.S"),
+    (["check", "{empty}", "{empty}"], "nothing to compare"),
+    (["snapshot", "{empty}", "-o", "{dir}/s.json"], "nothing to record"),
     (["snapshot", "{base}"], "required"),
     (["snapshot", "{base}", "-o", "{dir}/no/such/dir/snap.json"], "cannot write"),
     (["check", "--against", "{oldsnap}", "{type}"], "record it again"),
@@ -274,8 +276,12 @@ def test_bad_input(argv: list[str], needle: str, sources: dict[str, Path], tmp_p
     badsnap = tmp_path / "bad.json"
     badsnap.write_text(json.dumps({"format": "emu-check-snapshot", "version": 1,
                                    "matrix": check.matrix_json(), "cases": {"x": 1}}))
+    empty = tmp_path / "empty.S"
+    empty.write_text("#include <linux/linkage.h>\nSYM_FUNC_START(nothing_here)\n\tRET\n"
+                     "SYM_FUNC_END(nothing_here)\n")
     subst = {"base": sources["base"], "type": sources["type"], "notes": notes, "snap": snap,
-             "dir": d, "broken": broken, "oldsnap": oldsnap, "badsnap": badsnap}
+             "dir": d, "broken": broken, "oldsnap": oldsnap, "badsnap": badsnap,
+             "empty": empty}
     before = {p: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     code, out, err = run_cli([a.format(**subst) for a in argv], capsys)
     assert code == 2 and out == ""
