@@ -108,6 +108,13 @@ def test_patch_on_top_of_old(repo: tuple[Path, dict[str, str]], tmp_path: Path,
     cmd = classes(doc)["new_mc_panic"]["example"]["command"]
     assert f"--patch {patch}" in cmd and run_json(cmd, capsys)["state"] == "panic"
     assert patch.read_bytes() == before
+    # the same change as a mail (git format-patch), on a file outside any tree
+    mbox = tmp_path / "0001-type.patch"
+    mbox.write_text(git(path, "format-patch", "--stdout", f"{sha['base']}..{sha['type']}"))
+    base = tmp_path / "copy_user_64.S"
+    base.write_text(git(path, "show", f"{sha['base']}:{IN_TREE}") + "\n")
+    code, doc = check_json([str(base), "--patch", str(mbox)], capsys)
+    assert (code, doc["regressions"]) == (1, ["new_mc_panic"])
 
 
 # ---- other classes on real behaviour ---------------------------------------------------
