@@ -21,17 +21,18 @@
  *   PATTERN_FILE  (WINDOW_PAGES + 2) * 4096 bytes: the source window contents, guard pages
  *                 included (emu.machine.source_pattern of that size)
  *   EXTABLE_ABI   1 handler pointers (<= v5.15), 2 type numbers (v5.16), 3 data words
- *   EX_LAYOUT     516, 517 or 610: the EX_TYPE numbering (only DEFAULT 1, FAULT 2,
- *                 UACCESS 3 and, outside 610, COPY 4 are modelled)
+ *   EX_LAYOUT     516, 517 or 610: the EX_TYPE numbering (DEFAULT, FAULT, UACCESS, COPY,
+ *                 the *_MCE_SAFE pair, IMM_REG and UCOPY_LEN are modelled; see classify)
  *
  * One case per input line:
  *   ROUTINE LEN_REG DIRECTION LEN SRC_ALIGN DST_ALIGN UNMAPPED
- * LEN_REG is rdx or rcx; DIRECTION is from (source is the user window) or to; UNMAPPED is a
+ * LEN_REG is rdx or rcx (the count's register), or rax for a get_user helper (rax = the
+ * source address, LEN is the buffer size); DIRECTION is from (source is the user window) or to; UNMAPPED is a
  * comma list of user-buffer offsets whose page is made PROT_NONE, or "-".
  *
  * First output line: "windows user=HEX kernel=HEX", where the data pages of the two windows
  * start.  Then one result line per case:
- *   STATE rax=HEX rcx=HEX src=ok|changed faults=N[ RIP:ADDR:SIG ...] dst=RUNS
+ *   STATE rax=HEX rcx=HEX rdx=HEX src=ok|changed faults=N[ RIP:ADDR:SIG ...] dst=RUNS
  * STATE is returned, oops (a signal no extable entry covers, or not a SIGSEGV), hang (more
  * than MAX_FAULTS faults, or no return within the watchdog), unsupported (an extable type
  * the harness does not model).  RUNS encodes the whole destination window exactly, as
@@ -68,6 +69,11 @@ extern char copy_user_enhanced_fast_string[] WEAK;
 extern char __copy_user_nocache[] WEAK;
 extern char rep_movs_alternative[] WEAK;
 extern char copy_user_generic[] WEAK;
+extern char copy_mc_fragile[] WEAK;
+extern char copy_mc_enhanced_fast_string[] WEAK;
+extern char __get_user_1[] WEAK, __get_user_2[] WEAK, __get_user_4[] WEAK, __get_user_8[] WEAK;
+extern char __get_user_nocheck_1[] WEAK, __get_user_nocheck_2[] WEAK;
+extern char __get_user_nocheck_4[] WEAK, __get_user_nocheck_8[] WEAK;
 
 static const struct { const char *name; char *addr; } routines[] = {
 	{ "copy_user_generic_unrolled", copy_user_generic_unrolled },
@@ -76,6 +82,16 @@ static const struct { const char *name; char *addr; } routines[] = {
 	{ "__copy_user_nocache", __copy_user_nocache },
 	{ "rep_movs_alternative", rep_movs_alternative },
 	{ "copy_user_generic", copy_user_generic },
+	{ "copy_mc_fragile", copy_mc_fragile },
+	{ "copy_mc_enhanced_fast_string", copy_mc_enhanced_fast_string },
+	{ "__get_user_1", __get_user_1 },
+	{ "__get_user_2", __get_user_2 },
+	{ "__get_user_4", __get_user_4 },
+	{ "__get_user_8", __get_user_8 },
+	{ "__get_user_nocheck_1", __get_user_nocheck_1 },
+	{ "__get_user_nocheck_2", __get_user_nocheck_2 },
+	{ "__get_user_nocheck_4", __get_user_nocheck_4 },
+	{ "__get_user_nocheck_8", __get_user_nocheck_8 },
 };
 
 /*
@@ -109,7 +125,7 @@ struct ex_entry {
 /* ld defines these for an orphan section whose name is a C identifier. */
 extern const struct ex_entry __start___ex_table[], __stop___ex_table[];
 
-enum fix { FIX_DEFAULT, FIX_FAULT, FIX_UACCESS, FIX_UNSUPPORTED };
+enum fix { FIX_DEFAULT, FIX_FAULT, FIX_UACCESS, FIX_IMM_REG, FIX_UCOPY_LEN, FIX_UNSUPPORTED };
 
 static int extable_abi, ex_layout;
 
@@ -128,39 +144,57 @@ static const struct ex_entry *search_extable(uintptr_t ip)
 	return NULL;
 }
 
-/* What the entry's handler does, and the EX_FLAG_CLEAR_* bits of a data word. */
-static enum fix classify(const struct ex_entry *e, int *flags)
+/*
+ * What the entry's handler does.  For a data word (v5.17+) also its register, EX_FLAG_CLEAR_*
+ * bits and signed immediate.  Type numbers per layout (kernel-facts 5b): DEFAULT 1, FAULT 2,
+ * UACCESS 3 everywhere; COPY 4 except in 610; DEFAULT_MCE_SAFE / FAULT_MCE_SAFE 12/13 in 516
+ * and 14/15 later; IMM_REG 17 and UCOPY_LEN 19 from 517.
+ */
+struct fixinfo {
+	enum fix fix;
+	int reg, flags, imm;
+};
+
+static struct fixinfo classify(const struct ex_entry *e)
 {
+	struct fixinfo fi = { FIX_UNSUPPORTED, 0, 0, 0 };
 	int type;
 
-	*flags = 0;
 	if (extable_abi == 1) {
 		const char *h = (const char *)rel(&e->data);
 
 		if (h == ex_handler_default)
-			return FIX_DEFAULT;
-		if (h == ex_handler_fault || h == ex_handler_copy)
-			return FIX_FAULT;	/* both store the trap number in ax */
-		if (h == ex_handler_uaccess)
-			return FIX_UACCESS;
-		return FIX_UNSUPPORTED;
+			fi.fix = FIX_DEFAULT;
+		else if (h == ex_handler_fault || h == ex_handler_copy)
+			fi.fix = FIX_FAULT;	/* both store the trap number in ax */
+		else if (h == ex_handler_uaccess)
+			fi.fix = FIX_UACCESS;
+		return fi;
 	}
 	type = extable_abi == 2 ? e->data : (e->data & 0xff);
-	if (extable_abi == 3)
-		*flags = (e->data >> 12) & 0xf;
-	switch (type) {
-	case 1:
-		return FIX_DEFAULT;
-	case 2:
-		return FIX_FAULT;
-	case 3:
-		return FIX_UACCESS;
-	case 4:
-		return ex_layout == 610 ? FIX_UNSUPPORTED : FIX_FAULT;	/* EX_TYPE_COPY */
-	default:
-		return FIX_UNSUPPORTED;
+	if (extable_abi == 3) {
+		fi.reg = (e->data >> 8) & 0xf;
+		fi.flags = (e->data >> 12) & 0xf;
+		fi.imm = (int16_t)((uint32_t)e->data >> 16);
 	}
+	if (type == 1 || type == (ex_layout == 516 ? 12 : 14))
+		fi.fix = FIX_DEFAULT;
+	else if (type == 2 || type == (ex_layout == 516 ? 13 : 15) || (type == 4 && ex_layout != 610))
+		fi.fix = FIX_FAULT;
+	else if (type == 3)
+		fi.fix = FIX_UACCESS;
+	else if (type == 17 && ex_layout != 516)
+		fi.fix = FIX_IMM_REG;
+	else if (type == 19 && ex_layout != 516)
+		fi.fix = FIX_UCOPY_LEN;
+	return fi;
 }
+
+/* gregs index of each register number of the data word (instruction-encoding order). */
+static const int greg_of[16] = {
+	REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI,
+	REG_R8, REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15,
+};
 
 /* ---- one case's state, shared with the signal handler -------------------------------- */
 
@@ -182,8 +216,8 @@ static void on_signal(int sig, siginfo_t *si, void *ctxp)
 	ucontext_t *uc = ctxp;
 	greg_t *g = uc->uc_mcontext.gregs;
 	const struct ex_entry *e;
-	enum fix fix;
-	int flags, trapnr;
+	struct fixinfo fi;
+	int trapnr;
 
 	if (!in_case) {
 		static const char msg[] = "harness: signal outside a case\n";
@@ -206,20 +240,26 @@ static void on_signal(int sig, siginfo_t *si, void *ctxp)
 	e = search_extable((uintptr_t)g[REG_RIP]);
 	if (!e)
 		siglongjmp(case_env, 1 + ST_OOPS);
-	fix = classify(e, &flags);
+	fi = classify(e);
 	/* A SIGSEGV from a page fault; the kernel sends SI_KERNEL for a #GP. */
 	trapnr = si->si_code == SI_KERNEL ? 13 : 14;
-	switch (fix) {
+	switch (fi.fix) {
+	case FIX_IMM_REG:		/* reg := (long)imm, then as DEFAULT */
+		g[greg_of[fi.reg]] = (greg_t)(long)fi.imm;
+		/* fall through */
 	case FIX_DEFAULT:
-		if (flags & 1)
+		if (fi.flags & 1)
 			g[REG_RAX] = 0;
-		if (flags & 2)
+		if (fi.flags & 2)
 			g[REG_RDX] = 0;
 		break;
 	case FIX_FAULT:
 		g[REG_RAX] = trapnr;
 		break;
 	case FIX_UACCESS:
+		break;
+	case FIX_UCOPY_LEN:		/* cx := reg + imm * cx, then as UACCESS */
+		g[REG_RCX] = g[greg_of[fi.reg]] + (greg_t)fi.imm * g[REG_RCX];
 		break;
 	case FIX_UNSUPPORTED:
 		siglongjmp(case_env, 1 + ST_UNSUPPORTED);
@@ -230,21 +270,25 @@ static void on_signal(int sig, siginfo_t *si, void *ctxp)
 /* ---- calling a routine ------------------------------------------------------------- */
 
 struct regs {
-	uint64_t rax, rcx;
+	uint64_t rax, rcx, rdx;
 };
 
+enum conv { CONV_RDX, CONV_RCX, CONV_RAX };
+
 /*
- * rdi = destination, rsi = source, and the count in rdx (<= v6.3 routines) or rcx
- * (rep_movs_alternative, copy_user_generic); rax starts at 0 as in emu.  The routines
- * clobber only caller-saved registers; the call needs -mno-red-zone.
+ * CONV_RDX / CONV_RCX: rdi = destination, rsi = source, the count in rdx (<= v6.3 copy
+ * routines, copy_mc) or rcx (rep_movs_alternative, copy_user_generic); rax starts at 0 as
+ * in emu.  CONV_RAX: the get_user helpers, user address in rax and nothing else.  The
+ * routines clobber only caller-saved registers; the call needs -mno-red-zone.
  */
-static struct regs call_routine(char *fn, char *dst, const char *src, uint64_t len, int len_in_rcx)
+static struct regs call_routine(char *fn, char *dst, const char *src, uint64_t len,
+				enum conv conv)
 {
-	register uint64_t rdi __asm__("rdi") = (uintptr_t)dst;
-	register uint64_t rsi __asm__("rsi") = (uintptr_t)src;
-	register uint64_t rdx __asm__("rdx") = len_in_rcx ? 0 : len;
-	register uint64_t rcx __asm__("rcx") = len_in_rcx ? len : 0;
-	register uint64_t rax __asm__("rax") = 0;
+	register uint64_t rdi __asm__("rdi") = conv == CONV_RAX ? 0 : (uintptr_t)dst;
+	register uint64_t rsi __asm__("rsi") = conv == CONV_RAX ? 0 : (uintptr_t)src;
+	register uint64_t rdx __asm__("rdx") = conv == CONV_RDX ? len : 0;
+	register uint64_t rcx __asm__("rcx") = conv == CONV_RCX ? len : 0;
+	register uint64_t rax __asm__("rax") = conv == CONV_RAX ? (uintptr_t)src : 0;
 	struct regs out;
 
 	__asm__ volatile("cld\n\tcall *%[fn]"
@@ -253,6 +297,7 @@ static struct regs call_routine(char *fn, char *dst, const char *src, uint64_t l
 			 : "r8", "r9", "r10", "r11", "memory", "cc");
 	out.rax = rax;
 	out.rcx = rcx;
+	out.rdx = rdx;
 	return out;
 }
 
@@ -406,7 +451,7 @@ int main(int argc, char **argv)
 
 		/* 3. Run. */
 		nfaults = 0;
-		r.rax = r.rcx = 0;
+		r.rax = r.rcx = r.rdx = 0;
 		tv.it_value.tv_usec = WATCHDOG_US % 1000000;
 		tv.it_value.tv_sec = WATCHDOG_US / 1000000;
 		setitimer(ITIMER_REAL, &tv, NULL);
@@ -414,7 +459,9 @@ int main(int argc, char **argv)
 		jr = sigsetjmp(case_env, 1);
 		if (jr == 0) {
 			r = call_routine(fn, (char *)dstw + PAGE + dalign,
-					 (const char *)srcw + PAGE + salign, len, !strcmp(lenreg, "rcx"));
+					 (const char *)srcw + PAGE + salign, len,
+					 !strcmp(lenreg, "rcx") ? CONV_RCX :
+					 !strcmp(lenreg, "rax") ? CONV_RAX : CONV_RDX);
 			state = ST_RETURNED;
 		} else {
 			state = jr - 1;
@@ -431,8 +478,8 @@ int main(int argc, char **argv)
 		}
 
 		/* 5. Report. */
-		printf("%s rax=%lx rcx=%lx src=%s faults=%d", state_names[state],
-		       (unsigned long)r.rax, (unsigned long)r.rcx,
+		printf("%s rax=%lx rcx=%lx rdx=%lx src=%s faults=%d", state_names[state],
+		       (unsigned long)r.rax, (unsigned long)r.rcx, (unsigned long)r.rdx,
 		       memcmp(srcw, pattern, SPAN) ? "changed" : "ok", nfaults);
 		for (i = 0; i < nfaults && i <= MAX_FAULTS; i++)
 			printf(" %lx:%lx:%d", (unsigned long)faults[i].rip,

@@ -21,7 +21,7 @@ import io
 import random
 import re
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,8 @@ from elftools.elf.elffile import ELFFile
 from emu import layout as L
 from emu.assemble import AsmConfig, get_assembler
 from emu.eras import Routine, cpu_name
-from emu.image import load_object
+from emu.errors import EmulationError
+from emu.image import Image, load_object
 from emu.machine import WINDOW_SPAN, Buffers, Call, FaultHandler, State, source_pattern
 from emu.target import Target
 
@@ -107,12 +108,18 @@ class Harness:
     #: (section name, start, size) of the object's input sections in the executable.
     sections: list[tuple[str, int, int]]
     patched: dict[str, int]
+    #: ud2 stubs standing for the object's undefined symbols: name → address.
+    stubs: dict[str, int] = field(default_factory=dict)
 
-    def place(self, rip: int) -> tuple[str, int] | int:
+    def place(self, addr: int) -> tuple[str, int] | int:
+        """An address as (section, offset) in the object, ("stub:NAME", 0), or itself."""
         for name, start, size in self.sections:
-            if start <= rip < start + size:
-                return name, rip - start
-        return rip
+            if start <= addr < start + size:
+                return name, addr - start
+        for name, stub in self.stubs.items():
+            if stub <= addr < stub + 2:
+                return f"stub:{name}", addr - stub
+        return addr
 
     def run(self, cases: Sequence[tuple[Routine, Buffers]], pattern_file: Path) -> list[Behaviour]:
         """Run cases in one process; one ``Behaviour`` per case, in order."""
@@ -143,12 +150,11 @@ class Harness:
         for rec in recs:
             rip, addr, sig = rec.split(":")
             faults.append((SIGNAL_KIND.get(int(sig), f"sig{sig}"), self.place(int(rip, 16)),
-                           where(int(addr, 16), bufs, windows["user"], windows["kernel"])))
+                           where(int(addr, 16), windows["user"], windows["kernel"], self.place)))
         assert len(faults) == min(nf, 257), line[:200]
         ret = None
         if state == "returned":
-            ret = (int(kv["rax"], 16) & 0xFFFFFFFF if routine.ret_reg == "eax"
-                   else int(kv["rcx"], 16))
+            ret = result(routine, {k: int(kv[k], 16) for k in ("rax", "rcx", "rdx")})
         return Behaviour(state, ret, kv["src"] == "changed", tuple(faults), kv["dst"])
 
 
@@ -162,8 +168,16 @@ def build_harness(obj: bytes, encoding: int, layout: int, workdir: Path, *,
     d.mkdir(parents=True, exist_ok=True)
     o, exe, mapf = d / "routines.o", d / "harness", d / "harness.map"
     o.write_bytes(patched)
+    # Calls out of the object (e.g. copy_mc_fragile_handle_tail, C code in the kernel) land on
+    # a ud2, as in emu, where an undefined symbol is a ud2 stub.
+    undefined = sorted(_undefined(patched) - HARNESS_SYMBOLS)
+    stubs_s = d / "stubs.S"
+    stubs_s.write_text(".text\n" + "".join(
+        f".globl {n}\n.type {n},@function\n{n}:\n\tud2\n" for n in undefined)
+        + '.section .note.GNU-stack,"",@progbits\n')
     cmd = ["gcc", "-O1", "-g0", "-mno-red-zone", "-no-pie", "-Wall", "-Werror",
-           "-Wl,-z,noexecstack", f"-Wl,-Map={mapf}", "-o", str(exe), str(HARNESS_C), str(o)]
+           "-Wl,-z,noexecstack", f"-Wl,-Map={mapf}", "-o", str(exe), str(HARNESS_C), str(o),
+           str(stubs_s)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise AssertionError(f"cannot build the harness: {' '.join(cmd)}\n{proc.stderr}")
@@ -172,7 +186,32 @@ def build_harness(obj: bytes, encoding: int, layout: int, workdir: Path, *,
                 if m["file"] == str(o) and int(m["size"], 16)]
     if not any(s[0] == "__ex_table" for s in sections):
         raise AssertionError(f"{mapf}: the object's __ex_table was not linked")
-    return Harness(exe, encoding, layout, sections, counts)
+    with exe.open("rb") as fh:
+        symtab = ELFFile(fh).get_section_by_name(".symtab")
+        stubs = {sym.name: int(sym["st_value"]) for sym in symtab.iter_symbols()
+                 if sym.name in undefined}
+    return Harness(exe, encoding, layout, sections, counts, stubs)
+
+
+#: The ex_handler_* functions harness.c defines for the <= v5.15 extable encoding.
+HARNESS_SYMBOLS = frozenset(re.findall(r"HANDLER_SYM\((ex_handler_\w+)\)", HARNESS_C.read_text()))
+
+
+def _undefined(obj: bytes) -> set[str]:
+    symtab = ELFFile(io.BytesIO(obj)).get_section_by_name(".symtab")
+    return {s.name for s in symtab.iter_symbols() if s["st_shndx"] == "SHN_UNDEF" and s.name}
+
+
+def is_get_user(routine: Routine) -> bool:
+    """A get_user helper: address in rax; eax = 0 / -EFAULT and rdx = the value out."""
+    return routine.len_reg == "rax"
+
+
+def result(routine: Routine, regs: dict[str, int]) -> int | tuple[int, int]:
+    """The routine's result: eax or rcx for the copies, (rax, rdx) for get_user."""
+    if is_get_user(routine):
+        return regs["rax"], regs["rdx"]
+    return regs["rax"] & 0xFFFFFFFF if routine.ret_reg == "eax" else regs[routine.ret_reg]
 
 
 def case_line(routine: Routine, b: Buffers) -> str:
@@ -194,12 +233,16 @@ class Behaviour:
     """
 
     state: str
-    ret: int | None
+    ret: int | tuple[int, int] | None
     src_changed: bool
     faults: tuple[tuple[str, object, object], ...]
     dst: str = field(repr=False)
+    #: why emu could not run the case (state "error": emu raised EmulationError)
+    message: str = field(default="", compare=False)
 
     def short(self) -> str:
+        if self.state == "error":
+            return f"error: {self.message}"
         f = " ".join(f"{k}@{_fmt(rip)}->{_fmt(a)}" for k, rip, a in self.faults[:6])
         more = f" (+{len(self.faults) - 6})" if len(self.faults) > 6 else ""
         return (f"{self.state} ret={self.ret} faults=[{f}{more}] dst={self.dst[:120]}"
@@ -212,11 +255,24 @@ def _fmt(x: object) -> str:
     return hex(x) if isinstance(x, int) else str(x)
 
 
-def where(addr: int, b: Buffers, user: int, kernel: int) -> tuple[str, int] | int:
-    """A fault address as (window, offset from the window's first data byte)."""
+def where(addr: int, user: int, kernel: int,
+          place: Callable[[int], tuple[str, int] | int]) -> tuple[str, int] | int:
+    """A fault address as (window, offset from the window's first data byte), else as a
+    code place (a #UD reports the instruction's address)."""
     for name, base in (("user", user), ("kernel", kernel)):
         if base - 2 * L.PAGE <= addr < base + L.MAX_SPAN + 2 * L.PAGE:
             return name, addr - base
+    return place(addr)
+
+
+def emu_place(img: Image, addr: int) -> tuple[str, int] | int:
+    """``Harness.place`` for emu's image."""
+    for s in img.sections:
+        if s.addr <= addr < s.end:
+            return s.name, addr - s.addr
+    for name, stub in img.stubs.items():
+        if stub <= addr < stub + 2:
+            return f"stub:{name}", addr - stub
     return addr
 
 
@@ -280,19 +336,21 @@ def emu_behaviour(target: Target, routine: Routine, b: Buffers,
     policy is caught)."""
     img = target.image
     entry = img.symbol(routine.name).addr
-    regs = (("rdi", b.dst), ("rsi", b.src), (routine.len_reg, b.length), ("rax", 0))
-    raw = target.machine.run(Call(entry, regs, stac=routine.caller_stac), b,
-                             handler or target.kernel)
-    ret = None
-    if raw.state is State.RETURNED:
-        r = dict(raw.regs)
-        ret = r["rax"] & 0xFFFFFFFF if routine.ret_reg == "eax" else r[routine.ret_reg]
+    regs: tuple[tuple[str, int], ...] = (
+        (("rax", b.src),) if is_get_user(routine)
+        else (("rdi", b.dst), ("rsi", b.src), (routine.len_reg, b.length), ("rax", 0)))
+    try:
+        raw = target.machine.run(Call(entry, regs, stac=routine.caller_stac), b,
+                                 handler or target.kernel)
+    except EmulationError as e:
+        return Behaviour("error", None, False, (), "", str(e))
+    ret = result(routine, dict(raw.regs)) if raw.state is State.RETURNED else None
     faults = []
+    place = lambda a: emu_place(img, a)  # noqa: E731
     for rec in raw.faults:
         ev = rec.event
-        sec = next(((s.name, ev.rip - s.addr) for s in img.sections if s.addr <= ev.rip < s.end),
-                   ev.rip)
-        faults.append((ev.kind.value, sec, where(ev.address, b, L.USER_WINDOW, L.KERNEL_WINDOW)))
+        faults.append((ev.kind.value, place(ev.rip),
+                       where(ev.address, L.USER_WINDOW, L.KERNEL_WINDOW, place)))
     src_changed = raw.src_window != PATTERN[L.PAGE:L.PAGE + L.MAX_SPAN]
     return Behaviour(raw.state.value, ret, src_changed, tuple(faults),
                      encode_dst(raw.dst_window, b.src_align - b.dst_align))
@@ -337,6 +395,19 @@ def default_cases(routine: Routine, seed: int) -> list[tuple[Routine, Buffers]]:
                 out.append(clean_case(direction, n, rng.randrange(64), k))
         out.append(Buffers(direction, 4096, 0x7E0, 0, unmapped=(0x820,))
                    if direction == "from" else Buffers(direction, 4096, 0, 0x7E0, unmapped=(0x820,)))
+    return [(routine, b) for b in out]
+
+
+def get_user_cases(routine: Routine, size: int) -> list[tuple[Routine, Buffers]]:
+    """A get_user helper reading ``size`` bytes: aligned and misaligned reads in a present
+    page, reads that straddle into a missing page after 1..size-1 bytes, and reads from a
+    missing page."""
+    out: list[Buffers] = []
+    for ua in sorted({0, 1, size - 1, 7, 63, L.PAGE - size, L.PAGE - size // 2 - 1}):
+        out.append(clean_case("from", size, ua, 0))       # the last two cross a page
+    for b in range(size):
+        out.append(boundary_case("from", size, b, 0))
+    out.append(boundary_case("from", size, 0, 21))        # a missing page, misaligned
     return [(routine, b) for b in out]
 
 

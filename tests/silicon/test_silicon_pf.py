@@ -33,8 +33,10 @@ from emu.eras import CPUS, ERAS, Routine
 from emu.machine import Buffers, Redirect
 from emu.target import Target, era_target, read_source
 
+from emu.detect import GET_USER_SIZES
 from silicon_native import (Behaviour, Disagreement, Harness, build_harness, compare,
-                            default_cases, full_cases, object_for, patch_privileged)
+                            default_cases, full_cases, get_user_cases, is_get_user, object_for,
+                            patch_privileged)
 
 # ---- what is compared -------------------------------------------------------------------------
 
@@ -45,19 +47,34 @@ class Variant:
 
     spec: str       # what `emu run` takes: an era key or debian:VERSION
     cpu: str        # a CPUS preset
+    file: str = "copy_user_64.S"   # for debian: the file in arch/x86/lib
 
     @property
     def label(self) -> str:
-        return f"{self.spec}/{self.cpu}"
+        name = "" if self.file == "copy_user_64.S" else f":{self.file}"
+        return f"{self.spec}{name}/{self.cpu}"
+
+    @property
+    def command_source(self) -> str:
+        """The source part of an ``emu run`` reproducer."""
+        return self.spec if self.file == "copy_user_64.S" else \
+            f"{self.spec} --file arch/x86/lib/{self.file}"
 
     def load(self) -> tuple[Target, str, tuple[Routine, ...]]:
         """The emu target, its source text and the routines to call."""
         if self.spec.startswith("debian:"):
             from tests.kernel.debian_sources import debian_target
-            t = debian_target(self.spec.split(":", 1)[1], cpu=CPUS[self.cpu])
-            return t, t.source.text, tuple(t.detection.routines)
+            t = debian_target(self.spec.split(":", 1)[1], self.file, cpu=CPUS[self.cpu])
+            routines = tuple(t.detection.routines) + tuple(
+                Routine(n, len_reg="rax", ret_reg="eax") for n in t.detection.get_user)
+            return t, t.source.text, routines
         era = ERAS[self.spec]
         return era_target(era, CPUS[self.cpu]), read_source(era.path), era.routines
+
+    def cases(self, routine: Routine, full: bool) -> list[tuple[Routine, Buffers]]:
+        if is_get_user(routine):
+            return get_user_cases(routine, GET_USER_SIZES[routine.name])
+        return full_cases(routine) if full else default_cases(routine, _seed(self.label))
 
 
 #: One entry per distinct object: in eras A-E and Debian 6.1 no ALTERNATIVE depends on
@@ -65,7 +82,9 @@ class Variant:
 #: test_variants_cover_every_distinct_object).
 BUNDLED = [Variant(k, "none") for k in "ABCDE"] + [Variant("F", c) for c in ("none", "erms", "fsrm")]
 DEBIAN = [Variant("debian:6.1", "none"), Variant("debian:6.1", "fsrm"),
-          Variant("debian:6.12", "none"), Variant("debian:6.12", "erms")]
+          Variant("debian:6.12", "none"), Variant("debian:6.12", "erms"),
+          Variant("debian:6.1", "none", "copy_mc_64.S"), Variant("debian:6.12", "none", "copy_mc_64.S"),
+          Variant("debian:6.1", "none", "getuser.S"), Variant("debian:6.12", "none", "getuser.S")]
 VARIANTS = BUNDLED + DEBIAN
 
 
@@ -94,22 +113,69 @@ class KnownDivergence:
 KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = ()
 
 
+@dataclass(frozen=True)
+class KnownEmuBug:
+    """A disagreement already reported as an emu bug: the test xfails on it (and only on
+    it) until emu is fixed, then passes by itself."""
+
+    name: str
+    reason: str
+    applies: Callable[[Behaviour, Behaviour], bool]
+
+
+def _ud2_stub(native: Behaviour, emu: Behaviour) -> bool:
+    return (native.state == "oops" and emu.state == "error"
+            and "UC_ERR_INSN_INVALID" in emu.message and bool(native.faults)
+            and native.faults[-1][0] == "ud" and str(native.faults[-1][1]).startswith("('stub:"))
+
+
+KNOWN_EMU_BUGS = (
+    KnownEmuBug(
+        "call-out-of-image-is-an-emulation-error",
+        "a fixup that calls a function outside the object (copy_mc_fragile's tail calls the C "
+        "function copy_mc_fragile_handle_tail) reaches emu's ud2 stub; Unicorn 2.1.4 stops "
+        "with UC_ERR_INSN_INVALID instead of raising #UD through UC_HOOK_INTR, so "
+        "Machine.run raises EmulationError (emu run exits 2) where the CPU takes #UD at the "
+        "stub and the kernel would oops",
+        _ud2_stub),
+)
+
+
 def _seed(label: str) -> int:
     return zlib.crc32(label.encode())
 
 
 def _run(v: Variant, harness_for: Callable[[bytes, int, int], Harness], pattern_file: Path,
-         cases_of: Callable[[Routine], list[tuple[Routine, Buffers]]]
-         ) -> tuple[list[Behaviour], list[Disagreement], Harness]:
+         full: bool) -> tuple[list[Behaviour], list[Disagreement], Harness]:
     t, text, routines = v.load()
     h = harness_for(object_for(t, text), int(t.settings.encoding), t.settings.ex_layout)
     natives: list[Behaviour] = []
     bad: list[Disagreement] = []
     for r in routines:
-        nat, dis = compare(v.label, v.spec, t, h, cases_of(r), pattern_file, KNOWN_DIVERGENCES)
+        nat, dis = compare(v.label, v.command_source, t, h, v.cases(r, full), pattern_file,
+                           KNOWN_DIVERGENCES)
         natives += nat
         bad += dis
     return natives, bad, h
+
+
+def _split_known_bugs(bad: list[Disagreement]
+                      ) -> tuple[list[Disagreement], dict[str, list[Disagreement]]]:
+    rest: list[Disagreement] = []
+    bugs: dict[str, list[Disagreement]] = {}
+    for d in bad:
+        bug = next((k for k in KNOWN_EMU_BUGS if k.applies(d.native, d.emu)), None)
+        if bug is None:
+            rest.append(d)
+        else:
+            bugs.setdefault(bug.name, []).append(d)
+    return rest, bugs
+
+
+def _xfail_known(bugs: dict[str, list[Disagreement]], total: int) -> None:
+    if bugs:
+        pytest.xfail("; ".join(f"{len(ds)} of {total} cases hit known emu bug {name} "
+                               f"(e.g. {ds[0].command})" for name, ds in bugs.items()))
 
 
 def _report(bad: list[Disagreement], total: int) -> str:
@@ -125,17 +191,20 @@ def test_emu_agrees_with_the_cpu(variant: Variant, harness_for: Callable[[bytes,
                                  pattern_file: Path) -> None:
     """Quick sweep: lengths 0..130 and 4096, both directions, each length once, mostly
     against a guard page at a seeded offset; every routine of the variant."""
-    seed = _seed(variant.label)
-    natives, bad, h = _run(variant, harness_for, pattern_file,
-                           lambda r: default_cases(r, seed))
+    natives, bad, h = _run(variant, harness_for, pattern_file, full=False)
+    bad, bugs = _split_known_bugs(bad)
     assert not bad, _report(bad, len(natives))
-    # The sweep is not vacuous: many cases faulted natively and returned a short count,
-    # and some of them copied nothing at all.
-    short = [n for n in natives if n.state == "returned" and n.faults and n.ret]
-    assert len(short) > len(natives) // 3
-    assert any(n.faults and n.ret and n.dst.count("S") == 0 for n in natives)
-    if not variant.spec.startswith("debian:6.12"):   # its copy_user_64.S leaves stac to callers
+    # The sweep is not vacuous: many cases faulted natively and then returned (a short
+    # count, or -EFAULT from get_user), and some copies stored nothing at all.
+    fixed = [n for n in natives if n.state == "returned" and n.faults
+             and (n.ret[0] if isinstance(n.ret, tuple) else n.ret)]
+    assert len(fixed) > len(natives) // 3
+    if variant.file != "getuser.S":
+        assert any(n.faults and n.ret and n.dst.count("S") == 0 for n in natives)
+    if variant.spec != "debian:6.12" and variant.file != "copy_mc_64.S":
+        # (6.12's rep_movs_alternative and copy_mc leave stac/clac to their callers)
         assert h.patched["stac"] > 0 and h.patched["clac"] > 0
+    _xfail_known(bugs, len(natives))
 
 
 @pytest.mark.slow
@@ -145,8 +214,10 @@ def test_emu_agrees_with_the_cpu_full_sweep(variant: Variant,
                                             pattern_file: Path) -> None:
     """Every guard-page offset for lengths 0..130, clean copies at several alignments, and
     4 KiB / 4097-byte copies with one or two missing pages (about 19k cases per routine)."""
-    natives, bad, _ = _run(variant, harness_for, pattern_file, full_cases)
+    natives, bad, _ = _run(variant, harness_for, pattern_file, full=True)
+    bad, bugs = _split_known_bugs(bad)
     assert not bad, _report(bad, len(natives))
+    _xfail_known(bugs, len(natives))
 
 
 def test_variants_cover_every_distinct_object() -> None:
@@ -155,10 +226,10 @@ def test_variants_cover_every_distinct_object() -> None:
     every: dict[str, set[bytes]] = {}
     for v in VARIANTS:
         t, text, _ = v.load()
-        listed.setdefault(v.spec, set()).add(object_for(t, text))
+        listed.setdefault(v.spec + v.file, set()).add(object_for(t, text))
         for cpu in CPUS:
-            t, text, _ = Variant(v.spec, cpu).load()
-            every.setdefault(v.spec, set()).add(object_for(t, text))
+            t, text, _ = Variant(v.spec, cpu, v.file).load()
+            every.setdefault(v.spec + v.file, set()).add(object_for(t, text))
     assert listed == every
 
 
