@@ -20,13 +20,17 @@ from . import outcome
 from .detect import GET_USER_SIZES, Detection, detect
 from .eras import ERAS, Routine
 from .errors import UsageError
-from .machine import Buffers, Call, State
+from .assemble import AsmConfig
+from .machine import Buffers, Call, Machine, State
 from .outcome import Fault
+from .policy import Kernel
 from .sources import COPY_USER, DEBIAN_VERSIONS, Source, apply_patches, debian_file, read_file, \
     read_rev
 from .target import Settings, Target
 
 EFAULT = 14
+#: --assembler values: GNU as (reference) and the keystone backend (keystone_backend.py).
+ASSEMBLER_NAMES = ("gas", "keystone")
 
 
 class KernelTarget(Target):
@@ -34,8 +38,25 @@ class KernelTarget(Target):
 
     def __init__(self, src: Source, detection: Detection, cpu: frozenset[str],
                  assembler: str = "gas", count_insns: bool = False) -> None:
-        super().__init__(src.text, src.name, Settings.of(detection.era), cpu, assembler,
-                         count_insns)
+        if assembler not in ASSEMBLER_NAMES:
+            raise UsageError(f"unknown assembler '{assembler}' (known: "
+                             f"{', '.join(ASSEMBLER_NAMES)})")
+        if assembler == "keystone":
+            from .keystone_backend import KeystoneAssembler
+            era = detection.era
+            ks = KeystoneAssembler()
+            if not ks.available():
+                raise UsageError("--assembler keystone: the keystone-engine package is not "
+                                 "installed (pip install keystone-engine)")
+            self.name, self.settings, self.cpu = src.name, Settings.of(era), cpu
+            self.image = ks.assemble_image(src.text, AsmConfig(int(era.encoding), era.ex_layout,
+                                                               cpu), src.name,
+                                           encoding=era.encoding, layout_id=era.ex_layout)
+            self.machine = Machine(self.image, count_insns=count_insns)
+            self.kernel = Kernel(self.image.extable, self.settings.severity, self.image.read)
+        else:
+            super().__init__(src.text, src.name, Settings.of(detection.era), cpu, assembler,
+                             count_insns)
         self.source = src
         self.detection = detection
 
