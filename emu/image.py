@@ -73,6 +73,21 @@ class Image:
     stubs: dict[str, int] = field(default_factory=dict, repr=False)
     _names: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        """Every entry must point into loaded code, and no instruction may have two entries."""
+        seen: set[int] = set()
+        for i, e in enumerate(self.extable):
+            for what, addr in (("insn", e.insn), ("fixup", e.fixup)):
+                sec = self._section_of(addr)
+                if sec is None or not sec.executable:
+                    where = f"{sec.name}+{addr - sec.addr:#x}" if sec else f"{addr:#x}"
+                    raise ImageError(f"{self.name}: __ex_table entry {i}: {what} {where} is "
+                                     "outside the loaded code")
+            if e.insn in seen:
+                raise ImageError(f"{self.name}: two __ex_table entries for the instruction at "
+                                 f"{self.symbolize(e.insn)}")
+            seen.add(e.insn)
+
     def symbol(self, name: str) -> Symbol:
         """Look up a symbol by name.
 
@@ -383,6 +398,10 @@ def _load_linked(elf: ELFFile, encoding: Encoding, layout_id: int, name: str,
                                      f"points at {target:#x}, which no symbol names; is this "
                                      "image really in the handler-pointer encoding (<= v5.15)?")
                 third = 0
+            if raw_entries and insn < raw_entries[-1][0]:
+                raise ImageError(f"{name}: __ex_table is not sorted: entry {off // 12} (insn "
+                                 f"{insn:#x}) comes after {raw_entries[-1][0]:#x}; the "
+                                 "kernel's binary search would miss entries")
             raw_entries.append((insn, fixup, third, handler))
 
     # 2. The window to load.

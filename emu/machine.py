@@ -157,10 +157,10 @@ class Buffers:
                 raise UsageError(f"len {self.length} + {what} alignment {a} exceeds the "
                                  f"{L.MAX_SPAN}-byte buffer window")
         for off in self.poison:
-            if not 0 <= off < max(self.length, 1):
+            if not 0 <= off < self.length:
                 raise UsageError(f"poison offset {off} is outside the {self.length}-byte source")
         for off in self.unmapped:
-            if not 0 <= off < max(self.length, 1):
+            if not 0 <= off < self.length:
                 raise UsageError(f"unmapped offset {off} is outside the {self.length}-byte "
                                  "user buffer")
 
