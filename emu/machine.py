@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from unicorn import (UC_ARCH_X86, UC_HOOK_BLOCK, UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_MODE_64,
-                     Uc, UcError)
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_INTR,
+                     UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
 from unicorn import x86_const as X
 
 from . import layout as L
@@ -411,11 +411,15 @@ class Machine:
         try:
             uc.emu_start(begin, L.SENTINEL, count=budget)
         except UcError as e:
-            self._run = None
-            self._restore_windows()
             rip = fast.read(X.UC_X86_REG_RIP)
-            raise EmulationError(f"unicorn stopped at {self.image.symbolize(rip)}: {e}",
-                                 pc=rip, errno=e.errno) from e
+            if e.errno != UC_ERR_INSN_INVALID or self._run is None:
+                self._run = None
+                self._restore_windows()
+                raise EmulationError(f"unicorn stopped at {self.image.symbolize(rip)}: {e}",
+                                     pc=rip, errno=e.errno) from e
+            # ud2 or an undefined opcode: Unicorn stops instead of raising #UD (vector 6).
+            # In the kernel that is an oops; a call out of the image lands on a ud2 stub.
+            self._invalid_opcode(rip)
         run, self._run = self._run, None
         assert run is not None
         # 6. How it ended.
@@ -655,6 +659,18 @@ class Machine:
                     uc.emu_stop()
                     return
         self._dispatch(FaultEvent(kind, rip, 0, False))
+
+    def _invalid_opcode(self, rip: int) -> None:
+        run = self._run
+        assert run is not None
+        event = FaultEvent(FaultKind.UD, rip, rip, False)
+        name = next((n for n, stub in self.image.stubs.items() if stub <= rip < stub + 16), None)
+        if name is not None:
+            res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
+        else:
+            res = Halt(State.OOPS, f"invalid opcode at {self.image.symbolize(rip)}")
+        run.faults.append(FaultRecord(event, res, self._snapshot()))
+        run.halt = res
 
     def _on_read(self, uc: Uc, _access: int, addr: int, size: int, _value: int,
                  line: int) -> None:
