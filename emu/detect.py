@@ -10,7 +10,10 @@ changes that matter to emu (kernel-facts.md §3, §4, §5a, §6a):
   re-add (era E, 3376136300a0), and no test at all is the v5.16 revert (era D);
 * only ``_ASM_EXTABLE_UA`` / ``_ASM_EXTABLE``: before v5.10 (era A);
 * ``.fixup`` sections existed until v5.16 and ``RET`` replaced ``ret`` in v5.17 (straight-line
-  speculation series); these two cross-check the choice and date the copy_mc / getuser files;
+  speculation series); these two cross-check the choice and date the copy_mc / getuser files.
+  Stable trees blur this: Debian's 5.10.223 has ``RET`` (backported) and still ``.fixup``, and
+  its getuser.S differs from 6.1's only by objtool annotations, so such a file is reported
+  with the later era unless ``--era`` says otherwise;
 * copy_mc_64.S: ``_ASM_EXTABLE_FAULT`` up to v5.15, ``EX_TYPE_DEFAULT_MCE_SAFE`` from v5.16;
 * getuser.S: plain ``_ASM_EXTABLE`` (EX_TYPE_DEFAULT) on the load in 6.4-6.7 (b19b74bc99b1),
   ``_ASM_EXTABLE_UA`` before and after.
@@ -141,7 +144,7 @@ def detect(text: str, *, name: str = "input.S", forced: str | None = None) -> De
     if fixup:
         ev.append(".fixup section (<= v5.16)")
     if big_ret:
-        ev.append("RET macro (>= v5.17)")
+        ev.append("RET macro (v5.17+, or a stable tree with the SLS backport)")
     elif small_ret:
         ev.append("plain ret (<= v5.16)")
 
