@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING
 from . import inputs, policy_cmds, report
 from .eras import ERAS, Era, Routine, cpu_name, parse_cpu
 from .errors import EmuError, UsageError
-from .machine import Buffers
+from .machine import Buffers, State
 from .target import Settings, Target, era_target, get_target, read_source, resolve_era
 
 if TYPE_CHECKING:
@@ -212,6 +212,11 @@ def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
                                 **o.to_json()}))
     else:
         report.run_table(o, f"{label}: {routine.name} [cpu {cpu_name(cpu)}]", out)
+    if o.state is State.HANG:
+        # A routine that never returns (or whose fixup faults forever) is a broken input:
+        # the outcome is printed above, and the exit code says the input is at fault.
+        print(f"emu: error: {routine.name}: {o.message}", file=sys.stderr)
+        return 2
     return 0
 
 
