@@ -9,13 +9,20 @@ The code, symbols and ``__ex_table`` come from the file (``image.load_object`` /
 * otherwise it is data; ``rep_movs_alternative`` → era F; EX_TYPE_COPY (4) entries → era D
   when a ``.fixup`` section exists (≤ v5.16), else era E; anything else → era E.
 
-ALTERNATIVEs: objects built with emu's headers have them resolved at assembly time, so the
-ones the tests build carry no ``.altinstructions``.  Applying a kbuild object's
-``.altinstructions`` for another CPU is not implemented: such an object runs as built (the
-boot-time default instructions).
+ALTERNATIVEs: a relocatable object that carries ``.altinstructions`` (a kernel build, or emu's
+headers with -DEMU_ALT_KBUILD=1) has its sites patched for the selected CPU here, as the
+boot-time alternatives pass would: records are read in order (a later match overrides an
+earlier one), the replacement is copied over the site, the rest of the site is filled with
+NOPs, and a leading rel32 call/jmp is re-aimed.  Records use the v6.3+ layout (s32 site,
+s32 replacement, u32 feature|flags, u8 site length, u8 replacement length; UNVERIFIED for
+other releases); another size is refused.  A linked image is run as linked: its window
+does not include ``.altinstructions``.
 """
 
 from __future__ import annotations
+
+import struct
+from dataclasses import replace
 
 from pathlib import Path
 
@@ -29,6 +36,61 @@ from .machine import Machine
 from .policy import Kernel
 from .sources import Source
 from .target import Settings
+
+
+#: X86_FEATURE_* numbers (32 * word + bit) of what emu selects, as in asm/emu_kernel.h.
+FEATURE_BITS = {"ALWAYS": 3 * 32 + 21, "REP_GOOD": 3 * 32 + 16, "ERMS": 9 * 32 + 9,
+                "SMAP": 9 * 32 + 20, "FSRM": 18 * 32 + 4}
+ALT_RECORD = 14
+ALT_FLAG_NOT = 1
+
+
+def apply_alternatives(img: Image, cpu: frozenset[str]) -> tuple[Image, int]:
+    """Patch every ALTERNATIVE site of ``img`` for ``cpu``; returns the image and the count.
+
+    Raises:
+        ImageError: a record that is not 14 bytes, points outside the image, or has a
+            replacement longer than its site.
+    """
+    alt = next((s for s in img.sections if s.name == ".altinstructions"), None)
+    if alt is None:
+        return img, 0
+    if len(alt.data) % ALT_RECORD:
+        raise ImageError(f"{img.name}: .altinstructions is {len(alt.data)} bytes, not a "
+                         f"multiple of the {ALT_RECORD}-byte record emu reads (v6.3+ layout)")
+    have = {FEATURE_BITS[f] for f in cpu if f in FEATURE_BITS}
+    have |= {FEATURE_BITS["ALWAYS"], FEATURE_BITS["SMAP"]}
+    code = {s.name: bytearray(s.data) for s in img.sections}
+    owner = {s.name: s for s in img.sections}
+
+    def where(addr: int, size: int) -> tuple[str, int]:
+        for s in img.sections:
+            if s.addr <= addr and addr + size <= s.end:
+                return s.name, addr - s.addr
+        raise ImageError(f"{img.name}: .altinstructions points at {addr:#x}, outside the image")
+    patched = 0
+    for off in range(0, len(alt.data), ALT_RECORD):
+        a = alt.addr + off
+        site_rel, repl_rel, ft, ilen, rlen = struct.unpack_from("<iiIBB", alt.data, off)
+        site, repl = a + site_rel, a + 4 + repl_rel
+        on = (ft & 0xFFFF) in have
+        if (ft >> 16) & ALT_FLAG_NOT:
+            on = not on
+        if not on:
+            continue
+        if rlen > ilen:
+            raise ImageError(f"{img.name}: ALTERNATIVE at {img.symbolize(site)}: replacement "
+                             f"({rlen} bytes) longer than the site ({ilen})")
+        rname, roff = where(repl, rlen)
+        new = bytearray(owner[rname].data[roff:roff + rlen])
+        if rlen >= 5 and new[0] in (0xE8, 0xE9):
+            rel = struct.unpack_from("<i", new, 1)[0] + (repl - site)
+            struct.pack_into("<i", new, 1, rel)
+        sname, soff = where(site, ilen)
+        code[sname][soff:soff + ilen] = new + b"\x90" * (ilen - rlen)
+        patched += 1
+    sections = tuple(replace(s, data=bytes(code[s.name])) for s in img.sections)
+    return replace(img, sections=sections), patched
 
 
 def _read(path: str, what: str) -> bytes:
@@ -126,4 +188,7 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
     chosen, evidence = _era_of(img, era)
     if (chosen.encoding, chosen.ex_layout) != (guess.encoding, guess.ex_layout):
         img = _load(loader, data, name, chosen, keep)
+    img, patched = apply_alternatives(img, cpu)
+    if patched or any(s.name == ".altinstructions" for s in img.sections):
+        evidence = [*evidence, f"{patched} ALTERNATIVE site(s) patched for this CPU"]
     return ObjectTarget(img, chosen, evidence, cpu, path, era is not None, count_insns)

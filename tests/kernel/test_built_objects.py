@@ -151,3 +151,36 @@ def test_cli_object_and_vmlinux(built, capsys) -> None:  # type: ignore[no-untyp
     out = io.StringIO()
     assert main(["run", "--vmlinux", str(built["cu61"])], out) == 2
     assert "is not a linked kernel image" in capsys.readouterr().err
+
+
+def _kbuild_object(text: str, era, out: Path) -> Path:  # type: ignore[no-untyped-def]
+    """gcc -c with the ALTERNATIVE sites left for boot-time patching (-DEMU_ALT_KBUILD=1)."""
+    src = out.with_suffix(".S")
+    src.write_text(text)
+    cmd = ["gcc", "-c", "-x", "assembler-with-cpp", "-nostdinc", "-I", str(ROOT / "asm" / "include"),
+           "-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64", "-DCONFIG_64BIT",
+           *AsmConfig(int(era.encoding), era.ex_layout, frozenset()).defines(),
+           "-DEMU_ALT_KBUILD=1", "-o", str(out), str(src)]
+    subprocess.run(cmd, check=True)
+    return out
+
+
+@pytest.mark.parametrize("cpu", ["none", "erms", "fsrm"])
+@pytest.mark.parametrize("which", ["debian-6.12", "era-F"])
+def test_altinstructions_are_patched_for_the_cpu(tmp_path: Path, which: str, cpu: str) -> None:
+    from emu.eras import CPUS
+    from emu.inputs import kernel_target
+    from emu.sources import Source
+    text = (debian("6.12").read_text() if which == "debian-6.12"
+            else (ROOT / "asm" / "era-F.S").read_text())
+    obj = _kbuild_object(text, ERAS["F"], tmp_path / f"{which}.o")
+    t = built_target(str(obj), linked=False, cpu=CPUS[cpu])
+    assert any(s.name == ".altinstructions" for s in t.image.sections)
+    sites = 1 if which == "debian-6.12" else 2
+    patched = {"none": 0, "erms": 1, "fsrm": sites}[cpu]
+    assert f"{patched} ALTERNATIVE site(s) patched for this CPU" in t.detection.evidence
+    ref = kernel_target(Source(text, which, which), CPUS[cpu])   # resolved when assembled
+    r = t.routine_for(None, CPUS[cpu])
+    assert r == ref.routine_for(None, CPUS[cpu])
+    for b in CASES:
+        assert behaviour(t.run(r, b)) == behaviour(ref.run(r, b)), (cpu, b)

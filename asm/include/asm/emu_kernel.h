@@ -228,8 +228,68 @@
 #define EMU_ALT_SELECT(ft) \
 	(EMU_HAS_FEATURE((ft) & 0xffff) ^ ((((ft) >> ALT_FLAGS_SHIFT) & ALT_FLAG_NOT)))
 
+/*
+ * EMU_ALT_KBUILD=1 assembles ALTERNATIVE sites the way a kernel build leaves them, for
+ * testing emu's --object path: the old instruction stays at the site, padded with 0x90 to
+ * the longest replacement, each replacement goes to .altinstr_replacement, and each choice
+ * gets one .altinstructions record: s32 site - ., s32 replacement - ., u32 feature|flags,
+ * u8 site length, u8 replacement length (the v6.3+ record layout; UNVERIFIED for other
+ * releases).  emu/objects.py patches the sites for the selected CPU, as the boot-time
+ * alternatives pass would.
+ */
+#ifndef EMU_ALT_KBUILD
+#define EMU_ALT_KBUILD 0
+#endif
+#define EMU_ALT_GROW(want, have)	((((want) - (have)) > 0) & 1) * ((want) - (have))
+
+.macro emu_alt_record site, site_end, repl, repl_end, ft_flags
+	.pushsection .altinstructions, "a"
+	.long \site - .
+	.long \repl - .
+	.long \ft_flags
+	.byte \site_end - \site
+	.byte \repl_end - \repl
+	.popsection
+.endm
+
+.macro emu_alt_replacement start, end, instr
+	.pushsection .altinstr_replacement, "ax"
+\start:
+	\instr
+\end:
+	.popsection
+.endm
+
+.macro emu_alt_kbuild oldinstr, new1, ft1, new2="", ft2=0, new3="", ft3=0, n=1
+.Lemu_alt_site\@:
+	\oldinstr
+.Lemu_alt_old\@:
+	.skip EMU_ALT_GROW(.Lemu_alt_r1e\@ - .Lemu_alt_r1\@, .Lemu_alt_old\@ - .Lemu_alt_site\@), 0x90
+.Lemu_alt_p1\@:
+	.if \n >= 2
+	.skip EMU_ALT_GROW(.Lemu_alt_r2e\@ - .Lemu_alt_r2\@, .Lemu_alt_p1\@ - .Lemu_alt_site\@), 0x90
+	.endif
+.Lemu_alt_p2\@:
+	.if \n >= 3
+	.skip EMU_ALT_GROW(.Lemu_alt_r3e\@ - .Lemu_alt_r3\@, .Lemu_alt_p2\@ - .Lemu_alt_site\@), 0x90
+	.endif
+.Lemu_alt_end\@:
+	emu_alt_record .Lemu_alt_site\@, .Lemu_alt_end\@, .Lemu_alt_r1\@, .Lemu_alt_r1e\@, \ft1
+	emu_alt_replacement .Lemu_alt_r1\@, .Lemu_alt_r1e\@, "\new1"
+	.if \n >= 2
+	emu_alt_record .Lemu_alt_site\@, .Lemu_alt_end\@, .Lemu_alt_r2\@, .Lemu_alt_r2e\@, \ft2
+	emu_alt_replacement .Lemu_alt_r2\@, .Lemu_alt_r2e\@, "\new2"
+	.endif
+	.if \n >= 3
+	emu_alt_record .Lemu_alt_site\@, .Lemu_alt_end\@, .Lemu_alt_r3\@, .Lemu_alt_r3e\@, \ft3
+	emu_alt_replacement .Lemu_alt_r3\@, .Lemu_alt_r3e\@, "\new3"
+	.endif
+.endm
+
 .macro ALTERNATIVE oldinstr, newinstr, ft_flags
-	.if EMU_ALT_SELECT(\ft_flags)
+	.if EMU_ALT_KBUILD
+	emu_alt_kbuild "\oldinstr", "\newinstr", \ft_flags
+	.elseif EMU_ALT_SELECT(\ft_flags)
 	\newinstr
 	.else
 	\oldinstr
@@ -237,7 +297,9 @@
 .endm
 
 .macro ALTERNATIVE_2 oldinstr, newinstr1, ft_flags1, newinstr2, ft_flags2
-	.if EMU_ALT_SELECT(\ft_flags2)
+	.if EMU_ALT_KBUILD
+	emu_alt_kbuild "\oldinstr", "\newinstr1", \ft_flags1, "\newinstr2", \ft_flags2, n=2
+	.elseif EMU_ALT_SELECT(\ft_flags2)
 	\newinstr2
 	.elseif EMU_ALT_SELECT(\ft_flags1)
 	\newinstr1
@@ -247,7 +309,9 @@
 .endm
 
 .macro ALTERNATIVE_3 oldinstr, newinstr1, ft_flags1, newinstr2, ft_flags2, newinstr3, ft_flags3
-	.if EMU_ALT_SELECT(\ft_flags3)
+	.if EMU_ALT_KBUILD
+	emu_alt_kbuild "\oldinstr", "\newinstr1", \ft_flags1, "\newinstr2", \ft_flags2, "\newinstr3", \ft_flags3, n=3
+	.elseif EMU_ALT_SELECT(\ft_flags3)
 	\newinstr3
 	.elseif EMU_ALT_SELECT(\ft_flags2)
 	\newinstr2
