@@ -304,6 +304,11 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
         out.write(report.dumps(summary))
     else:
         report.sweep_summary(summary, out)
+    if summary.get("interrupted"):
+        hint = f"; continue with --results {a.results} --resume" if a.results else ""
+        print(f"emu: interrupted: summary of the finished cases above, {summary['pending']} "
+              f"pending{hint}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -607,11 +607,14 @@ def execute(grid: Grid, results: Results, *, jobs: int, max_cases: int | None = 
         if bar is not None:
             bar.advance(task)
 
+    interrupted = False
     try:
         if jobs <= 1 or len(todo) < 2:
             run_serial(todo, on_record)
         else:
             run_parallel(todo, jobs, on_record)
+    except KeyboardInterrupt:
+        interrupted = True   # Ctrl-C: every finished case is on disk; summarise those
     finally:
         if bar is not None:
             bar.stop()
@@ -619,4 +622,6 @@ def execute(grid: Grid, results: Results, *, jobs: int, max_cases: int | None = 
     done = [results.records[c.id] for c in cases if c.id in results.records]
     summary = summarize(grid, done)
     summary["pending"] = len(cases) - len(done)
+    if interrupted:
+        summary["interrupted"] = True
     return summary
