@@ -14,7 +14,7 @@ from pathlib import Path
 from . import outcome
 from .assemble import AsmConfig, get_assembler
 from .eras import ERAS, Era, Routine, cpu_name
-from .errors import InputError, UsageError
+from .errors import UsageError
 from .extable import Encoding
 from .image import Image, load_object
 from .machine import Buffers, Call, Checkpoint, FastForward, Machine
@@ -112,22 +112,9 @@ _CACHE: dict[tuple[str, Settings, frozenset[str], str, bool], Target] = {}
 
 
 def read_source(path: str) -> str:
-    """Read a .S file, with a one-line error if it cannot be read."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a .S file") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read: {e.strerror}") from None
-    if not data.strip():
-        raise InputError(f"{path}: empty file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not a text assembly source (byte {e.start} is not UTF-8)") from None
+    """Read a .S file, with a one-line error if it cannot be read (``sources.read_file``)."""
+    from .sources import read_file
+    return read_file(path).text
 
 
 def get_target(text: str, name: str, settings: Settings, cpu: frozenset[str],
