@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EMU    := $(VENV)/bin/emu
 SEED   := --len 4096 --src-align 0x7e0 --poison 0x960
 
-.PHONY: install demo test golden bench clean
+.PHONY: install demo test golden bench bench-sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: install
 # on the same machine code, and fast-forward against full re-execution.
 bench: install
 	$(PY) bench/bench.py
+
+# The full catalog sweep: every era x routine x lengths 0..128 and 4096 x 8x8 alignments x
+# every offset x {#MC, #PF}; prints wall time, cases/s and the largest worker RSS.
+bench-sweep: install
+	$(PY) bench/bench_sweep.py
 
 golden: install
 	$(PY) -m pytest -q tests/golden --update-golden
