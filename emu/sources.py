@@ -226,7 +226,7 @@ def apply_patches(src: Source, patches: list[str]) -> Source:
         new = dest.read_text()
     if new == src.text:
         raise InputError(f"{', '.join(patches)}: changes nothing in {path}")
-    tag = Path(patches[0]).stem[:24] if len(patches) == 1 else f"{len(patches)} patches"
+    tag = Path(patches[0]).stem[:24] if len(patches) == 1 else f"{len(patches)}-patches"
     return Source(new, f"{src.name}+{tag}", src.path)
 
 

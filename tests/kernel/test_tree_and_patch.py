@@ -74,7 +74,7 @@ def test_mbox_series_is_applied_in_order_in_a_copy(tree: Path, capsys) -> None: 
     assert (code, err) == (0, "")
     before, after = json.loads(out)["rows"]
     assert before["variant"] == "v5.17:copy_user_64.S (E)"
-    assert after["variant"] == "v5.17:copy_user_64.S+2 patches (D)"   # no X86_TRAP_MC test
+    assert after["variant"] == "v5.17:copy_user_64.S+2-patches (D)"   # no X86_TRAP_MC test
     assert (before["return_value"], before["mc_count"]) == (4096 - 0x940, 1)
     assert (after["return_value"], after["mc_count"], after["tail_retry"]) == \
         (4096 - 0x960, 2, True)
