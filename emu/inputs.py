@@ -60,6 +60,12 @@ class KernelTarget(Target):
         self.source = src
         self.detection = detection
 
+    def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None):  # type: ignore[no-untyped-def, override]
+        if routine.name in GET_USER_SIZES:
+            raise UsageError(f"{routine.name} is a get_user helper (address in rax, value in "
+                             "rdx): run it with `emu run`, not as a copy routine")
+        return super().run(routine, bufs, budget=budget)
+
     def routine_for(self, name: str | None, cpu: frozenset[str]) -> Routine:
         """The routine ``--routine`` names, else the one the kernel would call on ``cpu``."""
         det = self.detection
@@ -109,10 +115,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="apply an mbox (like git am) or a plain diff (like git apply) first; "
                         "repeat for a series, applied in order.  For diff, adds the last "
                         "variant with the patches applied as one more variant")
-    p.add_argument("--object", metavar="FILE.o", help="run a built relocatable object (kbuild "
-                   ".o) instead of assembling a source; for diff, name .o files as variants")
-    p.add_argument("--vmlinux", metavar="FILE", help="run a linked kernel image with symbols "
-                   "(vmlinux); for diff, name variants vmlinux:FILE")
+    if not p.prog.endswith(" diff"):
+        p.add_argument("--object", metavar="FILE.o", help="run a built relocatable object "
+                       "(kbuild .o) instead of assembling a source (for diff: name .o files "
+                       "as variants)")
+        p.add_argument("--vmlinux", metavar="FILE", help="run a linked kernel image with "
+                       "symbols (for diff: name variants vmlinux:FILE)")
     p.add_argument("--assembler", default="gas", help="assembler backend: gas (default) "
                    "or keystone")
 
