@@ -240,12 +240,3 @@ def run_get_user(t: Target, name: str, bufs: Buffers) -> GetUserResult:
         value = regs["rdx"] & ((1 << (8 * size)) - 1)
     return GetUserResult(name, raw.state, err, value, int.from_bytes(src, "little"),
                          o.faults, raw.message)
-
-
-def debian_era(version: str) -> str:
-    """The era a Debian linux-source version belongs to (6.1 → E, 6.12 → F)."""
-    return ERAS[DEBIAN_VERSIONS[version]].key
-
-
-def label_path(path: str) -> str:
-    return Path(path).name
