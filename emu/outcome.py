@@ -125,8 +125,11 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     fill = raw.dst_initial[lo:lo + n]
     copied = common_prefix(dst, src)
     beyond = differing(dst[copied:], fill[copied:])
-    outside = (differing(raw.dst_window[:lo], raw.dst_initial[:lo])
-               + differing(raw.dst_window[lo + n:], raw.dst_initial[lo + n:]))
+    # Outside [dst, dst+len): one compare of the window against "initial with dst in place".
+    outside = 0
+    if raw.dst_window != raw.dst_initial[:lo] + dst + raw.dst_initial[lo + n:]:
+        outside = (differing(raw.dst_window[:lo], raw.dst_initial[:lo])
+                   + differing(raw.dst_window[lo + n:], raw.dst_initial[lo + n:]))
     regs = dict(raw.regs)
     ret: int | None = None
     if raw.state is State.RETURNED:
@@ -142,12 +145,29 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
 
 def common_prefix(a: bytes, b: bytes) -> int:
     """Length of the common prefix of two byte strings (binary search on C-speed compares)."""
+    if a == b:
+        return len(a)
     lo, hi = 0, min(len(a), len(b))
-    if a[:hi] == b[:hi]:
+    if a.startswith(b[:hi]):
         return hi
     while lo < hi:                       # invariant: a[:lo] == b[:lo], a[:hi+1] != b[:hi+1]
         mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
+        if a.startswith(b[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def common_suffix(a: bytes, b: bytes) -> int:
+    """Length of the common suffix of two equally long byte strings."""
+    n = len(a)
+    if a == b:
+        return n
+    lo, hi = 0, n
+    while lo < hi:                       # invariant: a[n-lo:] == b[n-lo:]
+        mid = (lo + hi + 1) // 2
+        if a.endswith(b[n - mid:]):
             lo = mid
         else:
             hi = mid - 1
@@ -159,7 +179,7 @@ def diff_span(a: bytes, b: bytes) -> tuple[int, int]:
     first = common_prefix(a, b)
     if first == len(a):
         return first, first
-    return first, len(a) - common_prefix(a[::-1], b[::-1])
+    return first, len(a) - common_suffix(a, b)
 
 
 def differing(a: bytes, b: bytes) -> int:
