@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a check found a difference, 2 usage or input error.  Ev
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -37,7 +38,7 @@ def _offsets(text: str) -> tuple[int, ...]:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message if self.prog == "emu" else f"{self.prog}: {message}")
 
 
 def _case_args(p: argparse.ArgumentParser) -> None:
@@ -356,6 +357,11 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `emu ... | head`: the reader has gone; stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

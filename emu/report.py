@@ -76,7 +76,7 @@ def diff_table(rows: Sequence[tuple[str, str, Outcome]], title: str, stream: IO[
                 "tail retry", "state"):
         t.add_column(col)
     for variant, routine, o in rows:
-        t.add_row(variant, routine, _ret(o), str(o.bytes_copied), o.verdict,
+        t.add_row(escape(variant), routine, _ret(o), str(o.bytes_copied), o.verdict,
                   _offsets(o, "mc"), _offsets(o, "pf"), "yes" if o.retouched else "no",
                   o.state.value)
     c.print(t)
