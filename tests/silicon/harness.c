@@ -58,7 +58,7 @@
 #define SPAN		((WINDOW_PAGES + 2) * PAGE)	/* guard + data + guard */
 #define MAX_FAULTS	256				/* as emu.machine.MAX_FAULTS */
 #define DST_FILL	0xFF
-#define WATCHDOG_US	2000000
+#define WATCHDOG_US	2000000				/* of user CPU time, so load cannot trip it */
 
 /* ---- the routines the linked object may define ------------------------------------- */
 
@@ -225,7 +225,7 @@ static void on_signal(int sig, siginfo_t *si, void *ctxp)
 		(void)!write(2, msg, sizeof(msg) - 1);
 		_exit(3);
 	}
-	if (sig == SIGALRM)
+	if (sig == SIGVTALRM)
 		siglongjmp(case_env, 1 + ST_HANG);
 	if (nfaults <= MAX_FAULTS) {
 		faults[nfaults].rip = (uintptr_t)g[REG_RIP];
@@ -386,7 +386,7 @@ int main(int argc, char **argv)
 	sigaction(SIGILL, &sa, NULL);
 	sigaction(SIGFPE, &sa, NULL);
 	sigaction(SIGTRAP, &sa, NULL);
-	sigaction(SIGALRM, &sa, NULL);
+	sigaction(SIGVTALRM, &sa, NULL);
 
 	uwin = map_window();
 	kwin = map_window();
@@ -454,7 +454,7 @@ int main(int argc, char **argv)
 		r.rax = r.rcx = r.rdx = 0;
 		tv.it_value.tv_usec = WATCHDOG_US % 1000000;
 		tv.it_value.tv_sec = WATCHDOG_US / 1000000;
-		setitimer(ITIMER_REAL, &tv, NULL);
+		setitimer(ITIMER_VIRTUAL, &tv, NULL);
 		in_case = 1;
 		jr = sigsetjmp(case_env, 1);
 		if (jr == 0) {
@@ -468,7 +468,7 @@ int main(int argc, char **argv)
 		}
 		in_case = 0;
 		memset(&tv, 0, sizeof(tv));
-		setitimer(ITIMER_REAL, &tv, NULL);
+		setitimer(ITIMER_VIRTUAL, &tv, NULL);
 
 		/* 4. Present again, so the windows can be read and reset. */
 		for (i = 0; i < noffs; i++) {
