@@ -1,18 +1,24 @@
 """Silicon differential for #PF: emu against the real CPU (issue 9, item 4).
 
-For every bundled era (A-F) and Debian's linux-source files, the object emu assembles is
-linked into ``harness.c`` with stac/clac patched to NOPs and run natively; a PROT_NONE page
-supplies each #PF and the harness's SIGSEGV handler applies the era's ``__ex_table`` fixup
-(see silicon_native.py).  Each case is compared on:
+For every bundled era (A-F) and Debian's linux-source files (copy_user_64.S, copy_mc_64.S
+and getuser.S of 6.1 and 6.12), the object emu assembles is linked into ``harness.c`` with
+stac/clac patched to NOPs and run natively; a PROT_NONE page supplies each #PF and the
+harness's SIGSEGV handler applies the era's ``__ex_table`` fixup (see silicon_native.py).
+Calls out of the object (copy_mc_fragile's C tail handler) land on a ud2 on both sides.
+Each case is compared on:
 
 * the end state (returned / oops / hang),
-* the return value (eax for the <= v6.3 routines, rcx for the v6.4+ ones),
-* every fault taken: RIP (section + offset in the object) and address (window + offset),
+* the result (eax for the <= v6.3 routines and copy_mc, rcx for the v6.4+ ones, rax and rdx
+  for get_user),
+* every fault taken: kind, RIP (section + offset in the object, or the stub) and address
+  (window + offset),
 * the whole destination window, byte for byte (guard pages included), and that the source
   window is unchanged.
 
 The CPU is the oracle.  A disagreement is either a bug in emu or a documented hardware
-difference in ``KNOWN_DIVERGENCES``.
+difference in ``KNOWN_DIVERGENCES``.  (The first run found one emu bug: a call to a ud2 stub
+made Unicorn stop with UC_ERR_INSN_INVALID, an EmulationError, where the CPU takes #UD and
+the kernel oopses; fixed in 62b4588.)
 
 What the native side cannot model, so the comparison does not cover it: SMAP (stac/clac are
 NOPs here, so a user access outside stac..clac would be an emu-only SMAP violation) and
@@ -113,34 +119,6 @@ class KnownDivergence:
 KNOWN_DIVERGENCES: tuple[KnownDivergence, ...] = ()
 
 
-@dataclass(frozen=True)
-class KnownEmuBug:
-    """A disagreement already reported as an emu bug: the test xfails on it (and only on
-    it) until emu is fixed, then passes by itself."""
-
-    name: str
-    reason: str
-    applies: Callable[[Behaviour, Behaviour], bool]
-
-
-def _ud2_stub(native: Behaviour, emu: Behaviour) -> bool:
-    return (native.state == "oops" and emu.state == "error"
-            and "UC_ERR_INSN_INVALID" in emu.message and bool(native.faults)
-            and native.faults[-1][0] == "ud" and str(native.faults[-1][1]).startswith("('stub:"))
-
-
-KNOWN_EMU_BUGS = (
-    KnownEmuBug(
-        "call-out-of-image-is-an-emulation-error",
-        "a fixup that calls a function outside the object (copy_mc_fragile's tail calls the C "
-        "function copy_mc_fragile_handle_tail) reaches emu's ud2 stub; Unicorn 2.1.4 stops "
-        "with UC_ERR_INSN_INVALID instead of raising #UD through UC_HOOK_INTR, so "
-        "Machine.run raises EmulationError (emu run exits 2) where the CPU takes #UD at the "
-        "stub and the kernel would oops",
-        _ud2_stub),
-)
-
-
 def _seed(label: str) -> int:
     return zlib.crc32(label.encode())
 
@@ -159,25 +137,6 @@ def _run(v: Variant, harness_for: Callable[[bytes, int, int], Harness], pattern_
     return natives, bad, h
 
 
-def _split_known_bugs(bad: list[Disagreement]
-                      ) -> tuple[list[Disagreement], dict[str, list[Disagreement]]]:
-    rest: list[Disagreement] = []
-    bugs: dict[str, list[Disagreement]] = {}
-    for d in bad:
-        bug = next((k for k in KNOWN_EMU_BUGS if k.applies(d.native, d.emu)), None)
-        if bug is None:
-            rest.append(d)
-        else:
-            bugs.setdefault(bug.name, []).append(d)
-    return rest, bugs
-
-
-def _xfail_known(bugs: dict[str, list[Disagreement]], total: int) -> None:
-    if bugs:
-        pytest.xfail("; ".join(f"{len(ds)} of {total} cases hit known emu bug {name} "
-                               f"(e.g. {ds[0].command})" for name, ds in bugs.items()))
-
-
 def _report(bad: list[Disagreement], total: int) -> str:
     head = f"{len(bad)} of {total} cases disagree with the CPU; first ones:\n"
     return head + "\n".join(str(d) for d in bad[:8])
@@ -192,7 +151,6 @@ def test_emu_agrees_with_the_cpu(variant: Variant, harness_for: Callable[[bytes,
     """Quick sweep: lengths 0..130 and 4096, both directions, each length once, mostly
     against a guard page at a seeded offset; every routine of the variant."""
     natives, bad, h = _run(variant, harness_for, pattern_file, full=False)
-    bad, bugs = _split_known_bugs(bad)
     assert not bad, _report(bad, len(natives))
     # The sweep is not vacuous: many cases faulted natively and then returned (a short
     # count, or -EFAULT from get_user), and some copies stored nothing at all.
@@ -204,7 +162,6 @@ def test_emu_agrees_with_the_cpu(variant: Variant, harness_for: Callable[[bytes,
     if variant.spec != "debian:6.12" and variant.file != "copy_mc_64.S":
         # (6.12's rep_movs_alternative and copy_mc leave stac/clac to their callers)
         assert h.patched["stac"] > 0 and h.patched["clac"] > 0
-    _xfail_known(bugs, len(natives))
 
 
 @pytest.mark.slow
@@ -215,9 +172,7 @@ def test_emu_agrees_with_the_cpu_full_sweep(variant: Variant,
     """Every guard-page offset for lengths 0..130, clean copies at several alignments, and
     4 KiB / 4097-byte copies with one or two missing pages (about 19k cases per routine)."""
     natives, bad, _ = _run(variant, harness_for, pattern_file, full=True)
-    bad, bugs = _split_known_bugs(bad)
     assert not bad, _report(bad, len(natives))
-    _xfail_known(bugs, len(natives))
 
 
 def test_variants_cover_every_distinct_object() -> None:
