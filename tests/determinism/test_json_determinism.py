@@ -3,7 +3,7 @@
 Each command runs twice as a separate process (``python -m emu``), with different
 PYTHONHASHSEED values (so set and dict-of-hash ordering cannot leak into the output), the
 first time with an empty assembler cache and the second time with the cache the first run
-filled.  stdout must be the same bytes, and must be JSON.
+filled (Debian's extracted sources stay where scripts/linux-sources put them).  stdout must be the same bytes, and must be JSON.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from emu.sources import linux_source_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +38,11 @@ COMMANDS = {
     "map-F": ["map", "F", "--json"],
     "sweep-serial": ["sweep", "E", "F", "--len", "60..76/8", "--faults", "pf,mc",
                      "--direction", "both", "--routine", "all", "--jobs", "1", "--json"],
+    # Debian's real 6.1 and 6.12 files (extracted by scripts/linux-sources)
+    "diff-debian": ["diff", "debian:6.1", "debian:6.12", "--len", "300", "--poison", "100",
+                    "--unmapped", "250", "--json"],
+    # the CI regression check between two eras (standard matrix)
+    "check-D-E": ["check", "D", "E", "--json"],
     "fuzz-seeded": ["fuzz", "E", "--max-len", "256", "--examples", "30", "--seed", "7",
                     "--json"],
 }
@@ -44,7 +51,7 @@ COMMANDS = {
 def emu_json(argv: list[str], *, hashseed: str, cache: Path, workdir: Path) -> bytes:
     """Run ``python -m emu ARGV`` in ``workdir`` and return its stdout (exit 0 or 1)."""
     env = dict(os.environ, PYTHONHASHSEED=hashseed, EMU_CACHE=str(cache),
-               PYTHONPATH=str(ROOT))
+               EMU_LINUX_SOURCES=str(linux_source_root()), PYTHONPATH=str(ROOT))
     argv = [*argv]
     if argv[0] == "sweep":  # results file in the case's own directory
         argv += ["--results", str(workdir / "results.jsonl")]
