@@ -329,19 +329,23 @@ def encode_dst(dst: bytes, delta: int) -> str:
 
 
 def emu_behaviour(target: Target, routine: Routine, b: Buffers,
-                  handler: FaultHandler | None = None) -> Behaviour:
+                  handler: FaultHandler | None = None, *, fast_forward: bool = False
+                  ) -> Behaviour:
     """Run one case in emu and reduce it to a ``Behaviour``.
 
     ``handler`` replaces the target's kernel policy (the tests use it to check that a wrong
-    policy is caught)."""
+    policy is caught).  ``fast_forward`` starts a faulting copy from the checkpoint of its
+    clean run, as ``emu sweep`` does (``Target.checkpoint``)."""
     img = target.image
     entry = img.symbol(routine.name).addr
     regs: tuple[tuple[str, int], ...] = (
         (("rax", b.src),) if is_get_user(routine)
         else (("rdi", b.dst), ("rsi", b.src), (routine.len_reg, b.length), ("rax", 0)))
+    start = (target.checkpoint(routine, b) if fast_forward and not is_get_user(routine)
+             else None)
     try:
         raw = target.machine.run(Call(entry, regs, stac=routine.caller_stac), b,
-                                 handler or target.kernel)
+                                 handler or target.kernel, start=start)
     except EmulationError as e:
         return Behaviour("error", None, False, (), "", str(e))
     ret = result(routine, dict(raw.regs)) if raw.state is State.RETURNED else None
@@ -447,20 +451,27 @@ class Disagreement:
 
 def compare(variant: str, spec: str, target: Target, harness: Harness,
             cases: Sequence[tuple[Routine, Buffers]], pattern_file: Path,
-            known: Iterable[object] = (), handler: FaultHandler | None = None
-            ) -> tuple[list[Behaviour], list[Disagreement]]:
+            known: Iterable[object] = (), handler: FaultHandler | None = None,
+            fast_forward_every: int = 0) -> tuple[list[Behaviour], list[Disagreement]]:
     """Run ``cases`` on both sides; return the native behaviours and the disagreements not
-    explained by ``known`` (objects with ``matches(variant, routine, bufs, native, emu)``)."""
+    explained by ``known`` (objects with ``matches(variant, routine, bufs, native, emu)``).
+
+    Every case is a full emu run from the entry point; every ``fast_forward_every``-th case
+    (0: none) is also run fast-forwarded from its clean run's checkpoint, as ``emu sweep``
+    runs cases, and that outcome is checked against the CPU too."""
     native = harness.run(cases, pattern_file)
     known = tuple(known)
     bad: list[Disagreement] = []
-    for (r, b), nat in zip(cases, native):
-        em = emu_behaviour(target, r, b, handler)
-        if nat == em or _same_hang(nat, em):
-            continue
-        if any(k.matches(variant, r, b, nat, em) for k in known):  # type: ignore[attr-defined]
-            continue
-        bad.append(Disagreement(variant, reproducer(spec, target.cpu, r, b), nat, em))
+    for i, ((r, b), nat) in enumerate(zip(cases, native)):
+        modes = (False, True) if fast_forward_every and i % fast_forward_every == 0 else (False,)
+        for ff in modes:
+            em = emu_behaviour(target, r, b, handler, fast_forward=ff)
+            if nat == em or _same_hang(nat, em):
+                continue
+            if any(k.matches(variant, r, b, nat, em) for k in known):  # type: ignore[attr-defined]
+                continue
+            what = "fast-forwarded " if ff else ""
+            bad.append(Disagreement(variant, what + reproducer(spec, target.cpu, r, b), nat, em))
     return native, bad
 
 
