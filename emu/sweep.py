@@ -91,6 +91,15 @@ class Case:
                 f"{self.length}|{self.src_align:#x}|{self.dst_align:#x}|{self.kind}|"
                 f"{self.offset:#x}")
 
+    def input_key(self) -> tuple[Any, ...]:
+        """What the machine sees: cases with the same key have the same outcome (every byte
+        of a line poisons that line, every byte of a page unmaps that page)."""
+        b = self.buffers()
+        lines = tuple(sorted({(b.src + p) & ~(L.LINE - 1) for p in b.poison}))
+        pages = tuple(sorted({(b.user + p) & ~(L.PAGE - 1) for p in b.unmapped}))
+        return (self.variant, self.era, self.routine, self.cpu, self.direction, self.length,
+                self.src_align, self.dst_align, lines, pages)
+
     def buffers(self) -> Buffers:
         return Buffers(direction=self.direction, length=self.length, src_align=self.src_align,
                        dst_align=self.dst_align, poison=self.poison, unmapped=self.unmapped)
@@ -336,10 +345,7 @@ class Runner:
         if self._raise == case.id:
             raise RuntimeError(f"test hook {RAISE_ENV} raised on {case.id}")
         b = case.buffers()
-        lines = tuple(sorted({(b.src + p) & ~(L.LINE - 1) for p in b.poison}))
-        pages = tuple(sorted({(b.user + p) & ~(L.PAGE - 1) for p in b.unmapped}))
-        key = (case.variant, case.era, case.routine, case.cpu, case.direction, case.length,
-               case.src_align, case.dst_align, lines, pages)
+        key = case.input_key()
         hit = self._memo.get(key)
         if hit is not None:
             return hit, True
@@ -542,16 +548,18 @@ def summarize(grid: Grid, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     variants: dict[str, dict[str, Any]] = {}
     best: dict[tuple[str, str, str], Case] = {}
     order = {v.spec: v for v in grid.variants}
+    inputs: dict[str, set[tuple[Any, ...]]] = {}
     for spec in order:
         variants[spec] = {"label": order[spec].label, "cases": 0, "runs": 0, "classes": {},
                           "violations": {}}
+        inputs[spec] = set()
     for rec in records:
         case = Case.from_json(rec["case"])
         v = variants.get(case.variant)
         if v is None:
             continue
         v["cases"] += 1
-        v["runs"] += 0 if rec.get("reused") else 1
+        inputs[case.variant].add(case.input_key())   # distinct runs, whatever the workers did
         for group, name in [("classes", rec["class"])] + [("violations", x)
                                                           for x in rec["violations"]]:
             slot = v[group].setdefault(name, {"count": 0})
@@ -564,7 +572,8 @@ def summarize(grid: Grid, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
                     slot["message"] = rec["message"]
                 elif "message" in slot:
                     del slot["message"]
-    for v in variants.values():
+    for spec, v in variants.items():
+        v["runs"] = len(inputs[spec])
         for name, slot in v["violations"].items():
             slot["benign_for_copy_from_user"] = name in BENIGN_FOR_COPY_FROM_USER
             slot["meaning"] = VIOLATIONS.get(name, "")
