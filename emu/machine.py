@@ -32,6 +32,7 @@ from typing import Protocol
 from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_INTR,
                      UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
 
 from . import layout as L
 from .errors import EmulationError, UsageError
@@ -187,17 +188,60 @@ class Buffers:
 
 @dataclass(frozen=True, slots=True)
 class RawRun:
-    """What the machine observed; ``outcome.py`` turns it into an ``Outcome``."""
+    """What the machine observed; ``outcome.py`` turns it into an ``Outcome``.
+
+    Memory is kept as the pages the run changed, ``(page index in the window, contents)``
+    with index 0 the lower guard page; every other page holds its initial contents.  The
+    whole windows are built on demand (``src_window``, ``dst_window``); ``outcome.build``
+    looks only at the changed pages (``src_bytes``, ``dst_bytes``).
+    """
 
     state: State
     message: str
     regs: tuple[tuple[str, int], ...]
     faults: tuple[FaultRecord, ...]
-    src_window: bytes = field(repr=False)
-    dst_window: bytes = field(repr=False)
-    dst_initial: bytes = field(repr=False)
+    src_pages: tuple[tuple[int, bytes], ...] = field(repr=False, default=())
+    dst_pages: tuple[tuple[int, bytes], ...] = field(repr=False, default=())
     ac_at_return: bool = False
     insns: int | None = None
+
+    @property
+    def src_window(self) -> bytes:
+        """The source data pages after the run (``MAX_SPAN`` bytes from the source start
+        minus its alignment; the guard pages are not included)."""
+        return self.src_bytes(0, L.MAX_SPAN)
+
+    @property
+    def dst_window(self) -> bytes:
+        """The whole destination window after the run, guard pages included."""
+        return self.dst_bytes(0, WINDOW_SPAN)
+
+    @property
+    def dst_initial(self) -> bytes:
+        """The destination window before the run."""
+        return _DST_WINDOW_BYTES
+
+    def src_bytes(self, lo: int, hi: int) -> bytes:
+        """``src_window[lo:hi]``."""
+        return _overlay(_SRC_WINDOW_BYTES, self.src_pages, lo + L.PAGE,
+                        min(hi, L.MAX_SPAN) + L.PAGE)
+
+    def dst_bytes(self, lo: int, hi: int) -> bytes:
+        """``dst_window[lo:hi]``."""
+        return _overlay(_DST_WINDOW_BYTES, self.dst_pages, lo, hi)
+
+
+def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int) -> bytes:
+    """``base[lo:hi]`` with each (page index, contents) of ``pages`` written over it."""
+    out = base[lo:hi]
+    hit = [(i * L.PAGE, data) for i, data in pages if i * L.PAGE < hi and (i + 1) * L.PAGE > lo]
+    if not hit:
+        return out
+    buf = bytearray(out)
+    for p0, data in hit:
+        a, b = max(lo, p0), min(hi, p0 + L.PAGE)
+        buf[a - lo:b - lo] = data[a - p0:b - p0]
+    return bytes(buf)
 
 
 # ---- memory contents --------------------------------------------------------------------
@@ -216,6 +260,8 @@ _SRC_WINDOW_BYTES = source_pattern(WINDOW_SPAN)
 _DST_WINDOW_BYTES = bytes([DST_FILL]) * WINDOW_SPAN
 _SENTINEL_BYTES = struct.pack("<Q", L.SENTINEL)
 _SRC_DATA = _SRC_WINDOW_BYTES[L.PAGE:L.PAGE + L.MAX_SPAN]
+_SRC_PAGES = tuple(_SRC_WINDOW_BYTES[i * L.PAGE:(i + 1) * L.PAGE] for i in range(WINDOW_PAGES))
+_DST_PAGES = tuple(_DST_WINDOW_BYTES[i * L.PAGE:(i + 1) * L.PAGE] for i in range(WINDOW_PAGES))
 
 # ---- the machine --------------------------------------------------------------------------
 
@@ -224,9 +270,13 @@ REGS: dict[str, int] = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
     "r13", "r14", "r15", "rip", "eflags", "cr2")}
 RESULT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp", "rip",
                "eflags")
+#: The registers a ``FaultRecord`` keeps from before its handler ran.
+SNAPSHOT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "eflags")
 EFLAGS_AC = 1 << 18
 PHYS_SIZE = 8 << 20
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
+#: ``bytes.translate`` table: a PTE's low byte → 1 if its dirty bit is set, else 0.
+_DIRTY_BIT = bytes(1 if b & PTE_D else 0 for b in range(256))
 MAX_FAULTS = 256
 DEFAULT_BUDGET = 5_000_000
 
@@ -255,13 +305,16 @@ class Machine:
         self._pages: dict[int, tuple[int, int, int]] = {}  # va page → (pa, pte address, flags)
         self._build()
         self._ctx = self.uc.context_save()
-        self._fast = _FastRegs(self.uc)
+        self._exc_ctx = self.uc.context_save()    # scratch context for _end_exception
+        self._eng = _Engine(self.uc)
+        self._snapshot_regs = self._eng.batch(tuple(REGS[n] for n in SNAPSHOT_REGS))
+        self._result_regs = self._eng.batch(tuple(REGS[n] for n in RESULT_REGS))
+        self._entry_regs: dict[tuple[str, ...], _RegBatch] = {}
         self._layout: str | None = None
         self._pte_cache: dict[frozenset[int], list[bytes]] = {}
         self._carried: list[tuple[int, int]] = []
         self._stack_page = self.pa((L.STACK_TOP - 8) & ~0xFFF)
         self._recording: _Recording | None = None
-        self._dirty: list[tuple[int, int]] = []
         # PTE arrays of the two windows (each window's pages share one page table).
         self._window_ptes = [(L.USER_WINDOW - L.PAGE, self._pages[L.USER_WINDOW - L.PAGE][1]),
                              (L.KERNEL_WINDOW - L.PAGE, self._pages[L.KERNEL_WINDOW - L.PAGE][1])]
@@ -271,7 +324,13 @@ class Machine:
         self._poison_hooks: list[int] = []
         self._poison_key: tuple[int, ...] = ()
         self._hook_lines: dict[int, int] = {}
-        self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        # INTR and poison hooks are added through the C API with callbacks built once
+        # (``_Engine``); an exception in them is kept here and raised after emu_start, as the
+        # binding does for its own hooks.
+        self._hook_error: BaseException | None = None
+        self._intr_cb = HOOK_INTR_CFUNC(self._intr_entry)
+        self._read_cb = HOOK_MEM_ACCESS_CFUNC(self._read_entry)
+        self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
         self._insn_cache: dict[tuple[int, int], int] = {}
         self._insns = 0
         if count_insns:
@@ -369,9 +428,9 @@ class Machine:
         # 2. Page tables of both windows: present bits for this case, accessed/dirty bits
         #    cleared; the CR3 write flushes the TLB so the CPU sets them again.
         absent = frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
+        eng = self._eng
         for ptes, table in zip(self._window_ptes, self._pte_tables(absent)):
-            uc.mem_write(ptes[1], table)
-        self._fast.write(X.UC_X86_REG_CR3, self._pml4)
+            eng.mem_write(ptes[1], table)
         # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical).
         #    Blocks translated while no read hook existed never call hooks, so the TB cache
         #    is flushed when hooks appear; blocks translated with hooks look the hook list up
@@ -381,40 +440,48 @@ class Machine:
         lines = tuple(sorted(line_va))
         if lines != self._poison_key:
             for h in self._poison_hooks:
-                uc.hook_del(h)
-            self._poison_hooks = [uc.hook_add(UC_HOOK_MEM_READ, self._on_read, line,
-                                              line - 7, line + L.LINE - 1) for line in lines]
+                eng.hook_del(h)
+            self._poison_hooks = [eng.hook_add(UC_HOOK_MEM_READ, self._read_cb, line,
+                                               line - 7, line + L.LINE - 1) for line in lines]
             if bool(lines) != bool(self._poison_key):
                 uc.ctl_flush_tb()
             self._poison_key = lines
         self._hook_lines = line_va
-        # 4. Registers and the return address (or the checkpoint's memory).
-        fast = self._fast
+        # 4. Registers (one batch write; CR3 last, which flushes the TLB for step 2) and
+        #    the return address, or the checkpoint's memory.
         if start is None:
             rsp = L.STACK_TOP - 8
-            uc.mem_write(self.pa(rsp), _SENTINEL_BYTES)
-            fast.write(X.UC_X86_REG_RSP, rsp)
-            for name, value in call.regs:
-                fast.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
-            fast.write(X.UC_X86_REG_EFLAGS, 0x2 | (EFLAGS_AC if call.stac else 0))
+            eng.mem_write(self._stack_page + (rsp & 0xFFF), _SENTINEL_BYTES)
+            names = tuple(name for name, _ in call.regs)
+            batch = self._entry_regs.get(names)
+            if batch is None:
+                batch = self._entry_regs[names] = eng.batch(
+                    (X.UC_X86_REG_RSP, *(REGS[n] for n in names), X.UC_X86_REG_EFLAGS,
+                     X.UC_X86_REG_CR3))
+            batch.write([rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
+                         0x2 | (EFLAGS_AC if call.stac else 0), self._pml4])
             begin = call.entry
             self._carried = []
         else:
-            uc.mem_write(self._stack_page, start.stack)
+            eng.write(X.UC_X86_REG_CR3, self._pml4)
+            eng.mem_write(self._stack_page, start.stack)
             for wpa, i, data in start.pages:
-                uc.mem_write(wpa + i * L.PAGE, data)
+                eng.mem_write(wpa + i * L.PAGE, data)
             self._carried = [(wpa, i) for wpa, i, _ in start.pages]
             begin = start.rip
         self._run = _RunState(handler, absent)
         self._insns = 0
+        self._hook_error = None
         # 5. Run.
         try:
             uc.emu_start(begin, L.SENTINEL, count=budget)
+            if self._hook_error is not None:
+                raise self._hook_error
         except UcError as e:
-            rip = fast.read(X.UC_X86_REG_RIP)
+            rip = eng.read(X.UC_X86_REG_RIP)
             if e.errno != UC_ERR_INSN_INVALID or self._run is None:
                 self._run = None
-                self._restore_windows()
+                self._restore_windows(self._changed_pages())
                 raise EmulationError(f"unicorn stopped at {self.image.symbolize(rip)}: {e}",
                                      pc=rip, errno=e.errno) from e
             # ud2 or an undefined opcode: Unicorn stops instead of raising #UD (vector 6).
@@ -423,7 +490,9 @@ class Machine:
         run, self._run = self._run, None
         assert run is not None
         # 6. How it ended.
-        rip = fast.read(X.UC_X86_REG_RIP)
+        values = self._result_regs.read()
+        regs = tuple(zip(RESULT_REGS, values))
+        rip, eflags = values[RESULT_REGS.index("rip")], values[RESULT_REGS.index("eflags")]
         if run.halt is not None:
             state, message = run.halt.state, run.halt.message
         elif rip == L.SENTINEL:
@@ -432,15 +501,18 @@ class Machine:
             state = State.HANG
             message = (f"no return after {budget} instructions; stopped at "
                        f"{self.image.symbolize(rip)}")
-        regs = tuple((n, fast.read(REGS[n])) for n in RESULT_REGS)
-        eflags = dict(regs)["eflags"]
         # 7. What was written: only pages the CPU marked dirty are read back.
-        src_window, dst_window = self._read_windows(bufs.direction)
+        changed = self._changed_pages()
+        src_pa, _ = self._window_pa(bufs.direction)
+        src_pages, dst_pages = [], []
+        for wpa, i in changed:
+            (src_pages if wpa == src_pa else dst_pages).append(
+                (i, eng.mem_read(wpa + i * L.PAGE, L.PAGE)))
         # 8. Put dirtied pages back for the next case.
-        self._restore_windows()
+        self._restore_windows(changed)
         return RawRun(
             state=state, message=message, regs=regs, faults=tuple(run.faults),
-            src_window=src_window, dst_window=dst_window, dst_initial=_DST_WINDOW_BYTES,
+            src_pages=tuple(src_pages), dst_pages=tuple(dst_pages),
             ac_at_return=bool(eflags & EFLAGS_AC),
             insns=self._insns if self.count_insns else None,
         )
@@ -467,7 +539,7 @@ class Machine:
         # The recording hook replaces any poison hooks; TBs are flushed around it so the
         # next run re-translates with its own hook set.
         for h in self._poison_hooks:
-            uc.hook_del(h)
+            self._eng.hook_del(h)
         self._poison_hooks, self._poison_key = [], ()
         hook = uc.hook_add(UC_HOOK_MEM_READ, self._on_record, None, lo - 7, rec.hi - 1)
         uc.ctl_flush_tb()
@@ -502,7 +574,7 @@ class Machine:
             rec.spoiled = True  # the routine wrote its own source: do not fast-forward
         cp = Checkpoint(
             seq=len(rec.lines) + len(rec.pages),
-            rip=self._fast.read(X.UC_X86_REG_RIP),
+            rip=self._eng.read(X.UC_X86_REG_RIP),
             ctx=uc.context_save(),
             pages=tuple((wpa, i, bytes(uc.mem_read(wpa + i * L.PAGE, L.PAGE)))
                         for wpa, i in sorted(set(dirty) | set(self._carried))),
@@ -535,48 +607,36 @@ class Machine:
     def _dirty_pages(self) -> list[tuple[int, int]]:
         """(window physical base, page index) of every window page written by the last run."""
         out = []
-        for (base, ptes), wpa in zip(self._window_ptes, (self._user_pa, self._kern_pa)):
-            raw = self.uc.mem_read(ptes, 8 * WINDOW_PAGES)
-            for i in range(WINDOW_PAGES):
-                if raw[8 * i] & PTE_D:
-                    out.append((wpa, i))
+        for (_, ptes), wpa in zip(self._window_ptes, (self._user_pa, self._kern_pa)):
+            # The low byte of each PTE, mapped to 1 where the dirty bit is set.
+            dirty = self._eng.mem_read(ptes, 8 * WINDOW_PAGES)[::8].translate(_DIRTY_BIT)
+            i = dirty.find(1)
+            while i >= 0:
+                out.append((wpa, i))
+                i = dirty.find(1, i + 1)
         return out
 
-    def _read_windows(self, direction: str) -> tuple[bytes, bytes]:
-        src_pa, dst_pa = self._window_pa(direction)
-        self._dirty = sorted(set(self._dirty_pages()) | set(self._carried))
-        src: bytes | bytearray = _SRC_DATA
-        dst: bytes | bytearray = _DST_WINDOW_BYTES
-        for wpa, i in self._dirty:
-            page = self.uc.mem_read(wpa + i * L.PAGE, L.PAGE)
-            if wpa == src_pa:
-                if src is _SRC_DATA:
-                    src = bytearray(_SRC_WINDOW_BYTES)
-                src[i * L.PAGE:(i + 1) * L.PAGE] = page
-            else:
-                if dst is _DST_WINDOW_BYTES:
-                    dst = bytearray(_DST_WINDOW_BYTES)
-                dst[i * L.PAGE:(i + 1) * L.PAGE] = page
-        if isinstance(src, bytearray):
-            src = bytes(src[L.PAGE:L.PAGE + L.MAX_SPAN])
-        return bytes(src), bytes(dst)
+    def _changed_pages(self) -> list[tuple[int, int]]:
+        """Window pages that differ from their initial contents: dirtied by this run, or
+        written from a checkpoint before it."""
+        dirty = self._dirty_pages()
+        if self._carried:
+            return sorted(set(dirty) | set(self._carried))
+        return dirty
 
-    def _restore_windows(self) -> None:
+    def _restore_windows(self, changed: list[tuple[int, int]]) -> None:
         src_pa, _ = self._window_pa(self._layout or "from")
-        for wpa, i in (getattr(self, "_dirty", None) or
-                       sorted(set(self._dirty_pages()) | set(self._carried))):
-            init = _SRC_WINDOW_BYTES if wpa == src_pa else _DST_WINDOW_BYTES
-            self.uc.mem_write(wpa + i * L.PAGE, init[i * L.PAGE:(i + 1) * L.PAGE])
-        self._dirty = []
+        for wpa, i in changed:
+            self._eng.mem_write(wpa + i * L.PAGE,
+                                _SRC_PAGES[i] if wpa == src_pa else _DST_PAGES[i])
 
     # -- hooks ----------------------------------------------------------------------------------
 
     def reg(self, name: str) -> int:
-        return self._fast.read(REGS[name])
+        return self._eng.read(REGS[name])
 
     def _snapshot(self) -> tuple[tuple[str, int], ...]:
-        return tuple((n, self._fast.read(REGS[n])) for n in
-                     ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "eflags"))
+        return tuple(zip(SNAPSHOT_REGS, self._snapshot_regs.read()))
 
     def _dispatch(self, event: FaultEvent) -> None:
         run = self._run
@@ -590,11 +650,11 @@ class Machine:
         run.faults.append(FaultRecord(event, res, before))
         if isinstance(res, Halt):
             run.halt = res
-            self.uc.emu_stop()
+            self._eng.emu_stop()
             return
         for name, value in res.regs:
-            self._fast.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
-        self._fast.write(X.UC_X86_REG_RIP, res.rip)
+            self._eng.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
+        self._eng.write(X.UC_X86_REG_RIP, res.rip)
         if event.kind in _CONTRIBUTORY:
             self._end_exception(TRAPNR[event.kind])
 
@@ -607,13 +667,13 @@ class Machine:
         handle_tail retry faulting again) would be promoted to a double fault (vector 8).
         The field is located once per process by comparing a context saved inside the hook
         with the initial context (-1 there, the vector here) and is reset through a
-        context save / patch / restore.
+        context save / patch / restore (into a context allocated once).
         """
         global _OLD_EXCEPTION_OFFSET
-        ctx = self.uc.context_save()
-        raw = bytes(ctx)
+        ctx = self._exc_ctx
+        self.uc.context_update(ctx)
         if _OLD_EXCEPTION_OFFSET is None:
-            init = bytes(self._ctx)
+            raw, init = bytes(ctx), bytes(self._ctx)
             hits = [off for off in range(0, min(len(raw), len(init)) - 3, 4)
                     if init[off:off + 4] == b"\xff\xff\xff\xff"
                     and raw[off:off + 4] == struct.pack("<i", vector)]
@@ -626,18 +686,41 @@ class Machine:
         ctypes.memmove(base + _OLD_EXCEPTION_OFFSET, b"\xff\xff\xff\xff", 4)
         self.uc.context_restore(ctx)
 
-    def _on_intr(self, uc: Uc, intno: int, _ud: object) -> None:
+    def _intr_entry(self, _uch: object, intno: int, _ud: object) -> None:
+        """UC_HOOK_INTR callback (C API)."""
+        try:
+            self._on_intr(intno)
+        except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start
+            self._hook_failed(e)
+
+    def _read_entry(self, _uch: object, _access: int, addr: int, size: int, _value: int,
+                    line: int) -> None:
+        """UC_HOOK_MEM_READ callback of a poisoned line (C API; user data: the line's
+        physical address).  The range starts 7 bytes early, so test for real overlap."""
+        if addr < line + L.LINE and addr + size > line:
+            try:
+                self._on_read(addr, size, line)
+            except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start
+                self._hook_failed(e)
+
+    def _hook_failed(self, e: BaseException) -> None:
+        """Keep the first exception a hook raised and stop, as the binding's hooks do."""
+        if self._hook_error is None:
+            self._hook_error = e
+        self._eng.emu_stop()
+
+    def _on_intr(self, intno: int) -> None:
         run = self._run
         if run is None or run.halt is not None:
-            uc.emu_stop()
+            self._eng.emu_stop()
             return
-        rip = self._fast.read(X.UC_X86_REG_RIP)
+        rip = self._eng.read(X.UC_X86_REG_RIP)
         kind = VECTORS.get(intno, FaultKind.TRAP)
         if kind is FaultKind.PF:
-            addr = self._fast.read(X.UC_X86_REG_CR2)
+            addr = self._eng.read(X.UC_X86_REG_CR2)
             page = addr & ~0xFFF
             user = addr < L.TASK_SIZE_MAX
-            ac = self._fast.read(X.UC_X86_REG_EFLAGS) & EFLAGS_AC
+            ac = self._eng.read(X.UC_X86_REG_EFLAGS) & EFLAGS_AC
             if user and page in self._pages and page not in run.absent and not ac:
                 event = FaultEvent(kind, rip, addr, user)
                 res = Halt(State.SMAP_VIOLATION,
@@ -645,7 +728,7 @@ class Machine:
                            f"{self.image.symbolize(rip)}")
                 run.faults.append(FaultRecord(event, res, self._snapshot()))
                 run.halt = res
-                uc.emu_stop()
+                self._eng.emu_stop()
                 return
             self._dispatch(FaultEvent(kind, rip, addr, user))
             return
@@ -656,7 +739,7 @@ class Machine:
                     res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
                     run.faults.append(FaultRecord(event, res, self._snapshot()))
                     run.halt = res
-                    uc.emu_stop()
+                    self._eng.emu_stop()
                     return
         self._dispatch(FaultEvent(kind, rip, 0, False))
 
@@ -672,10 +755,7 @@ class Machine:
         run.faults.append(FaultRecord(event, res, self._snapshot()))
         run.halt = res
 
-    def _on_read(self, uc: Uc, _access: int, addr: int, size: int, _value: int,
-                 line: int) -> None:
-        if not (addr < line + L.LINE and addr + size > line):
-            return
+    def _on_read(self, addr: int, size: int, line: int) -> None:
         run = self._run
         if run is None or run.halt is not None:
             return
@@ -686,7 +766,7 @@ class Machine:
             first += L.LINE
         if line != first:
             return
-        rip = self._fast.read(X.UC_X86_REG_RIP)
+        rip = self._eng.read(X.UC_X86_REG_RIP)
         va = self._hook_lines[line] + max(addr - line, 0)
         self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX))
 
@@ -755,24 +835,76 @@ class _Recording:
     spoiled: bool = False
 
 
-class _FastRegs:
-    """Register access through the C API directly (~0.4 µs instead of ~2 µs per call)."""
+class _Engine:
+    """Unicorn's C API called directly, with buffers allocated once.
+
+    The binding's wrappers cost 1-2 µs a call (a fresh ctypes buffer per read, closures per
+    ``hook_add``), and one case makes a few dozen calls (unicorn-notes §2); these take
+    0.3-0.7 µs.  Return codes are not checked: every call uses register ids, mapped
+    physical addresses or hook handles that are valid by construction.
+    """
 
     def __init__(self, uc: Uc) -> None:
         from unicorn.unicorn_py3.unicorn import uclib
-        self._read = uclib.uc_reg_read
-        self._write = uclib.uc_reg_write
+        self._lib = uclib
         self._h = uc._uch  # noqa: SLF001 - the binding's engine handle
         self._buf = ctypes.c_uint64()
         self._ref = ctypes.byref(self._buf)
+        self._mem = ctypes.create_string_buffer(L.PAGE)
+        self._hook = ctypes.c_size_t()
+        self._hook_ref = ctypes.byref(self._hook)
 
     def read(self, reg: int) -> int:
-        self._read(self._h, reg, self._ref)
+        self._lib.uc_reg_read(self._h, reg, self._ref)
         return self._buf.value
 
     def write(self, reg: int, value: int) -> None:
         self._buf.value = value
-        self._write(self._h, reg, self._ref)
+        self._lib.uc_reg_write(self._h, reg, self._ref)
+
+    def batch(self, ids: tuple[int, ...]) -> _RegBatch:
+        return _RegBatch(self._lib, self._h, ids)
+
+    def mem_read(self, pa: int, size: int) -> bytes:
+        """``size`` (at most a page) bytes of physical memory."""
+        self._lib.uc_mem_read(self._h, pa, self._mem, size)
+        return self._mem.raw[:size] if size < L.PAGE else self._mem.raw
+
+    def mem_write(self, pa: int, data: bytes) -> None:
+        self._lib.uc_mem_write(self._h, pa, data, len(data))
+
+    def hook_add(self, kind: int, callback: object, user_data: int, begin: int,
+                 end: int) -> int:
+        """Add a hook whose ctypes ``callback`` the caller keeps alive; returns its handle."""
+        self._lib.uc_hook_add(self._h, self._hook_ref, kind, callback,
+                              ctypes.c_void_p(user_data), begin, end)
+        return self._hook.value
+
+    def hook_del(self, handle: int) -> None:
+        self._lib.uc_hook_del(self._h, handle)
+
+    def emu_stop(self) -> None:
+        self._lib.uc_emu_stop(self._h)
+
+
+class _RegBatch:
+    """Reads or writes a fixed list of registers in one ``uc_reg_*_batch`` call."""
+
+    def __init__(self, lib: object, handle: object, ids: tuple[int, ...]) -> None:
+        n = len(ids)
+        self._lib, self._h, self._n = lib, handle, n
+        self._ids = (ctypes.c_int32 * n)(*ids)
+        self._vals = (ctypes.c_uint64 * n)()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * n)(*(base + 8 * i for i in range(n)))
+
+    def read(self) -> list[int]:
+        self._lib.uc_reg_read_batch(self._h, self._ids, self._ptrs, self._n)  # type: ignore[attr-defined]
+        return self._vals[:]
+
+    def write(self, values: list[int]) -> None:
+        self._vals[:] = values
+        self._lib.uc_reg_write_batch(self._h, self._ids, self._ptrs, self._n)  # type: ignore[attr-defined]
 
 
 @dataclass

@@ -119,17 +119,20 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
         symbolize: address → "symbol+off" function for the report.
     """
     n = bufs.length
-    src = raw.src_window[bufs.src_align:bufs.src_align + n]
+    src = raw.src_bytes(bufs.src_align, bufs.src_align + n)
     lo = L.PAGE + bufs.dst_align
-    dst = raw.dst_window[lo:lo + n]
-    fill = raw.dst_initial[lo:lo + n]
+    dst = raw.dst_bytes(lo, lo + n)
+    initial = raw.dst_initial
+    fill = initial[lo:lo + n]
     copied = common_prefix(dst, src)
     beyond = differing(dst[copied:], fill[copied:])
-    # Outside [dst, dst+len): one compare of the window against "initial with dst in place".
+    # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
     outside = 0
-    if raw.dst_window != raw.dst_initial[:lo] + dst + raw.dst_initial[lo + n:]:
-        outside = (differing(raw.dst_window[:lo], raw.dst_initial[:lo])
-                   + differing(raw.dst_window[lo + n:], raw.dst_initial[lo + n:]))
+    for i, page in raw.dst_pages:
+        p0 = i * L.PAGE
+        for a, b in ((p0, min(p0 + L.PAGE, lo)), (max(p0, lo + n), p0 + L.PAGE)):
+            if a < b:
+                outside += differing(page[a - p0:b - p0], initial[a:b])
     regs = dict(raw.regs)
     ret: int | None = None
     if raw.state is State.RETURNED:
@@ -148,6 +151,8 @@ def common_prefix(a: bytes, b: bytes) -> int:
     if a == b:
         return len(a)
     lo, hi = 0, min(len(a), len(b))
+    if a[:1] != b[:1]:                   # common when the first byte was never written
+        return 0
     if a.startswith(b[:hi]):
         return hi
     while lo < hi:                       # invariant: a[:lo] == b[:lo], a[:hi+1] != b[:hi+1]
@@ -164,6 +169,8 @@ def common_suffix(a: bytes, b: bytes) -> int:
     n = len(a)
     if a == b:
         return n
+    if a[-1:] != b[-1:]:
+        return 0
     lo, hi = 0, n
     while lo < hi:                       # invariant: a[n-lo:] == b[n-lo:]
         mid = (lo + hi + 1) // 2
@@ -200,9 +207,11 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
         elif copied < reported:
             out.append("bytes_mismatch")
         lo, hi = diff_span(dst[reported:], fill[reported:])
-        past = [i for i in range(reported + lo, reported + hi) if dst[i] != fill[i]]
+        lo, hi = reported + lo, reported + hi
+        past = [i for i in range(lo, hi) if dst[i] != fill[i]]
         if past:
-            if all(dst[i] == src[i] for i in past):
+            # All of [lo, hi) equal to the source is the usual case: one C-speed compare.
+            if dst[lo:hi] == src[lo:hi] or all(dst[i] == src[i] for i in past):
                 out.append("modified_past_reported")
             else:
                 out.append("garbage_past_reported")
