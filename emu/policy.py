@@ -11,7 +11,7 @@ decision is then the era's severity rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
 
@@ -34,6 +34,9 @@ class Severity(str, Enum):
 PANIC_MC = ("Kernel panic - not syncing: Fatal local machine check "
             "(mce: [Hardware Error]: Machine check: Data load in unrecoverable area of kernel)")
 PANIC_NO_FIXUP = "Kernel panic - not syncing: Failed kernel mode recovery"
+
+#: Fixup types whose register changes depend on the registers at the fault (``Kernel.apply``).
+_READS_REGISTERS = frozenset({ExType.POP_REG, ExType.UCOPY_LEN})
 
 #: MOV loads and MOVZX (kernel opcode packing), and MOVS (kernel-facts §6b).
 _LOADS = (0x8A, 0x8B, 0xB60F, 0xB70F)
@@ -167,27 +170,47 @@ class Kernel:
     extable: Extable
     severity: Severity
     code: object  # Callable[[int, int], bytes]
+    #: Resolutions that depend only on the faulting instruction (and, for #MC, on the
+    #: is_copy_from_user verdict): (rip, kind, copyin) → Resolution.  The handlers are pure
+    #: functions of those except for fixup types that read registers (_READS_REGISTERS).
+    _done: dict[tuple[int, FaultKind, bool], Resolution] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __call__(self, cpu: CpuView, event: FaultEvent) -> Resolution:
         entry = self.extable.search(event.rip)
+        copyin = False
         if event.kind is FaultKind.MC:
-            return self._machine_check(cpu, event, entry)
-        if entry is None:
-            if event.kind is FaultKind.PF:
-                return Halt(State.OOPS, f"BUG: unable to handle page fault for address: "
-                                        f"{event.address:#018x} (no __ex_table entry)")
-            if event.kind is FaultKind.GP:
-                return Halt(State.OOPS, "general protection fault (no __ex_table entry)")
-            if event.kind is FaultKind.UD:
-                return Halt(State.OOPS, "invalid opcode (ud2 or undefined instruction)")
-            return Halt(State.OOPS, "unexpected trap in kernel mode")
-        return self.apply(cpu, entry, TRAPNR.get(event.kind, 0))
+            copyin, _ = is_copy_from_user(self.code(event.rip, 16), event.rip, cpu)  # type: ignore[operator]
+        elif entry is None:
+            return self._no_entry(event)
+        key = (event.rip, event.kind, copyin)
+        res = self._done.get(key)
+        if res is None:
+            if event.kind is FaultKind.MC:
+                res = self._machine_check(cpu, entry, copyin)
+            else:
+                assert entry is not None
+                res = self.apply(cpu, entry, TRAPNR.get(event.kind, 0))
+            if entry is None or entry.type not in _READS_REGISTERS:
+                self._done[key] = res
+        return res
+
+    @staticmethod
+    def _no_entry(event: FaultEvent) -> Halt:
+        """A fault at an instruction without an __ex_table entry (other than #MC)."""
+        if event.kind is FaultKind.PF:
+            return Halt(State.OOPS, f"BUG: unable to handle page fault for address: "
+                                    f"{event.address:#018x} (no __ex_table entry)")
+        if event.kind is FaultKind.GP:
+            return Halt(State.OOPS, "general protection fault (no __ex_table entry)")
+        if event.kind is FaultKind.UD:
+            return Halt(State.OOPS, "invalid opcode (ud2 or undefined instruction)")
+        return Halt(State.OOPS, "unexpected trap in kernel mode")
 
     # -- #MC ---------------------------------------------------------------------------------
 
-    def _machine_check(self, cpu: CpuView, event: FaultEvent,
-                       entry: ExtableEntry | None) -> Resolution:
-        copyin, _ = is_copy_from_user(self.code(event.rip, 16), event.rip, cpu)  # type: ignore[operator]
+    def _machine_check(self, cpu: CpuView, entry: ExtableEntry | None,
+                       copyin: bool) -> Resolution:
         sev = self.severity
         recov, why = grade(sev, entry, copyin)
         if not recov:
