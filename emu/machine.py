@@ -270,9 +270,11 @@ REGS: dict[str, int] = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
     "r13", "r14", "r15", "rip", "eflags", "cr2")}
 RESULT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp", "rip",
                "eflags")
+_RESULT_RIP, _RESULT_EFLAGS = RESULT_REGS.index("rip"), RESULT_REGS.index("eflags")
 #: The registers a ``FaultRecord`` keeps from before its handler ran.
 SNAPSHOT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "eflags")
 EFLAGS_AC = 1 << 18
+_NO_PAGES: frozenset[int] = frozenset()
 PHYS_SIZE = 8 << 20
 PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 #: ``bytes.translate`` table: a PTE's low byte → 1 if its dirty bit is set, else 0.
@@ -309,7 +311,8 @@ class Machine:
         self._eng = _Engine(self.uc)
         self._snapshot_regs = self._eng.batch(tuple(REGS[n] for n in SNAPSHOT_REGS))
         self._result_regs = self._eng.batch(tuple(REGS[n] for n in RESULT_REGS))
-        self._entry_regs: dict[tuple[str, ...], _RegBatch] = {}
+        # Entry register writes by (argument registers, STAC): the batch and its values.
+        self._entry_regs: dict[tuple[object, ...], tuple[_RegBatch, list[int]]] = {}
         self._layout: str | None = None
         self._pte_cache: dict[frozenset[int], list[bytes]] = {}
         self._carried: list[tuple[int, int]] = []
@@ -427,7 +430,8 @@ class Machine:
             self._layout = bufs.direction
         # 2. Page tables of both windows: present bits for this case, accessed/dirty bits
         #    cleared; the CR3 write flushes the TLB so the CPU sets them again.
-        absent = frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
+        absent = (frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
+                  if bufs.unmapped else _NO_PAGES)
         eng = self._eng
         for ptes, table in zip(self._window_ptes, self._pte_tables(absent)):
             eng.mem_write(ptes[1], table)
@@ -452,14 +456,17 @@ class Machine:
         if start is None:
             rsp = L.STACK_TOP - 8
             eng.mem_write(self._stack_page + (rsp & 0xFFF), _SENTINEL_BYTES)
-            names = tuple(name for name, _ in call.regs)
-            batch = self._entry_regs.get(names)
-            if batch is None:
-                batch = self._entry_regs[names] = eng.batch(
-                    (X.UC_X86_REG_RSP, *(REGS[n] for n in names), X.UC_X86_REG_EFLAGS,
-                     X.UC_X86_REG_CR3))
-            batch.write([rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
-                         0x2 | (EFLAGS_AC if call.stac else 0), self._pml4])
+            key = (call.regs, call.stac)
+            entry = self._entry_regs.get(key)
+            if entry is None:
+                if len(self._entry_regs) >= 64:
+                    self._entry_regs.clear()
+                entry = self._entry_regs[key] = (
+                    eng.batch((X.UC_X86_REG_RSP, *(REGS[n] for n, _ in call.regs),
+                               X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CR3)),
+                    [rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
+                     0x2 | (EFLAGS_AC if call.stac else 0), self._pml4])
+            entry[0].write(entry[1])
             begin = call.entry
             self._carried = []
         else:
@@ -492,7 +499,7 @@ class Machine:
         # 6. How it ended.
         values = self._result_regs.read()
         regs = tuple(zip(RESULT_REGS, values))
-        rip, eflags = values[RESULT_REGS.index("rip")], values[RESULT_REGS.index("eflags")]
+        rip, eflags = values[_RESULT_RIP], values[_RESULT_EFLAGS]
         if run.halt is not None:
             state, message = run.halt.state, run.halt.message
         elif rip == L.SENTINEL:
@@ -609,7 +616,7 @@ class Machine:
         out = []
         for (_, ptes), wpa in zip(self._window_ptes, (self._user_pa, self._kern_pa)):
             # The low byte of each PTE, mapped to 1 where the dirty bit is set.
-            dirty = self._eng.mem_read(ptes, 8 * WINDOW_PAGES)[::8].translate(_DIRTY_BIT)
+            dirty = self._eng.pte_array(ptes)[::8].translate(_DIRTY_BIT)
             i = dirty.find(1)
             while i >= 0:
                 out.append((wpa, i))
@@ -851,6 +858,7 @@ class _Engine:
         self._buf = ctypes.c_uint64()
         self._ref = ctypes.byref(self._buf)
         self._mem = ctypes.create_string_buffer(L.PAGE)
+        self._ptes = ctypes.create_string_buffer(8 * WINDOW_PAGES)
         self._hook = ctypes.c_size_t()
         self._hook_ref = ctypes.byref(self._hook)
 
@@ -869,6 +877,11 @@ class _Engine:
         """``size`` (at most a page) bytes of physical memory."""
         self._lib.uc_mem_read(self._h, pa, self._mem, size)
         return self._mem.raw[:size] if size < L.PAGE else self._mem.raw
+
+    def pte_array(self, pa: int) -> bytes:
+        """The ``WINDOW_PAGES`` page-table entries of one window."""
+        self._lib.uc_mem_read(self._h, pa, self._ptes, 8 * WINDOW_PAGES)
+        return self._ptes.raw
 
     def mem_write(self, pa: int, data: bytes) -> None:
         self._lib.uc_mem_write(self._h, pa, data, len(data))
@@ -907,12 +920,16 @@ class _RegBatch:
         self._lib.uc_reg_write_batch(self._h, self._ids, self._ptrs, self._n)  # type: ignore[attr-defined]
 
 
-@dataclass
 class _RunState:
-    handler: FaultHandler
-    absent: set[int]
-    faults: list[FaultRecord] = field(default_factory=list)
-    halt: Halt | None = None
+    """The case being run, as the hooks see it."""
+
+    __slots__ = ("handler", "absent", "faults", "halt")
+
+    def __init__(self, handler: FaultHandler, absent: frozenset[int]) -> None:
+        self.handler = handler
+        self.absent = absent
+        self.faults: list[FaultRecord] = []
+        self.halt: Halt | None = None
 
 
 def regs_dict(regs: tuple[tuple[str, int], ...]) -> Mapping[str, int]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import layout as L
 from .extable import ExtableEntry
-from .machine import Buffers, FaultRecord, Halt, RawRun, Redirect, State
+from .machine import Buffers, FaultKind, FaultRecord, Halt, RawRun, Redirect, State
 
 #: Stable violation names and what each means.
 VIOLATIONS: dict[str, str] = {
@@ -206,12 +206,13 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
             out.append("zero_with_missing")
         elif copied < reported:
             out.append("bytes_mismatch")
+        # [lo, hi): from the first to the last byte past the reported count that changed.
         lo, hi = diff_span(dst[reported:], fill[reported:])
         lo, hi = reported + lo, reported + hi
-        past = [i for i in range(lo, hi) if dst[i] != fill[i]]
-        if past:
+        if lo < hi:
             # All of [lo, hi) equal to the source is the usual case: one C-speed compare.
-            if dst[lo:hi] == src[lo:hi] or all(dst[i] == src[i] for i in past):
+            if dst[lo:hi] == src[lo:hi] or all(dst[i] == src[i] for i in range(lo, hi)
+                                               if dst[i] != fill[i]):
                 out.append("modified_past_reported")
             else:
                 out.append("garbage_past_reported")
@@ -219,7 +220,7 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
             out.append("claimed_nothing")
     if outside:
         out.append("write_outside_buffer")
-    lines = [r.event.address & ~(L.LINE - 1) for r in faults if r.event.kind.value == "mc"]
+    lines = [r.event.address & ~(L.LINE - 1) for r in faults if r.event.kind is FaultKind.MC]
     if len(lines) != len(set(lines)):
         out.append("poison_consumed_twice")
     return out
@@ -227,10 +228,11 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
 
 def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
     """Did the routine go back to an address that had already faulted (a tail retry)?"""
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[FaultKind, int]] = set()
     for r in faults:
-        unit = L.LINE if r.event.kind.value == "mc" else L.PAGE
-        key = (r.event.kind.value, r.event.address & ~(unit - 1))
+        kind = r.event.kind
+        unit = L.LINE if kind is FaultKind.MC else L.PAGE
+        key = (kind, r.event.address & ~(unit - 1))
         if key in seen:
             return True
         seen.add(key)
@@ -240,7 +242,7 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
 def _fault(r: FaultRecord, bufs: Buffers, symbolize: Any) -> Fault:
     ev, res = r.event, r.resolution
     entry = res.entry if isinstance(res.entry, ExtableEntry) else None
-    base = bufs.src if ev.kind.value == "mc" else bufs.user
+    base = bufs.src if ev.kind is FaultKind.MC else bufs.user
     offset = ev.address - base if base <= ev.address < base + max(bufs.length, 1) else None
     if isinstance(res, Redirect):
         action, fixup = "fixup", res.rip
