@@ -191,7 +191,8 @@ class RawRun:
     """What the machine observed; ``outcome.py`` turns it into an ``Outcome``.
 
     Memory is kept as the pages the run changed, ``(page index in the window, contents)``
-    with index 0 the lower guard page; every other page holds its initial contents.  The
+    in ascending index order, index 0 being the lower guard page; every other page holds its
+    initial contents.  The
     whole windows are built on demand (``src_window``, ``dst_window``); ``outcome.build``
     looks only at the changed pages (``src_bytes``, ``dst_bytes``).
     """
@@ -232,16 +233,22 @@ class RawRun:
 
 
 def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int) -> bytes:
-    """``base[lo:hi]`` with each (page index, contents) of ``pages`` written over it."""
-    out = base[lo:hi]
-    hit = [(i * L.PAGE, data) for i, data in pages if i * L.PAGE < hi and (i + 1) * L.PAGE > lo]
-    if not hit:
-        return out
-    buf = bytearray(out)
-    for p0, data in hit:
-        a, b = max(lo, p0), min(hi, p0 + L.PAGE)
-        buf[a - lo:b - lo] = data[a - p0:b - p0]
-    return bytes(buf)
+    """``base[lo:hi]`` with each (page index, contents) of ``pages`` (ascending) over it."""
+    pieces = []
+    pos = lo
+    for i, data in pages:
+        p0 = i * L.PAGE
+        a, b = max(pos, p0), min(hi, p0 + L.PAGE)
+        if a < b:
+            if a > pos:
+                pieces.append(base[pos:a])
+            pieces.append(data[a - p0:b - p0])
+            pos = b
+    if not pieces:
+        return base[lo:hi]
+    if pos < hi:
+        pieces.append(base[pos:hi])
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 # ---- memory contents --------------------------------------------------------------------
@@ -439,8 +446,11 @@ class Machine:
         #    Blocks translated while no read hook existed never call hooks, so the TB cache
         #    is flushed when hooks appear; blocks translated with hooks look the hook list up
         #    at run time, so changing the lines needs no flush (unicorn-notes §3).
-        line_va = {self.pa(va): va for va in {(bufs.src + off) & ~(L.LINE - 1)
-                                             for off in bufs.poison}}
+        line_va: dict[int, int] = {}
+        if bufs.poison:
+            src = bufs.src
+            line_va = {self.pa(va): va for va in {(src + off) & ~(L.LINE - 1)
+                                                 for off in bufs.poison}}
         lines = tuple(sorted(line_va))
         if lines != self._poison_key:
             for h in self._poison_hooks:

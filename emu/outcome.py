@@ -124,7 +124,12 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     dst = raw.dst_bytes(lo, lo + n)
     initial = raw.dst_initial
     fill = initial[lo:lo + n]
-    copied = common_prefix(dst, src)
+    regs = dict(raw.regs)
+    ret: int | None = None
+    if raw.state is State.RETURNED:
+        ret = regs["rax"] & 0xFFFFFFFF if ret_reg == "eax" else regs[ret_reg]
+    # The count the routine reports is the likely answer (exact for a correct routine).
+    copied = common_prefix(dst, src, n - ret if ret is not None and 0 <= ret <= n else None)
     beyond = differing(dst[copied:], fill[copied:])
     # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
     outside = 0
@@ -133,10 +138,6 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
         for a, b in ((p0, min(p0 + L.PAGE, lo)), (max(p0, lo + n), p0 + L.PAGE)):
             if a < b:
                 outside += differing(page[a - p0:b - p0], initial[a:b])
-    regs = dict(raw.regs)
-    ret: int | None = None
-    if raw.state is State.RETURNED:
-        ret = regs["rax"] & 0xFFFFFFFF if ret_reg == "eax" else regs[ret_reg]
     faults = tuple(_fault(r, bufs, symbolize) for r in raw.faults)
     retouched = _retouched(raw.faults)
     violations: list[str] = []
@@ -146,18 +147,29 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
                    tuple(violations), raw.message, raw.ac_at_return, raw.insns)
 
 
-def common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the common prefix of two byte strings (binary search on C-speed compares)."""
+def common_prefix(a: bytes, b: bytes, guess: int | None = None) -> int:
+    """Length of the common prefix of two byte strings (binary search on C-speed compares).
+
+    ``guess``, if given, is tried first: a right guess costs two compares.
+    """
     if a == b:
         return len(a)
     lo, hi = 0, min(len(a), len(b))
     if a[:1] != b[:1]:                   # common when the first byte was never written
         return 0
-    if a.startswith(b[:hi]):
+    mb = memoryview(b)                   # probes slice b without copying it
+    if a.startswith(mb[:hi]):
         return hi
+    if guess is not None and 0 < guess < hi:
+        if not a.startswith(mb[:guess]):
+            hi = guess - 1
+        elif a[guess] != b[guess]:
+            return guess
+        else:
+            lo = guess
     while lo < hi:                       # invariant: a[:lo] == b[:lo], a[:hi+1] != b[:hi+1]
         mid = (lo + hi + 1) // 2
-        if a.startswith(b[:mid]):
+        if a.startswith(mb[:mid]):
             lo = mid
         else:
             hi = mid - 1
@@ -172,9 +184,10 @@ def common_suffix(a: bytes, b: bytes) -> int:
     if a[-1:] != b[-1:]:
         return 0
     lo, hi = 0, n
+    mb = memoryview(b)
     while lo < hi:                       # invariant: a[n-lo:] == b[n-lo:]
         mid = (lo + hi + 1) // 2
-        if a.endswith(b[n - mid:]):
+        if a.endswith(mb[n - mid:]):
             lo = mid
         else:
             hi = mid - 1
@@ -206,9 +219,7 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
             out.append("zero_with_missing")
         elif copied < reported:
             out.append("bytes_mismatch")
-        # [lo, hi): from the first to the last byte past the reported count that changed.
-        lo, hi = diff_span(dst[reported:], fill[reported:])
-        lo, hi = reported + lo, reported + hi
+        lo, hi = _changed_after(dst, fill, reported, copied)
         if lo < hi:
             # All of [lo, hi) equal to the source is the usual case: one C-speed compare.
             if dst[lo:hi] == src[lo:hi] or all(dst[i] == src[i] for i in range(lo, hi)
@@ -224,6 +235,21 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
     if len(lines) != len(set(lines)):
         out.append("poison_consumed_twice")
     return out
+
+
+def _changed_after(dst: bytes, fill: bytes, start: int, copied: int) -> tuple[int, int]:
+    """[first, last+1) of the positions at or after ``start`` where dst differs from its
+    initial fill (empty if none).  ``copied`` (the common prefix with the source) is where
+    the routine most likely stopped writing.
+
+    The usual case is answered by two byte compares and one tail compare: dst changed at
+    ``start`` and at ``copied - 1``, and not at all from ``copied`` on.
+    """
+    if (start < copied and dst[start] != fill[start] and dst[copied - 1] != fill[copied - 1]
+            and dst[copied:] == fill[copied:]):
+        return start, copied
+    lo, hi = diff_span(dst[start:], fill[start:])
+    return start + lo, start + hi
 
 
 def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
