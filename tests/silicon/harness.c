@@ -14,7 +14,9 @@
  *   - the SIGSEGV handler looks the RIP up in the linked __ex_table and applies the
  *     entry's handler the way the era's kernel does (ip = fixup; ax = trap number 14 for
  *     the copy/fault handlers; ax untouched for uaccess), then returns so the routine
- *     continues at the fixup.  A fault with no entry is an oops.
+ *     continues at the fixup.  A fault with no entry is an oops;
+ *   - calls out of the object (undefined symbols) reach a ud2 stub the tests link in,
+ *     as in emu, so they end as an oops with #UD (SIGILL) at the stub.
  *
  * Usage:  harness PATTERN_FILE EXTABLE_ABI EX_LAYOUT < cases
  *
@@ -27,8 +29,9 @@
  * One case per input line:
  *   ROUTINE LEN_REG DIRECTION LEN SRC_ALIGN DST_ALIGN UNMAPPED
  * LEN_REG is rdx or rcx (the count's register), or rax for a get_user helper (rax = the
- * source address, LEN is the buffer size); DIRECTION is from (source is the user window) or to; UNMAPPED is a
- * comma list of user-buffer offsets whose page is made PROT_NONE, or "-".
+ * source address, LEN is the buffer size).  DIRECTION is from (the source is the user
+ * window) or to.  UNMAPPED is a comma list of user-buffer offsets whose page is made
+ * PROT_NONE, or "-".
  *
  * First output line: "windows user=HEX kernel=HEX", where the data pages of the two windows
  * start.  Then one result line per case:
