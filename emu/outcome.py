@@ -15,6 +15,7 @@ a copy that missed bytes never returns 0.  Violations carry stable names (``VIOL
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from . import layout as L
@@ -128,8 +129,12 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     ret: int | None = None
     if raw.state is State.RETURNED:
         ret = regs["rax"] & 0xFFFFFFFF if ret_reg == "eax" else regs[ret_reg]
-    # The count the routine reports is the likely answer (exact for a correct routine).
-    copied = common_prefix(dst, src, n - ret if ret is not None and 0 <= ret <= n else None)
+    faults = tuple(_fault(r, bufs, symbolize) for r in raw.faults)
+    # Likely answers: the count the routine reports (exact for a correct routine), then the
+    # offsets of the faults (where a copy stops).
+    guesses = [n - ret] if ret is not None and 0 <= ret <= n else []
+    guesses += [f.offset for f in faults if f.offset is not None]
+    copied = common_prefix(dst, src, guesses)
     beyond = differing(dst[copied:], fill[copied:])
     # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
     outside = 0
@@ -138,7 +143,6 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
         for a, b in ((p0, min(p0 + L.PAGE, lo)), (max(p0, lo + n), p0 + L.PAGE)):
             if a < b:
                 outside += differing(page[a - p0:b - p0], initial[a:b])
-    faults = tuple(_fault(r, bufs, symbolize) for r in raw.faults)
     retouched = _retouched(raw.faults)
     violations: list[str] = []
     if ret is not None:
@@ -147,10 +151,11 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
                    tuple(violations), raw.message, raw.ac_at_return, raw.insns)
 
 
-def common_prefix(a: bytes, b: bytes, guess: int | None = None) -> int:
+def common_prefix(a: bytes, b: bytes, guesses: Iterable[int] = ()) -> int:
     """Length of the common prefix of two byte strings (binary search on C-speed compares).
 
-    ``guess``, if given, is tried first: a right guess costs two compares.
+    ``guesses`` are tried first: a right guess costs two compares, a wrong one narrows the
+    search.
     """
     if a == b:
         return len(a)
@@ -160,13 +165,14 @@ def common_prefix(a: bytes, b: bytes, guess: int | None = None) -> int:
     mb = memoryview(b)                   # probes slice b without copying it
     if a.startswith(mb[:hi]):
         return hi
-    if guess is not None and 0 < guess < hi:
-        if not a.startswith(mb[:guess]):
-            hi = guess - 1
-        elif a[guess] != b[guess]:
-            return guess
-        else:
-            lo = guess
+    for g in guesses:
+        if lo < g <= hi:
+            if not a.startswith(mb[:g]):
+                hi = g - 1
+            elif g == hi or a[g] != b[g]:
+                return g
+            else:
+                lo = g
     while lo < hi:                       # invariant: a[:lo] == b[:lo], a[:hi+1] != b[:hi+1]
         mid = (lo + hi + 1) // 2
         if a.startswith(mb[:mid]):
