@@ -287,6 +287,7 @@ PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 #: ``bytes.translate`` table: a PTE's low byte → 1 if its dirty bit is set, else 0.
 _DIRTY_BIT = bytes(1 if b & PTE_D else 0 for b in range(256))
 MAX_FAULTS = 256
+RECORDINGS_PER_FLUSH = 8
 DEFAULT_BUDGET = 5_000_000
 
 
@@ -333,6 +334,8 @@ class Machine:
             assert last == ptes + 8 * (WINDOW_PAGES - 1), "window PTEs must be contiguous"
         self._poison_hooks: list[int] = []
         self._poison_key: tuple[int, ...] = ()
+        self._instrumented = False
+        self._recordings = 0
         self._hook_lines: dict[int, int] = {}
         # INTR and poison hooks are added through the C API with callbacks built once
         # (``_Engine``); an exception in them is kept here and raised after emu_start, as the
@@ -442,10 +445,8 @@ class Machine:
         eng = self._eng
         for ptes, table in zip(self._window_ptes, self._pte_tables(absent)):
             eng.mem_write(ptes[1], table)
-        # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical).
-        #    Blocks translated while no read hook existed never call hooks, so the TB cache
-        #    is flushed when hooks appear; blocks translated with hooks look the hook list up
-        #    at run time, so changing the lines needs no flush (unicorn-notes §3).
+        # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical),
+        #    on translated blocks that call read hooks (``_instrument``).
         line_va: dict[int, int] = {}
         if bufs.poison:
             src = bufs.src
@@ -455,10 +456,10 @@ class Machine:
         if lines != self._poison_key:
             for h in self._poison_hooks:
                 eng.hook_del(h)
+            if lines:
+                self._instrument()
             self._poison_hooks = [eng.hook_add(UC_HOOK_MEM_READ, self._read_cb, line,
                                                line - 7, line + L.LINE - 1) for line in lines]
-            if bool(lines) != bool(self._poison_key):
-                uc.ctl_flush_tb()
             self._poison_key = lines
         self._hook_lines = line_va
         # 4. Registers (one batch write; CR3 last, which flushes the TLB for step 2) and
@@ -553,20 +554,24 @@ class Machine:
         lo = self.pa(bufs.src)
         rec = _Recording(lo, lo + bufs.length, bufs.src, bufs.direction == "from")
         uc = self.uc
-        # The recording hook replaces any poison hooks; TBs are flushed around it so the
-        # next run re-translates with its own hook set.
+        # The recording hook replaces any poison hooks.
         for h in self._poison_hooks:
             self._eng.hook_del(h)
         self._poison_hooks, self._poison_key = [], ()
+        self._instrument()
+        # The runs fast-forwarded from a recording start at its checkpoints' RIPs, each a
+        # new translated block; emptying the TB cache every RECORDINGS_PER_FLUSH recordings
+        # keeps it (and a sweep worker's RSS) from growing with each clean run recorded.
+        self._recordings += 1
+        if self._recordings % RECORDINGS_PER_FLUSH == 0:
+            uc.ctl_flush_tb()
         hook = uc.hook_add(UC_HOOK_MEM_READ, self._on_record, None, lo - 7, rec.hi - 1)
-        uc.ctl_flush_tb()
         self._recording = rec
         try:
             raw = self.run(call, bufs, handler, budget=budget)
         finally:
             self._recording = None
             uc.hook_del(hook)
-            uc.ctl_flush_tb()
         if raw.state is not State.RETURNED or raw.faults or rec.spoiled:
             return None
         return FastForward(dict(rec.lines), dict(rec.pages))
@@ -601,6 +606,24 @@ class Machine:
             rec.lines[ln] = cp
         for pg in new_pages:
             rec.pages[pg] = cp
+
+    def _instrument(self) -> None:
+        """Make every translated block call the read hooks, from now on.
+
+        Blocks translated while no read hook exists never call read hooks, and blocks
+        translated while one exists look the hook list up at run time (unicorn-notes §3).
+        The first time a read hook is needed, a hook that never matches (a range above
+        physical memory) is added for good and the TB cache flushed once.  Adding and
+        removing poison or recording hooks then needs no flush, which a sweep would
+        otherwise pay (with a re-translation) at every switch between a case with poison
+        and one without; the price is the read-hook path on the loads of runs without
+        poison.
+        """
+        if not self._instrumented:
+            self._eng.hook_add(UC_HOOK_MEM_READ, self._read_cb, PHYS_SIZE, PHYS_SIZE,
+                               PHYS_SIZE)
+            self.uc.ctl_flush_tb()
+            self._instrumented = True
 
     def _pte_tables(self, absent: frozenset[int]) -> list[bytes]:
         """PTE arrays of both windows with accessed/dirty clear and ``absent`` pages not present."""
