@@ -280,6 +280,8 @@ RESULT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp
 _RESULT_RIP, _RESULT_EFLAGS = RESULT_REGS.index("rip"), RESULT_REGS.index("eflags")
 #: The registers a ``FaultRecord`` keeps from before its handler ran.
 SNAPSHOT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "eflags")
+#: What a hook reads when a fault is taken, in one batch: RIP, CR2, then the snapshot.
+FAULT_REGS = ("rip", "cr2", *SNAPSHOT_REGS)
 EFLAGS_AC = 1 << 18
 _NO_PAGES: frozenset[int] = frozenset()
 PHYS_SIZE = 8 << 20
@@ -317,7 +319,7 @@ class Machine:
         self._ctx = self.uc.context_save()
         self._exc_ctx = self.uc.context_save()    # scratch context for _end_exception
         self._eng = _Engine(self.uc)
-        self._snapshot_regs = self._eng.batch(tuple(REGS[n] for n in SNAPSHOT_REGS))
+        self._fault_regs = self._eng.batch(tuple(REGS[n] for n in FAULT_REGS))
         self._result_regs = self._eng.batch(tuple(REGS[n] for n in RESULT_REGS))
         # Entry register writes by (argument registers, STAC): the batch and its values.
         self._entry_regs: dict[tuple[object, ...], tuple[_RegBatch, list[int]]] = {}
@@ -675,13 +677,19 @@ class Machine:
     def reg(self, name: str) -> int:
         return self._eng.read(REGS[name])
 
-    def _snapshot(self) -> tuple[tuple[str, int], ...]:
-        return tuple(zip(SNAPSHOT_REGS, self._snapshot_regs.read()))
+    def _fault_state(self) -> tuple[int, int, tuple[tuple[str, int], ...]]:
+        """RIP, CR2 and the registers a FaultRecord keeps (``SNAPSHOT_REGS``)."""
+        values = self._fault_regs.read()
+        return values[0], values[1], tuple(zip(SNAPSHOT_REGS, values[2:]))
 
-    def _dispatch(self, event: FaultEvent) -> None:
+    def _snapshot(self) -> tuple[tuple[str, int], ...]:
+        return self._fault_state()[2]
+
+    def _dispatch(self, event: FaultEvent, before: tuple[tuple[str, int], ...]) -> None:
+        """Ask the handler about ``event`` and apply its resolution; ``before`` is the
+        register snapshot taken when the fault was raised."""
         run = self._run
         assert run is not None
-        before = self._snapshot()
         if len(run.faults) >= MAX_FAULTS:
             res: Resolution = Halt(State.HANG, f"{MAX_FAULTS} faults taken: the fixup faults "
                                    f"again forever (last at {self.image.symbolize(event.rip)})")
@@ -754,34 +762,33 @@ class Machine:
         if run is None or run.halt is not None:
             self._eng.emu_stop()
             return
-        rip = self._eng.read(X.UC_X86_REG_RIP)
+        rip, addr, before = self._fault_state()
         kind = VECTORS.get(intno, FaultKind.TRAP)
         if kind is FaultKind.PF:
-            addr = self._eng.read(X.UC_X86_REG_CR2)
             page = addr & ~0xFFF
             user = addr < L.TASK_SIZE_MAX
-            ac = self._eng.read(X.UC_X86_REG_EFLAGS) & EFLAGS_AC
+            ac = before[-1][1] & EFLAGS_AC          # SNAPSHOT_REGS ends with eflags
             if user and page in self._pages and page not in run.absent and not ac:
                 event = FaultEvent(kind, rip, addr, user)
                 res = Halt(State.SMAP_VIOLATION,
                            f"SMAP violation: user access to {addr:#x} with EFLAGS.AC clear at "
                            f"{self.image.symbolize(rip)}")
-                run.faults.append(FaultRecord(event, res, self._snapshot()))
+                run.faults.append(FaultRecord(event, res, before))
                 run.halt = res
                 self._eng.emu_stop()
                 return
-            self._dispatch(FaultEvent(kind, rip, addr, user))
+            self._dispatch(FaultEvent(kind, rip, addr, user), before)
             return
         if kind is FaultKind.UD:
             for name, stub in self.image.stubs.items():
                 if stub <= rip < stub + 16:
                     event = FaultEvent(kind, rip, rip, False)
                     res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
-                    run.faults.append(FaultRecord(event, res, self._snapshot()))
+                    run.faults.append(FaultRecord(event, res, before))
                     run.halt = res
                     self._eng.emu_stop()
                     return
-        self._dispatch(FaultEvent(kind, rip, 0, False))
+        self._dispatch(FaultEvent(kind, rip, 0, False), before)
 
     def _invalid_opcode(self, rip: int) -> None:
         run = self._run
@@ -806,9 +813,9 @@ class Machine:
             first += L.LINE
         if line != first:
             return
-        rip = self._eng.read(X.UC_X86_REG_RIP)
+        rip, _, before = self._fault_state()
         va = self._hook_lines[line] + max(addr - line, 0)
-        self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX))
+        self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX), before)
 
     def _on_block(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         key = (address, size)
