@@ -192,9 +192,9 @@ class RawRun:
 
     Memory is kept as the pages the run changed, ``(page index in the window, contents)``
     in ascending index order, index 0 being the lower guard page; every other page holds its
-    initial contents.  The
-    whole windows are built on demand (``src_window``, ``dst_window``); ``outcome.build``
-    looks only at the changed pages (``src_bytes``, ``dst_bytes``).
+    initial contents.  The whole windows are built on demand (``src_window``,
+    ``dst_window``); ``outcome.build`` reads only the ranges it measures (``src_bytes``,
+    ``dst_bytes``).
     """
 
     state: State
@@ -266,7 +266,6 @@ def source_pattern(size: int) -> bytes:
 _SRC_WINDOW_BYTES = source_pattern(WINDOW_SPAN)
 _DST_WINDOW_BYTES = bytes([DST_FILL]) * WINDOW_SPAN
 _SENTINEL_BYTES = struct.pack("<Q", L.SENTINEL)
-_SRC_DATA = _SRC_WINDOW_BYTES[L.PAGE:L.PAGE + L.MAX_SPAN]
 _SRC_PAGES = tuple(_SRC_WINDOW_BYTES[i * L.PAGE:(i + 1) * L.PAGE] for i in range(WINDOW_PAGES))
 _DST_PAGES = tuple(_DST_WINDOW_BYTES[i * L.PAGE:(i + 1) * L.PAGE] for i in range(WINDOW_PAGES))
 

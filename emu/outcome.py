@@ -14,8 +14,8 @@ a copy that missed bytes never returns 0.  Violations carry stable names (``VIOL
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import layout as L
