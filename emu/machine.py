@@ -506,6 +506,12 @@ class Machine:
             # ud2 or an undefined opcode: Unicorn stops instead of raising #UD (vector 6).
             # In the kernel that is an oops; a call out of the image lands on a ud2 stub.
             self._invalid_opcode(rip)
+        except BaseException:
+            # A hook raised (e.g. a fixup type emu has no model of): leave the machine clean
+            # for the next case before the error goes up.
+            self._run = None
+            self._restore_windows(self._changed_pages())
+            raise
         run, self._run = self._run, None
         assert run is not None
         # 6. How it ended.
