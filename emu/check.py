@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import map as umap
+from . import report
 from .detect import GET_USER_SIZES, KNOWN_ROUTINES, detect
 from .eras import ERAS, CPUS, Routine
 from .errors import InputError, UsageError
@@ -136,15 +137,7 @@ class MCase:
 
     def args(self) -> list[str]:
         """The ``emu run`` options of this case."""
-        a = ["--len", str(self.length), "--src-align", hex(self.src_align),
-             "--dst-align", hex(self.dst_align)]
-        if self.poison:
-            a += ["--poison", ",".join(hex(p) for p in self.poison)]
-        if self.unmapped:
-            a += ["--unmapped", ",".join(hex(p) for p in self.unmapped)]
-        if self.direction != "from":
-            a += ["--direction", self.direction]
-        return a + ["--cpu", self.cpu, "--routine", self.routine]
+        return report.case_options(self)
 
     def minimality(self) -> tuple[int, ...]:
         return (self.length, len(self.poison) + len(self.unmapped), self.src_align,

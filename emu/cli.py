@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from . import inputs, policy_cmds, report
-from .eras import ERAS, Era, Routine, cpu_name, parse_cpu
+from .eras import ERAS, Era, cpu_name, parse_cpu
 from .errors import EmuError, UsageError
 from .machine import Buffers, State
 from .target import Settings, Target, era_target, get_target, read_source, resolve_era
@@ -178,18 +178,6 @@ def _variant(spec: str | None, era_key: str | None, cpu: frozenset[str], count: 
     return Path(spec).name, t, None
 
 
-def _routine(t: Target, era: Era | None, name: str | None, cpu: frozenset[str]) -> Routine:
-    if isinstance(t, inputs.KernelTarget):
-        return t.routine_for(name, cpu)
-    if era is not None:
-        return era.routine(name) if name else era.select_routine(cpu)
-    if not name:
-        funcs = ", ".join(s.name for s in t.image.functions())
-        raise UsageError(f"{t.name}: --routine is required for a source file (functions: {funcs})")
-    t.image.symbol(name)
-    return Routine(name)
-
-
 def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
     if a.caller:
         return policy_cmds.cmd_run_caller(a, out)
@@ -199,7 +187,7 @@ def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
         return policy_cmds.cmd_run_rules(a, out)
     cpu = parse_cpu(a.cpu)
     label, t, era = _variant(a.source, a.era, cpu, a.instructions, a)
-    routine = _routine(t, era, a.routine, cpu)
+    routine = inputs.routine_for(t, era, a.routine, cpu)
     if inputs.is_get_user(routine.name):
         g = inputs.run_get_user(t, routine.name, _buffers(a))
         if a.json:
@@ -234,7 +222,7 @@ def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
     if a.patch:   # the last variant once more, with the patch series applied
         variants.append(_variant(specs[-1], a.era, cpu, a=a))
     for label, t, era in variants:
-        routine = _routine(t, era, a.routine, cpu)
+        routine = inputs.routine_for(t, era, a.routine, cpu)
         rows.append((label, routine.name, t.run(routine, bufs)))
     if a.json:
         out.write(report.dumps({"cpu": cpu_name(cpu), "case": _case_json(bufs), "rows": [

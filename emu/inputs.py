@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import outcome
 from .detect import GET_USER_SIZES, Detection, detect
-from .eras import ERAS, Routine
+from .eras import ERAS, Era, Routine
 from .errors import UsageError
 from .assemble import AsmConfig
 from .machine import Buffers, Call, Machine, State
@@ -240,3 +240,16 @@ def run_get_user(t: Target, name: str, bufs: Buffers) -> GetUserResult:
         value = regs["rdx"] & ((1 << (8 * size)) - 1)
     return GetUserResult(name, raw.state, err, value, int.from_bytes(src, "little"),
                          o.faults, raw.message)
+
+
+def routine_for(t: Target, era: Era | None, name: str | None, cpu: frozenset[str]) -> Routine:
+    """The routine ``--routine NAME`` names, or the one the era's CPU selection calls."""
+    if isinstance(t, KernelTarget):
+        return t.routine_for(name, cpu)
+    if era is not None:
+        return era.routine(name) if name else era.select_routine(cpu)
+    if not name:
+        funcs = ", ".join(s.name for s in t.image.functions())
+        raise UsageError(f"{t.name}: --routine is required for a source file (functions: {funcs})")
+    t.image.symbol(name)
+    return Routine(name)

@@ -15,10 +15,11 @@ from typing import IO
 
 from . import caller, explain, report, trace
 from . import map as umap
-from .eras import ERAS, Era, Routine, cpu_name, parse_cpu
+from .eras import ERAS, Era, cpu_name, parse_cpu
 from .errors import UsageError
 from .machine import Buffers
 from .policy import Severity
+from .inputs import routine_for
 from .target import Settings, Target, get_target, read_source, resolve_era
 
 RULES = {s.value: s for s in Severity}
@@ -102,16 +103,6 @@ def _source(spec: str, era_key: str | None, rules: Severity | None, cpu: frozens
     return Path(spec).name, t, None, sev
 
 
-def _routine(t: Target, era: Era | None, name: str | None, cpu: frozenset[str]) -> Routine:
-    if era is not None:
-        return era.routine(name) if name else era.select_routine(cpu)
-    if not name:
-        funcs = ", ".join(s.name for s in t.image.functions())
-        raise UsageError(f"{t.name}: --routine is required for a source file (functions: {funcs})")
-    t.image.symbol(name)
-    return Routine(name)
-
-
 def _buffers(a: argparse.Namespace) -> Buffers:
     return Buffers(direction=a.direction, length=a.length, src_align=a.src_align,
                    dst_align=a.dst_align, poison=tuple(a.poison), unmapped=tuple(a.unmapped))
@@ -156,7 +147,7 @@ def cmd_run_rules(a: argparse.Namespace, out: IO[str]) -> int:
         raise UsageError("name a source: a .S file or an era key")
     cpu = parse_cpu(a.cpu)
     label, t, era, sev = _source(a.source, a.era, _rules(a.mce_rules), cpu)
-    routine = _routine(t, era, a.routine, cpu)
+    routine = routine_for(t, era, a.routine, cpu)
     o = t.run(routine, _buffers(a))
     if a.json:
         out.write(report.dumps({"variant": label, "routine": routine.name, "cpu": cpu_name(cpu),
@@ -180,7 +171,7 @@ def cmd_diff_policy(a: argparse.Namespace, out: IO[str]) -> int:
         rows = []
         for spec in specs:
             label, t, era, sev = _source(spec, a.era, _rules(a.mce_rules), cpu)
-            routine = _routine(t, era, a.routine, cpu)
+            routine = routine_for(t, era, a.routine, cpu)
             rows.append((f"{label} (#MC {sev.value})", routine.name, t.run(routine, _buffers(a))))
         if a.json:
             out.write(report.dumps({"cpu": cpu_name(cpu), "rows": [
@@ -222,7 +213,7 @@ def cmd_explain(a: argparse.Namespace, out: IO[str]) -> int:
     if a.fault_in or a.mce_count is not None:
         raise UsageError("--fault-in and --no-mce-count apply to --caller write only")
     label, t, era, sev = _source(a.source, a.era, _rules(a.mce_rules), cpu)
-    routine = _routine(t, era, a.routine, cpu)
+    routine = routine_for(t, era, a.routine, cpu)
     bufs = _buffers(a)
     regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length), ("rax", 0))
     tr = trace.run(t, routine, bufs, regs, trace=True)

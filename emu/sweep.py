@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from . import layout as L
-from .eras import CPUS, ERAS, Era, Routine, cpu_name, parse_cpu
+from . import report
+from .eras import ERAS, Era, Routine, cpu_name, parse_cpu
 from .errors import EmuError, InputError, UsageError
 from .machine import Buffers, State
 from .outcome import BENIGN_FOR_COPY_FROM_USER, VIOLATIONS, Outcome
@@ -109,16 +110,7 @@ class Case:
         parts = ["emu", "run", self.variant]
         if self.era:
             parts += ["--era", self.era]
-        parts += ["--len", str(self.length), "--src-align", hex(self.src_align),
-                  "--dst-align", hex(self.dst_align)]
-        if self.poison:
-            parts += ["--poison", ",".join(hex(p) for p in self.poison)]
-        if self.unmapped:
-            parts += ["--unmapped", ",".join(hex(p) for p in self.unmapped)]
-        if self.direction != "from":
-            parts += ["--direction", self.direction]
-        parts += ["--cpu", self.cpu, "--routine", self.routine]
-        return " ".join(parts)
+        return " ".join(parts + report.case_options(self))
 
     def to_json(self) -> dict[str, Any]:
         return {"variant": self.variant, "routine": self.routine, "cpu": self.cpu,
