@@ -5,7 +5,7 @@
  * Written for emu from kernel-facts.md (sections 3, 4 and 11); not kernel text.
  *
  * Stands for:   no release.  It models v1 [PATCH 5/8] of the machine-check copy-in
- *               series (2020-09-08, <20200908175519.14223-6-tony.luck@intel.com>),
+ *               series (2020-09-08, lore 20200908175519.14223-6),
  *               whose result is copy_user_64.S file blob 1a58946e7c4e.  The patch was
  *               made on top of the _ASM_EXTABLE_CPY conversion (blob 5b68e945bf65), so
  *               the rest of the v1 series (ex_handler_copy, the severity decoding of

@@ -7,7 +7,7 @@
  * Stands for:   v5.10 - v5.15.  Reproduces tip a2f73400e4dfd13f673c6e1b4b98d180fd1e47b3
  *               ("x86/mce: Avoid tail copy when machine check terminated a copy from
  *               user", 2020-10-07; copy_user_64.S blob 77b9b2a), from v2 [PATCH 4/7]
- *               <20200930232611.15355-5-tony.luck@intel.com> / v3 4/6.  The later
+ *               lore 20200930232611.15355-5 / v3 4/6.  The later
  *               include change 5e21a3ecad15 (blob 57b79c5) does not change behaviour.
  *               The entries became _ASM_EXTABLE_CPY in 278b917f (same merge).
  * Extable:      _ASM_EXTABLE_CPY on every user access and on the tail retry

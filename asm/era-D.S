@@ -6,7 +6,7 @@
  *
  * Stands for:   v5.16 only.  Reproduces mainline 690658471b5f28d306e6492c4585d748cb5304e8
  *               ("x86/mce: Drop copyin special case for #MC", [PATCH v2 3/3]
- *               <20210818002942.1607544-4-tony.luck@intel.com>; copy_user_64.S blob
+ *               lore 20210818002942.1607544-4; copy_user_64.S blob
  *               2797e63).  The code of .Lcopy_user_handle_tail is era A's again, but the
  *               entries stay _ASM_EXTABLE_CPY (EX_TYPE_COPY in the v5.16 table format),
  *               and the comment about not copying the tail after a machine check was

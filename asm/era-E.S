@@ -7,7 +7,7 @@
  * Stands for:   v5.17 - v6.3 (the edx-based handle_tail also survives in the v6.4 merge
  *               window until 034ff37d3407).  Reproduces tip ras/core
  *               3376136300a00df9a864b88fa969177d6c3be8e5 (Youquan Song, posted by Tony
- *               Luck, v1 <20211215222016.1390235-1-tony.luck@intel.com>, v2 rebased onto
+ *               Luck, v1 lore 20211215222016.1390235-1, v2 rebased onto
  *               the tree without .fixup; copy_user_64.S blob e73b76e).  Fixup code lives
  *               in .text after each routine's return (no .fixup section, as from 5.17),
  *               returns are spelled RET, and ALIGN_DESTINATION's fixup is the shared

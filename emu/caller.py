@@ -165,7 +165,7 @@ MODELS: dict[str, WriteModel] = {
                     TaskWork.KILL_ME_NEVER, True, _COMMON + (
         _READABLE,
         "Models v6.8-v6.14: 5.17 severity rules, fault-in load EX_TYPE_UACCESS (getuser.S "
-        "after the 2024 revert, <20240129063842.61584-1-qiuxu.zhuo@intel.com>).  "
+        "after the 2024 revert, lore 20240129063842.61584-1).  "
         "--fault-in default models v6.4-v6.7 (b19b74bc99b1, EX_TYPE_DEFAULT: an #MC there "
         "panics); --fault-in efault_reg the inline get_user class; --mce-rules 2025 the "
         "is_copy_from_user-first rules of 1a15bb8303b6 (stable 6.12.23, ~v6.15).",
