@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .S file, an era key (A-F) for a bundled source, debian:6.1 / "
                    "debian:6.12 (Debian's linux-source), or with --tree a path in the tree")
     r.add_argument("--era", help="kernel era whose extable encoding and #MC rules apply to "
-                   "a .S file (default: E)")
+                   "a .S file (default: detected from the file)")
     r.add_argument("--instructions", action="store_true", help="count instructions")
     _case_args(r)
     inputs.add_arguments(r)
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("diff", help="run one scenario across variants and compare")
     d.add_argument("variants", nargs="*", help="era keys or .S files (default: every era)")
-    d.add_argument("--era", help="era rules for .S variants (default: E)")
+    d.add_argument("--era", help="era rules for .S variants (default: detected from each file)")
     _case_args(d)
     inputs.add_arguments(d)
     policy_cmds.add_run_options(d)
