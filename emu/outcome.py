@@ -20,7 +20,8 @@ from typing import Any
 
 from . import layout as L
 from .extable import ExtableEntry
-from .machine import Buffers, FaultKind, FaultRecord, Halt, RawRun, Redirect, State
+from .machine import (Buffers, FaultKind, FaultRecord, Halt, RawRun, Redirect, State,
+                      fast_init)
 
 #: Stable violation names and what each means.
 VIOLATIONS: dict[str, str] = {
@@ -37,6 +38,7 @@ VIOLATIONS: dict[str, str] = {
 BENIGN_FOR_COPY_FROM_USER = frozenset({"modified_past_reported", "garbage_past_reported"})
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Fault:
     """One fault of a run, as reported to users (addresses as numbers, places as symbols)."""
@@ -59,6 +61,7 @@ class Fault:
                 "fixup_where": self.fixup_where, "action": self.action, "note": self.note}
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What one copy did.  Equality means "same behaviour" (instruction counts excluded)."""
@@ -271,16 +274,34 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
     return False
 
 
+#: Per-resolution parts of a ``Fault``: (id(resolution), rip, kind) → (resolution, symbolize,
+#: kind, where, handler, fixup, fixup_where, action, note).  The resolution is kept so that
+#: its id is not reused while the entry lives; resolutions the kernel memoises make this a
+#: lookup per fault instead of two symbol look-ups, a type name and the action.
+_TEMPLATES: dict[tuple[int, int, FaultKind], tuple[Any, ...]] = {}
+
+
 def _fault(r: FaultRecord, bufs: Buffers, symbolize: Any) -> Fault:
     ev, res = r.event, r.resolution
-    entry = res.entry if isinstance(res.entry, ExtableEntry) else None
+    key = (id(res), ev.rip, ev.kind)
+    t = _TEMPLATES.get(key)
+    if t is None or t[0] is not res or t[1] != symbolize:
+        t = _template(ev.kind, ev.rip, res, symbolize)
+        if len(_TEMPLATES) >= 4096:
+            _TEMPLATES.clear()
+        _TEMPLATES[key] = t
     base = bufs.src if ev.kind is FaultKind.MC else bufs.user
-    offset = ev.address - base if base <= ev.address < base + max(bufs.length, 1) else None
+    address = ev.address
+    offset = address - base if base <= address < base + max(bufs.length, 1) else None
+    return Fault(t[2], ev.rip, t[3], address, offset, t[4], t[5], t[6], t[7], t[8])
+
+
+def _template(kind: FaultKind, rip: int, res: Any, symbolize: Any) -> tuple[Any, ...]:
+    entry = res.entry if isinstance(res.entry, ExtableEntry) else None
     if isinstance(res, Redirect):
         action, fixup = "fixup", res.rip
     else:
         assert isinstance(res, Halt)
         action, fixup = res.state.value, None
-    return Fault(ev.kind.value, ev.rip, symbolize(ev.rip), ev.address, offset,
-                 entry.type_name if entry else None, fixup,
-                 symbolize(fixup) if fixup is not None else None, action, res.note)
+    return (res, symbolize, kind.value, symbolize(rip), entry.type_name if entry else None,
+            fixup, symbolize(fixup) if fixup is not None else None, action, res.note)

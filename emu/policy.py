@@ -12,6 +12,7 @@ decision is then the era's severity rule.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from enum import Enum
 from functools import lru_cache
 
@@ -41,6 +42,7 @@ _READS_REGISTERS = frozenset({ExType.POP_REG, ExType.UCOPY_LEN})
 #: MOV loads and MOVZX (kernel opcode packing), and MOVS (kernel-facts §6b).
 _LOADS = (0x8A, 0x8B, 0xB60F, 0xB70F)
 _MOVS = (0xA4, 0xA5)
+_UNDECODED = object()
 
 
 @lru_cache(maxsize=1)
@@ -57,7 +59,12 @@ def is_copy_from_user(code: bytes, rip: int, cpu: CpuView) -> tuple[bool, int | 
     Returns:
         (verdict, source address or None if the instruction is not a MOV/MOVZX/MOVS load).
     """
-    shape = _decode(code, rip)
+    return _source_of(_decode(code, rip), cpu)
+
+
+def _source_of(shape: str | tuple[str, str, int, int] | None,
+               cpu: CpuView) -> tuple[bool, int | None]:
+    """``is_copy_from_user`` for an instruction already decoded by ``_decode``."""
     if shape is None:
         return False, None
     if shape == "movs":
@@ -175,12 +182,23 @@ class Kernel:
     #: functions of those except for fixup types that read registers (_READS_REGISTERS).
     _done: dict[tuple[int, FaultKind, bool], Resolution] = field(
         default_factory=dict, init=False, repr=False, compare=False)
+    #: Per faulting instruction: its extable entry and its decoded load (``_decode``).
+    _sites: dict[int, list[Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __call__(self, cpu: CpuView, event: FaultEvent) -> Resolution:
-        entry = self.extable.search(event.rip)
+        rip = event.rip
+        site = self._sites.get(rip)
+        if site is None:
+            if len(self._sites) >= 4096:
+                self._sites.clear()
+            site = self._sites[rip] = [self.extable.search(rip), _UNDECODED]
+        entry = site[0]
         copyin = False
         if event.kind is FaultKind.MC:
-            copyin, _ = is_copy_from_user(self.code(event.rip, 16), event.rip, cpu)  # type: ignore[operator]
+            if site[1] is _UNDECODED:          # decoded on the first #MC only
+                site[1] = _decode(self.code(rip, 16), rip)  # type: ignore[operator]
+            copyin = _source_of(site[1], cpu)[0]
         elif entry is None:
             return self._no_entry(event)
         key = (event.rip, event.kind, copyin)
