@@ -123,22 +123,29 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
         symbolize: address → "symbol+off" function for the report.
     """
     n = bufs.length
-    src = raw.src_bytes(bufs.src_align, bufs.src_align + n)
+    sa = bufs.src_align
+    src = raw.src_bytes(sa, sa + n)
     lo = L.PAGE + bufs.dst_align
     dst = raw.dst_bytes(lo, lo + n)
     initial = raw.dst_initial
     fill = initial[lo:lo + n]
-    regs = dict(raw.regs)
     ret: int | None = None
     if raw.state is State.RETURNED:
-        ret = regs["rax"] & 0xFFFFFFFF if ret_reg == "eax" else regs[ret_reg]
-    faults = tuple(_fault(r, bufs, symbolize) for r in raw.faults)
+        ret = (_reg(raw.regs, "rax") & 0xFFFFFFFF if ret_reg == "eax"
+               else _reg(raw.regs, ret_reg))
+    records = raw.faults
+    faults: tuple[Fault, ...] = ()
+    if records:
+        src_base = bufs.src
+        user_base = src_base if bufs.direction == "from" else bufs.dst
+        faults = tuple([_fault(r, src_base, user_base, n, symbolize) for r in records])
     # Likely answers: the count the routine reports (exact for a correct routine), then the
     # offsets of the faults (where a copy stops).
     guesses = [n - ret] if ret is not None and 0 <= ret <= n else []
     guesses += [f.offset for f in faults if f.offset is not None]
     copied = common_prefix(dst, src, guesses)
-    beyond = differing(dst[copied:], fill[copied:])
+    tail, tail_fill = dst[copied:], fill[copied:]
+    beyond = 0 if tail == tail_fill else differing(tail, tail_fill)
     # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
     outside = 0
     for i, page in raw.dst_pages:
@@ -146,12 +153,20 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
         for a, b in ((p0, min(p0 + L.PAGE, lo)), (max(p0, lo + n), p0 + L.PAGE)):
             if a < b:
                 outside += differing(page[a - p0:b - p0], initial[a:b])
-    retouched = _retouched(raw.faults)
+    retouched = len(records) > 1 and _retouched(records)
     violations: list[str] = []
     if ret is not None:
-        violations = _judge(ret, n, src, dst, fill, copied, outside, raw.faults)
+        violations = _judge(ret, n, src, dst, fill, copied, outside, records)
     return Outcome(raw.state, ret, n, copied, beyond, outside, faults, retouched,
                    tuple(violations), raw.message, raw.ac_at_return, raw.insns)
+
+
+def _reg(regs: tuple[tuple[str, int], ...], name: str) -> int:
+    """``dict(regs)[name]`` without building the dict."""
+    for k, v in regs:
+        if k == name:
+            return v
+    raise KeyError(name)
 
 
 def common_prefix(a: bytes, b: bytes, guesses: Iterable[int] = ()) -> int:
@@ -240,9 +255,11 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
             out.append("claimed_nothing")
     if outside:
         out.append("write_outside_buffer")
-    lines = [r.event.address & ~(L.LINE - 1) for r in faults if r.event.kind is FaultKind.MC]
-    if len(lines) != len(set(lines)):
-        out.append("poison_consumed_twice")
+    if len(faults) > 1:
+        lines = [r.event.address & ~(L.LINE - 1) for r in faults
+                 if r.event.kind is FaultKind.MC]
+        if len(lines) != len(set(lines)):
+            out.append("poison_consumed_twice")
     return out
 
 
@@ -274,25 +291,27 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
     return False
 
 
-#: Per-resolution parts of a ``Fault``: (id(resolution), rip, kind) → (resolution, symbolize,
-#: kind, where, handler, fixup, fixup_where, action, note).  The resolution is kept so that
+#: Per-resolution parts of a ``Fault``: (id(resolution), rip) → (resolution, symbolize,
+#: kind value, where, handler, fixup, fixup_where, action, note, FaultKind).  The resolution is kept so that
 #: its id is not reused while the entry lives; resolutions the kernel memoises make this a
 #: lookup per fault instead of two symbol look-ups, a type name and the action.
-_TEMPLATES: dict[tuple[int, int, FaultKind], tuple[Any, ...]] = {}
+_TEMPLATES: dict[tuple[int, int], tuple[Any, ...]] = {}
 
 
-def _fault(r: FaultRecord, bufs: Buffers, symbolize: Any) -> Fault:
+def _fault(r: FaultRecord, src: int, user: int, length: int, symbolize: Any) -> Fault:
+    """The ``Fault`` of one record; ``src`` and ``user`` are the case's source and user
+    buffer addresses, ``length`` its length."""
     ev, res = r.event, r.resolution
-    key = (id(res), ev.rip, ev.kind)
+    key = (id(res), ev.rip)              # FaultKind (an Enum) hashes slowly: compared below
     t = _TEMPLATES.get(key)
-    if t is None or t[0] is not res or t[1] != symbolize:
+    if t is None or t[0] is not res or t[1] != symbolize or t[9] is not ev.kind:
         t = _template(ev.kind, ev.rip, res, symbolize)
         if len(_TEMPLATES) >= 4096:
             _TEMPLATES.clear()
         _TEMPLATES[key] = t
-    base = bufs.src if ev.kind is FaultKind.MC else bufs.user
+    base = src if ev.kind is FaultKind.MC else user
     address = ev.address
-    offset = address - base if base <= address < base + max(bufs.length, 1) else None
+    offset = address - base if base <= address < base + max(length, 1) else None
     return Fault(t[2], ev.rip, t[3], address, offset, t[4], t[5], t[6], t[7], t[8])
 
 
@@ -304,4 +323,4 @@ def _template(kind: FaultKind, rip: int, res: Any, symbolize: Any) -> tuple[Any,
         assert isinstance(res, Halt)
         action, fixup = res.state.value, None
     return (res, symbolize, kind.value, symbolize(rip), entry.type_name if entry else None,
-            fixup, symbolize(fixup) if fixup is not None else None, action, res.note)
+            fixup, symbolize(fixup) if fixup is not None else None, action, res.note, kind)

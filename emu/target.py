@@ -59,6 +59,7 @@ class Target:
         self.machine = Machine(self.image, count_insns=count_insns)
         self.kernel = Kernel(self.image.extable, settings.severity, self.image.read)
         self._ff: dict[tuple[object, ...], FastForward | None] = {}
+        self._calls: dict[tuple[object, ...], Call] = {}   # (routine, placement) → Call
 
     def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None,
             fast_forward: bool = False) -> Outcome:
@@ -79,10 +80,18 @@ class Target:
         return outcome.build(raw, bufs, routine.ret_reg, self.image.symbolize)
 
     def _call(self, routine: Routine, bufs: Buffers) -> Call:
-        entry = self.image.symbol(routine.name).addr
-        regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length),
-                ("rax", 0))
-        return Call(entry, regs, stac=routine.caller_stac)
+        key = (routine.name, routine.len_reg, routine.caller_stac, bufs.direction,
+               bufs.length, bufs.src_align, bufs.dst_align)
+        call = self._calls.get(key)
+        if call is None:
+            entry = self.image.symbol(routine.name).addr
+            regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length),
+                    ("rax", 0))
+            call = Call(entry, regs, stac=routine.caller_stac)
+            if len(self._calls) >= 4096:
+                self._calls.clear()
+            self._calls[key] = call
+        return call
 
     def checkpoint(self, routine: Routine, bufs: Buffers,
                    budget: int | None = None) -> Checkpoint | None:
