@@ -377,6 +377,9 @@ class Machine:
         self._instrumented = False
         self._recordings = 0
         self._hook_lines: dict[int, int] = {}
+        # (direction, source alignment, poison offsets) → (lines' physical addresses, sorted;
+        # physical line → virtual line).  The dicts are only read once built.
+        self._poison_lines: dict[tuple[object, ...], tuple[tuple[int, ...], dict[int, int]]] = {}
         # INTR and poison hooks are added through the C API with callbacks built once
         # (``_Engine``); an exception in them is kept here and raised after emu_start, as the
         # binding does for its own hooks.
@@ -487,12 +490,19 @@ class Machine:
             eng.mem_write(ptes[1], table)
         # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical),
         #    on translated blocks that call read hooks (``_instrument``).
-        line_va: dict[int, int] = {}
         if bufs.poison:
-            src = bufs.src
-            line_va = {self.pa(va): va for va in {(src + off) & ~(L.LINE - 1)
-                                                 for off in bufs.poison}}
-        lines = tuple(sorted(line_va))
+            pkey = (bufs.direction, bufs.src_align, bufs.poison)
+            hit = self._poison_lines.get(pkey)
+            if hit is None:
+                src = bufs.src
+                lv = {self.pa(va): va for va in {(src + off) & ~(L.LINE - 1)
+                                                for off in bufs.poison}}
+                if len(self._poison_lines) >= 4096:
+                    self._poison_lines.clear()
+                hit = self._poison_lines[pkey] = (tuple(sorted(lv)), lv)
+            lines, line_va = hit
+        else:
+            lines, line_va = (), {}
         if lines != self._poison_key:
             for h in self._poison_hooks:
                 eng.hook_del(h)
@@ -756,8 +766,9 @@ class Machine:
         for name, value in res.regs:
             self._eng.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
         self._eng.write(X.UC_X86_REG_RIP, res.rip)
-        if event.kind in _CONTRIBUTORY:
-            self._end_exception(TRAPNR[event.kind])
+        kind = event.kind
+        if kind is FaultKind.PF or kind is FaultKind.GP:     # _CONTRIBUTORY (Enum hashing is slow)
+            self._end_exception(TRAPNR[kind])
 
     def _end_exception(self, vector: int) -> None:
         """Mark a redirected exception as delivered.
@@ -866,7 +877,8 @@ class Machine:
             first += L.LINE
         if line != first:
             return
-        rip, _, before = self._fault_state()
+        values = self._fault_regs.read()            # _fault_state, inlined
+        rip, before = values[0], tuple(zip(SNAPSHOT_REGS, values[2:]))
         va = self._hook_lines[line] + max(addr - line, 0)
         self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX), before)
 
@@ -1006,8 +1018,8 @@ class _Engine:
 
     def emu_start(self, begin: int, until: int, count: int) -> int:
         """``uc_emu_start`` without a timeout; returns Unicorn's status code."""
-        return self._f_emu_start(self._h, ctypes.c_uint64(begin), self.u64(until), self._zero,
-                                 ctypes.c_size_t(count))
+        return self._f_emu_start(self._h, self.u64(begin), self.u64(until), self._zero,
+                                 self.u64(count))
 
     def hook_add(self, kind: int, callback: object, user_data: int, begin: int,
                  end: int) -> int:

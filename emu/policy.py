@@ -178,9 +178,9 @@ class Kernel:
     severity: Severity
     code: object  # Callable[[int, int], bytes]
     #: Resolutions that depend only on the faulting instruction (and, for #MC, on the
-    #: is_copy_from_user verdict): (rip, kind, copyin) → Resolution.  The handlers are pure
+    #: is_copy_from_user verdict): (rip, kind value, copyin) → Resolution.  The handlers are pure
     #: functions of those except for fixup types that read registers (_READS_REGISTERS).
-    _done: dict[tuple[int, FaultKind, bool], Resolution] = field(
+    _done: dict[tuple[int, str, bool], Resolution] = field(
         default_factory=dict, init=False, repr=False, compare=False)
     #: Per faulting instruction: its extable entry and its decoded load (``_decode``).
     _sites: dict[int, list[Any]] = field(
@@ -201,7 +201,7 @@ class Kernel:
             copyin = _source_of(site[1], cpu)[0]
         elif entry is None:
             return self._no_entry(event)
-        key = (event.rip, event.kind, copyin)
+        key = (rip, event.kind._value_, copyin)     # the value: an Enum hashes slowly
         res = self._done.get(key)
         if res is None:
             if event.kind is FaultKind.MC:
