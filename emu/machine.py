@@ -978,6 +978,7 @@ class _Engine:
         self._f_emu_start = _raw(uclib, "uc_emu_start")
         self._f_ctx_restore = _raw(uclib, "uc_context_restore")
         self._zero = ctypes.c_uint64(0)
+        self._pte_size = ctypes.c_uint64(8 * WINDOW_PAGES)
 
     def u64(self, value: int) -> ctypes.c_uint64:
         """``value`` as a (shared, never modified) c_uint64: addresses and sizes repeat."""
@@ -999,18 +1000,26 @@ class _Engine:
     def batch(self, ids: tuple[int, ...]) -> _RegBatch:
         return _RegBatch(self._lib, self._h, ids)
 
+    # The hot methods look the cache up inline (``u64`` on a miss; a cached zero is falsy
+    # and takes the slow path, with the same result).
+
     def mem_read(self, pa: int, size: int) -> bytes:
         """``size`` (at most a page) bytes of physical memory."""
-        self._f_mem_read(self._h, self.u64(pa), self._mem, self.u64(size))
+        u = self._u64
+        self._f_mem_read(self._h, u.get(pa) or self.u64(pa), self._mem,
+                         u.get(size) or self.u64(size))
         return self._mem.raw[:size] if size < L.PAGE else self._mem.raw
 
     def pte_array(self, pa: int) -> bytes:
         """The ``WINDOW_PAGES`` page-table entries of one window."""
-        self._f_mem_read(self._h, self.u64(pa), self._ptes, self.u64(8 * WINDOW_PAGES))
+        self._f_mem_read(self._h, self._u64.get(pa) or self.u64(pa), self._ptes,
+                         self._pte_size)
         return self._ptes.raw
 
     def mem_write(self, pa: int, data: bytes) -> None:
-        self._f_mem_write(self._h, self.u64(pa), data, self.u64(len(data)))
+        u = self._u64
+        n = len(data)
+        self._f_mem_write(self._h, u.get(pa) or self.u64(pa), data, u.get(n) or self.u64(n))
 
     def context_restore(self, ctx: object) -> None:
         """``Uc.context_restore`` of a context the binding allocated (``context_save``)."""
@@ -1018,8 +1027,10 @@ class _Engine:
 
     def emu_start(self, begin: int, until: int, count: int) -> int:
         """``uc_emu_start`` without a timeout; returns Unicorn's status code."""
-        return self._f_emu_start(self._h, self.u64(begin), self.u64(until), self._zero,
-                                 self.u64(count))
+        u = self._u64
+        return self._f_emu_start(self._h, u.get(begin) or self.u64(begin),
+                                 u.get(until) or self.u64(until), self._zero,
+                                 u.get(count) or self.u64(count))
 
     def hook_add(self, kind: int, callback: object, user_data: int, begin: int,
                  end: int) -> int:
