@@ -82,15 +82,19 @@ class Target:
     def _call(self, routine: Routine, bufs: Buffers) -> Call:
         key = (routine.name, routine.len_reg, routine.caller_stac, bufs.direction,
                bufs.length, bufs.src_align, bufs.dst_align)
-        call = self._calls.get(key)
+        try:
+            calls = self._calls
+        except AttributeError:           # subclasses that build their own image skip __init__
+            calls = self._calls = {}
+        call = calls.get(key)
         if call is None:
             entry = self.image.symbol(routine.name).addr
             regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length),
                     ("rax", 0))
             call = Call(entry, regs, stac=routine.caller_stac)
-            if len(self._calls) >= 4096:
-                self._calls.clear()
-            self._calls[key] = call
+            if len(calls) >= 4096:
+                calls.clear()
+            calls[key] = call
         return call
 
     def checkpoint(self, routine: Routine, bufs: Buffers,
