@@ -361,6 +361,8 @@ class Machine:
         self._result_regs = self._eng.batch(tuple(REGS[n] for n in RESULT_REGS))
         # Entry register writes by (argument registers, STAC): the batch and its values.
         self._entry_regs: dict[tuple[object, ...], tuple[_RegBatch, list[int]]] = {}
+        # The same by id(call) (the Call is kept so that its id is not reused).
+        self._entry_by_call: dict[int, tuple[_RegBatch, list[int], Call]] = {}
         self._layout: str | None = None
         self._pte_cache: dict[frozenset[int], list[bytes]] = {}
         self._carried: list[tuple[int, int]] = []
@@ -517,16 +519,22 @@ class Machine:
         if start is None:
             rsp = L.STACK_TOP - 8
             eng.mem_write(self._stack_page + (rsp & 0xFFF), _SENTINEL_BYTES)
-            key = (call.regs, call.stac)
-            entry = self._entry_regs.get(key)
-            if entry is None:
-                if len(self._entry_regs) >= 64:
-                    self._entry_regs.clear()
-                entry = self._entry_regs[key] = (
-                    eng.batch((X.UC_X86_REG_RSP, *(REGS[n] for n, _ in call.regs),
-                               X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CR3)),
-                    [rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
-                     0x2 | (EFLAGS_AC if call.stac else 0), self._pml4])
+            # By the Call object first (callers reuse them), else by its registers.
+            entry = self._entry_by_call.get(id(call))
+            if entry is None or entry[2] is not call:
+                key = (call.regs, call.stac)
+                regs = self._entry_regs.get(key)
+                if regs is None:
+                    if len(self._entry_regs) >= 64:
+                        self._entry_regs.clear()
+                    regs = self._entry_regs[key] = (
+                        eng.batch((X.UC_X86_REG_RSP, *(REGS[n] for n, _ in call.regs),
+                                   X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CR3)),
+                        [rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
+                         0x2 | (EFLAGS_AC if call.stac else 0), self._pml4])
+                if len(self._entry_by_call) >= 64:
+                    self._entry_by_call.clear()
+                entry = self._entry_by_call[id(call)] = (*regs, call)
             entry[0].write(entry[1])
             begin = call.entry
             self._carried = []

@@ -280,11 +280,11 @@ def _changed_after(dst: bytes, fill: bytes, start: int, copied: int) -> tuple[in
 
 def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
     """Did the routine go back to an address that had already faulted (a tail retry)?"""
-    seen: set[tuple[FaultKind, int]] = set()
+    seen: set[tuple[str, int]] = set()
     for r in faults:
         kind = r.event.kind
         unit = L.LINE if kind is FaultKind.MC else L.PAGE
-        key = (kind, r.event.address & ~(unit - 1))
+        key = (kind._value_, r.event.address & ~(unit - 1))   # the value: Enums hash slowly
         if key in seen:
             return True
         seen.add(key)
