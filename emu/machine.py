@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Protocol
 
 from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_INTR,
                      UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
@@ -36,276 +33,21 @@ from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
 
 from . import layout as L
 from .errors import EmulationError, UsageError
+from .engine import Engine, RegBatch
 from .image import Image
+from .records import (DST_FILL, TRAPNR, VECTORS, WINDOW_PAGES, WINDOW_SPAN, Buffers, Call,
+                      CpuView, FaultEvent, FaultHandler, FaultKind, FaultRecord, Halt, RawRun,
+                      Redirect, Resolution, State, fast_init, source_pattern)
+from .records import _DST_PAGES, _DST_WINDOW_BYTES, _SENTINEL_BYTES, _SRC_PAGES, _SRC_WINDOW_BYTES
 
-# ---- records ---------------------------------------------------------------------------
+__all__ = ["DST_FILL", "TRAPNR", "VECTORS", "WINDOW_PAGES", "WINDOW_SPAN", "Buffers", "Call",
+           "Checkpoint", "CpuView", "FastForward", "FaultEvent", "FaultHandler", "FaultKind",
+           "FaultRecord", "Halt", "Machine", "RawRun", "Redirect", "Resolution", "State",
+           "fast_init", "source_pattern"]
 
-
-def fast_init(cls: type) -> type:
-    """Give a frozen, slotted dataclass without ``__post_init__`` a faster ``__init__``.
-
-    The generated one assigns each field with ``object.__setattr__`` (about 0.1 µs a field);
-    this one calls the slots' descriptors directly.  Signature, defaults and the resulting
-    object are the same, so equality, hashing and repr are unchanged.
-    """
-    import dataclasses
-    fields = dataclasses.fields(cls)
-    assert getattr(cls, "__slots__", None) and not hasattr(cls, "__post_init__")
-    ns: dict[str, object] = {"_new": object.__new__, "_cls": cls}
-    params, body = [], []
-    for i, f in enumerate(fields):
-        if f.default is not dataclasses.MISSING:
-            ns[f"_d{i}"] = f.default
-            params.append(f"{f.name}=_d{i}")
-        elif f.default_factory is not dataclasses.MISSING:
-            raise TypeError("fast_init: default_factory fields are not supported")
-        else:
-            params.append(f.name)
-        ns[f"_s{i}"] = cls.__dict__[f.name].__set__
-        body.append(f"    _s{i}(self, {f.name})")
-    src = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body or ["    pass"])
-    exec(src, ns)  # noqa: S102 - source built above from the dataclass's own field names
-    init = ns["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"  # type: ignore[attr-defined]
-    init.__doc__ = cls.__init__.__doc__  # type: ignore[misc]
-    cls.__init__ = init  # type: ignore[misc]
-    return cls
-
-
-
-class FaultKind(str, Enum):
-    """What the CPU raised."""
-
-    PF = "pf"
-    MC = "mc"
-    GP = "gp"
-    UD = "ud"
-    TRAP = "trap"
-
-
-#: CPU vector → fault kind (the one errno/vector table of the machine).
-VECTORS: dict[int, FaultKind] = {14: FaultKind.PF, 18: FaultKind.MC, 13: FaultKind.GP,
-                                 6: FaultKind.UD}
 #: Exceptions QEMU tracks for double-fault promotion (#PF and the contributory ones).
 _CONTRIBUTORY = frozenset({FaultKind.PF, FaultKind.GP})
 _OLD_EXCEPTION_OFFSET: int | None = None
-TRAPNR: dict[FaultKind, int] = {FaultKind.PF: 14, FaultKind.MC: 18, FaultKind.GP: 13,
-                                FaultKind.UD: 6}
-
-
-class State(str, Enum):
-    """How a run ended."""
-
-    RETURNED = "returned"
-    OOPS = "oops"
-    PANIC = "panic"
-    HANG = "hang"
-    SMAP_VIOLATION = "smap_violation"
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class FaultEvent:
-    """A fault as the CPU reports it, before the kernel decides anything."""
-
-    kind: FaultKind
-    rip: int
-    address: int
-    user: bool
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Redirect:
-    """Resume at ``rip`` after writing ``regs`` (the fixup a handler applied)."""
-
-    rip: int
-    regs: tuple[tuple[str, int], ...] = ()
-    entry: object = None
-    note: str = ""
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Halt:
-    """Stop the run in ``state`` (oops, panic, ...) with the kernel's message."""
-
-    state: State
-    message: str
-    entry: object = None
-    note: str = ""
-
-
-Resolution = Redirect | Halt
-
-
-class CpuView(Protocol):
-    def reg(self, name: str) -> int: ...
-
-
-FaultHandler = Callable[[CpuView, FaultEvent], Resolution]
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class FaultRecord:
-    """One fault taken during a run and what the handler did with it."""
-
-    event: FaultEvent
-    resolution: Resolution
-    regs_before: tuple[tuple[str, int], ...] = field(repr=False, compare=False, default=())
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class Call:
-    """How the routine is entered: address, argument registers, and the caller's STAC."""
-
-    entry: int
-    regs: tuple[tuple[str, int], ...]
-    stac: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Buffers:
-    """Where the copy's source and destination are and which faults they carry.
-
-    Offsets in ``poison`` are relative to the source start; each poisons the 64-byte line
-    holding that byte.  Offsets in ``unmapped`` are relative to the *user* buffer (the
-    source for ``from``, the destination for ``to``); each makes the page holding that byte
-    non-present.
-    """
-
-    direction: str = "from"
-    length: int = 4096
-    src_align: int = 0
-    dst_align: int = 0
-    poison: tuple[int, ...] = ()
-    unmapped: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.direction not in ("from", "to"):
-            raise UsageError(f"direction must be 'from' or 'to', not '{self.direction}'")
-        if self.length < 0:
-            raise UsageError(f"length {self.length} is negative")
-        for what, a in (("source", self.src_align), ("destination", self.dst_align)):
-            if not 0 <= a < L.PAGE:
-                raise UsageError(f"{what} alignment {a} is outside 0..{L.PAGE - 1}")
-            if a + self.length > L.MAX_SPAN:
-                raise UsageError(f"len {self.length} + {what} alignment {a} exceeds the "
-                                 f"{L.MAX_SPAN}-byte buffer window")
-        for off in self.poison:
-            if not 0 <= off < self.length:
-                raise UsageError(f"poison offset {off} is outside the {self.length}-byte source")
-        for off in self.unmapped:
-            if not 0 <= off < self.length:
-                raise UsageError(f"unmapped offset {off} is outside the {self.length}-byte "
-                                 "user buffer")
-
-    @property
-    def src_window(self) -> int:
-        return L.USER_WINDOW if self.direction == "from" else L.KERNEL_WINDOW
-
-    @property
-    def dst_window(self) -> int:
-        return L.KERNEL_WINDOW if self.direction == "from" else L.USER_WINDOW
-
-    @property
-    def src(self) -> int:
-        return self.src_window + self.src_align
-
-    @property
-    def dst(self) -> int:
-        return self.dst_window + self.dst_align
-
-    @property
-    def user(self) -> int:
-        return self.src if self.direction == "from" else self.dst
-
-
-@fast_init
-@dataclass(frozen=True, slots=True)
-class RawRun:
-    """What the machine observed; ``outcome.py`` turns it into an ``Outcome``.
-
-    Memory is kept as the pages the run changed, ``(page index in the window, contents)``
-    in ascending index order, index 0 being the lower guard page; every other page holds its
-    initial contents.  The whole windows are built on demand (``src_window``,
-    ``dst_window``); ``outcome.build`` reads only the ranges it measures (``src_bytes``,
-    ``dst_bytes``).
-    """
-
-    state: State
-    message: str
-    regs: tuple[tuple[str, int], ...]
-    faults: tuple[FaultRecord, ...]
-    src_pages: tuple[tuple[int, bytes], ...] = field(repr=False, default=())
-    dst_pages: tuple[tuple[int, bytes], ...] = field(repr=False, default=())
-    ac_at_return: bool = False
-    insns: int | None = None
-
-    @property
-    def src_window(self) -> bytes:
-        """The source data pages after the run (``MAX_SPAN`` bytes from the source start
-        minus its alignment; the guard pages are not included)."""
-        return self.src_bytes(0, L.MAX_SPAN)
-
-    @property
-    def dst_window(self) -> bytes:
-        """The whole destination window after the run, guard pages included."""
-        return self.dst_bytes(0, WINDOW_SPAN)
-
-    @property
-    def dst_initial(self) -> bytes:
-        """The destination window before the run."""
-        return _DST_WINDOW_BYTES
-
-    def src_bytes(self, lo: int, hi: int) -> bytes:
-        """``src_window[lo:hi]``."""
-        return _overlay(_SRC_WINDOW_BYTES, self.src_pages, lo + L.PAGE,
-                        min(hi, L.MAX_SPAN) + L.PAGE)
-
-    def dst_bytes(self, lo: int, hi: int) -> bytes:
-        """``dst_window[lo:hi]``."""
-        return _overlay(_DST_WINDOW_BYTES, self.dst_pages, lo, hi)
-
-
-def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int) -> bytes:
-    """``base[lo:hi]`` with each (page index, contents) of ``pages`` (ascending) over it."""
-    pieces = []
-    pos = lo
-    for i, data in pages:
-        p0 = i * L.PAGE
-        a, b = max(pos, p0), min(hi, p0 + L.PAGE)
-        if a < b:
-            if a > pos:
-                pieces.append(base[pos:a])
-            pieces.append(data[a - p0:b - p0])
-            pos = b
-    if not pieces:
-        return base[lo:hi]
-    if pos < hi:
-        pieces.append(base[pos:hi])
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-
-# ---- memory contents --------------------------------------------------------------------
-
-WINDOW_PAGES = L.WINDOW_PAGES + 2  # guard + data + guard
-WINDOW_SPAN = WINDOW_PAGES * L.PAGE
-DST_FILL = 0xFF
-
-
-def source_pattern(size: int) -> bytes:
-    """Deterministic source bytes, never equal to the destination fill 0xFF."""
-    return bytes(((k * 7) + (k >> 8) * 13) % 251 + 1 for k in range(size))
-
-
-_SRC_WINDOW_BYTES = source_pattern(WINDOW_SPAN)
-_DST_WINDOW_BYTES = bytes([DST_FILL]) * WINDOW_SPAN
-_SENTINEL_BYTES = struct.pack("<Q", L.SENTINEL)
-_SRC_PAGES = tuple(_SRC_WINDOW_BYTES[i * L.PAGE:(i + 1) * L.PAGE] for i in range(WINDOW_PAGES))
-_DST_PAGES = tuple(_DST_WINDOW_BYTES[i * L.PAGE:(i + 1) * L.PAGE] for i in range(WINDOW_PAGES))
 
 # ---- the machine --------------------------------------------------------------------------
 
@@ -356,13 +98,13 @@ class Machine:
         self._build()
         self._ctx = self.uc.context_save()
         self._exc_ctx = self.uc.context_save()    # scratch context for _end_exception
-        self._eng = _Engine(self.uc)
+        self._eng = Engine(self.uc, 8 * WINDOW_PAGES)
         self._fault_regs = self._eng.batch(tuple(REGS[n] for n in FAULT_REGS))
         self._result_regs = self._eng.batch(tuple(REGS[n] for n in RESULT_REGS))
         # Entry register writes by (argument registers, STAC): the batch and its values.
-        self._entry_regs: dict[tuple[object, ...], tuple[_RegBatch, list[int]]] = {}
+        self._entry_regs: dict[tuple[object, ...], tuple[RegBatch, list[int]]] = {}
         # The same by id(call) (the Call is kept so that its id is not reused).
-        self._entry_by_call: dict[int, tuple[_RegBatch, list[int], Call]] = {}
+        self._entry_by_call: dict[int, tuple[RegBatch, list[int], Call]] = {}
         self._layout: str | None = None
         self._pte_cache: dict[frozenset[int], list[bytes]] = {}
         self._carried: list[tuple[int, int]] = []
@@ -383,7 +125,7 @@ class Machine:
         # physical line → virtual line).  The dicts are only read once built.
         self._poison_lines: dict[tuple[object, ...], tuple[tuple[int, ...], dict[int, int]]] = {}
         # INTR and poison hooks are added through the C API with callbacks built once
-        # (``_Engine``); an exception in them is kept here and raised after emu_start, as the
+        # (``Engine``); an exception in them is kept here and raised after emu_start, as the
         # binding does for its own hooks.
         self._hook_error: BaseException | None = None
         self._intr_cb = HOOK_INTR_CFUNC(self._intr_entry)
@@ -955,134 +697,6 @@ class _Recording:
     spoiled: bool = False
 
 
-class _Engine:
-    """Unicorn's C API called directly, with buffers allocated once.
-
-    The binding's wrappers cost 1-2 µs a call (a fresh ctypes buffer per read, closures per
-    ``hook_add``), and one case makes a few dozen calls (unicorn-notes §2); these take
-    0.2-0.4 µs.  The hot functions are called through function pointers without
-    ``argtypes``, with every argument already a ctypes object of the prototype's type (the
-    64-bit addresses and sizes come from small caches), which halves ctypes' per-call
-    argument conversion.  Return codes are not checked: every call uses register ids,
-    mapped physical addresses or hook handles that are valid by construction.
-    """
-
-    def __init__(self, uc: Uc) -> None:
-        from unicorn.unicorn_py3.unicorn import uclib
-        self._lib = uclib
-        self._h = uc._uch  # noqa: SLF001 - the binding's engine handle
-        self._buf = ctypes.c_uint64()
-        self._ref = ctypes.byref(self._buf)
-        self._mem = ctypes.create_string_buffer(L.PAGE)
-        self._ptes = ctypes.create_string_buffer(8 * WINDOW_PAGES)
-        self._hook = ctypes.c_size_t()
-        self._hook_ref = ctypes.byref(self._hook)
-        self._u64: dict[int, ctypes.c_uint64] = {}
-        self._f_reg_read = _raw(uclib, "uc_reg_read")
-        self._f_reg_write = _raw(uclib, "uc_reg_write")
-        self._f_mem_read = _raw(uclib, "uc_mem_read")
-        self._f_mem_write = _raw(uclib, "uc_mem_write")
-        self._f_emu_stop = _raw(uclib, "uc_emu_stop")
-        self._f_emu_start = _raw(uclib, "uc_emu_start")
-        self._f_ctx_restore = _raw(uclib, "uc_context_restore")
-        self._zero = ctypes.c_uint64(0)
-        self._pte_size = ctypes.c_uint64(8 * WINDOW_PAGES)
-
-    def u64(self, value: int) -> ctypes.c_uint64:
-        """``value`` as a (shared, never modified) c_uint64: addresses and sizes repeat."""
-        v = self._u64.get(value)
-        if v is None:
-            if len(self._u64) >= 4096:
-                self._u64.clear()
-            v = self._u64[value] = ctypes.c_uint64(value)
-        return v
-
-    def read(self, reg: int) -> int:
-        self._f_reg_read(self._h, reg, self._ref)
-        return self._buf.value
-
-    def write(self, reg: int, value: int) -> None:
-        self._buf.value = value
-        self._f_reg_write(self._h, reg, self._ref)
-
-    def batch(self, ids: tuple[int, ...]) -> _RegBatch:
-        return _RegBatch(self._lib, self._h, ids)
-
-    # The hot methods look the cache up inline (``u64`` on a miss; a cached zero is falsy
-    # and takes the slow path, with the same result).
-
-    def mem_read(self, pa: int, size: int) -> bytes:
-        """``size`` (at most a page) bytes of physical memory."""
-        u = self._u64
-        self._f_mem_read(self._h, u.get(pa) or self.u64(pa), self._mem,
-                         u.get(size) or self.u64(size))
-        return self._mem.raw[:size] if size < L.PAGE else self._mem.raw
-
-    def pte_array(self, pa: int) -> bytes:
-        """The ``WINDOW_PAGES`` page-table entries of one window."""
-        self._f_mem_read(self._h, self._u64.get(pa) or self.u64(pa), self._ptes,
-                         self._pte_size)
-        return self._ptes.raw
-
-    def mem_write(self, pa: int, data: bytes) -> None:
-        u = self._u64
-        n = len(data)
-        self._f_mem_write(self._h, u.get(pa) or self.u64(pa), data, u.get(n) or self.u64(n))
-
-    def context_restore(self, ctx: object) -> None:
-        """``Uc.context_restore`` of a context the binding allocated (``context_save``)."""
-        self._f_ctx_restore(self._h, ctx.context)  # type: ignore[attr-defined]
-
-    def emu_start(self, begin: int, until: int, count: int) -> int:
-        """``uc_emu_start`` without a timeout; returns Unicorn's status code."""
-        u = self._u64
-        return self._f_emu_start(self._h, u.get(begin) or self.u64(begin),
-                                 u.get(until) or self.u64(until), self._zero,
-                                 u.get(count) or self.u64(count))
-
-    def hook_add(self, kind: int, callback: object, user_data: int, begin: int,
-                 end: int) -> int:
-        """Add a hook whose ctypes ``callback`` the caller keeps alive; returns its handle."""
-        self._lib.uc_hook_add(self._h, self._hook_ref, kind, callback,
-                              ctypes.c_void_p(user_data), begin, end)
-        return self._hook.value
-
-    def hook_del(self, handle: int) -> None:
-        self._lib.uc_hook_del(self._h, handle)
-
-    def emu_stop(self) -> None:
-        self._f_emu_stop(self._h)
-
-
-def _raw(lib: object, name: str) -> Callable[..., int]:
-    """A function pointer to ``name`` without ``argtypes`` (callers pass ctypes objects)."""
-    f = lib._FuncPtr((name, lib))  # type: ignore[attr-defined]
-    f.restype = ctypes.c_int
-    return f  # type: ignore[no-any-return]
-
-
-class _RegBatch:
-    """Reads or writes a fixed list of registers in one ``uc_reg_*_batch`` call."""
-
-    def __init__(self, lib: object, handle: object, ids: tuple[int, ...]) -> None:
-        n = len(ids)
-        self._h, self._n = handle, ctypes.c_int32(n)
-        self._ids = (ctypes.c_int32 * n)(*ids)
-        self._vals = (ctypes.c_uint64 * n)()
-        base = ctypes.addressof(self._vals)
-        self._ptrs = (ctypes.c_void_p * n)(*(base + 8 * i for i in range(n)))
-        self._read = _raw(lib, "uc_reg_read_batch")
-        self._write = _raw(lib, "uc_reg_write_batch")
-
-    def read(self) -> list[int]:
-        self._read(self._h, self._ids, self._ptrs, self._n)
-        return self._vals[:]
-
-    def write(self, values: list[int]) -> None:
-        self._vals[:] = values
-        self._write(self._h, self._ids, self._ptrs, self._n)
-
-
 class _RunState:
     """The case being run, as the hooks see it."""
 
@@ -1093,7 +707,3 @@ class _RunState:
         self.absent = absent
         self.faults: list[FaultRecord] = []
         self.halt: Halt | None = None
-
-
-def regs_dict(regs: tuple[tuple[str, int], ...]) -> Mapping[str, int]:
-    return dict(regs)
