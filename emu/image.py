@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from elftools.common.exceptions import ELFError
@@ -159,13 +160,7 @@ def load_object(data: bytes, *, encoding: Encoding, layout_id: int, name: str = 
         ImageError: not an x86-64 relocatable ELF, an unsupported relocation, or a
             malformed ``__ex_table``.
     """
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        return _load(elf, encoding, layout_id, name, base)
-    except ELFError as e:
-        raise ImageError(f"{name}: not a valid ELF object: {e}") from e
-    except (struct.error, ValueError, KeyError, IndexError) as e:
-        raise ImageError(f"{name}: corrupt ELF object: {e}") from e
+    return _parse(data, name, "object", lambda elf: _load(elf, encoding, layout_id, name, base))
 
 
 def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int) -> Image:
@@ -343,13 +338,18 @@ def load_linked(data: bytes, *, encoding: Encoding, layout_id: int, name: str = 
         ImageError: not an x86-64 ET_EXEC with symbols, none of ``keep`` is defined, or the
             window does not fit the emulated text area.
     """
+    return _parse(data, name, "file",
+                  lambda elf: _load_linked(elf, encoding, layout_id, name, keep))
+
+
+def _parse(data: bytes, name: str, what: str, load: Callable[[ELFFile], Image]) -> Image:
+    """Open ``data`` as ELF and ``load`` it, turning pyelftools' errors into ImageError."""
     try:
-        elf = ELFFile(io.BytesIO(data))
-        return _load_linked(elf, encoding, layout_id, name, keep)
+        return load(ELFFile(io.BytesIO(data)))
     except ELFError as e:
-        raise ImageError(f"{name}: not a valid ELF file: {e}") from e
+        raise ImageError(f"{name}: not a valid ELF {what}: {e}") from e
     except (struct.error, ValueError, KeyError, IndexError) as e:
-        raise ImageError(f"{name}: corrupt ELF file: {e}") from e
+        raise ImageError(f"{name}: corrupt ELF {what}: {e}") from e
 
 
 def _load_linked(elf: ELFFile, encoding: Encoding, layout_id: int, name: str,

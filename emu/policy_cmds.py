@@ -127,12 +127,17 @@ def _write(a: argparse.Namespace, cpu: frozenset[str], trace_code: bool) -> call
 
 def cmd_run_caller(a: argparse.Namespace, out: IO[str]) -> int:
     """``emu run ERA --caller write``."""
-    cpu = parse_cpu(a.cpu)
-    r = _write(a, cpu, False)
+    return _show_write(a, parse_cpu(a.cpu), out, detail=False)
+
+
+def _show_write(a: argparse.Namespace, cpu: frozenset[str], out: IO[str], *,
+                detail: bool) -> int:
+    """Run the write(2) model and print it (JSON, or the step log with ``detail`` faults)."""
+    r = _write(a, cpu, detail)
     if a.json:
         out.write(report.dumps(r.to_json()))
     else:
-        explain.write(r, out, detail=False)
+        explain.write(r, out, detail=detail)
     return 0
 
 
@@ -204,12 +209,7 @@ def cmd_explain(a: argparse.Namespace, out: IO[str]) -> int:
     """``emu explain``: one copy, or the write(2) model with each step's faults."""
     cpu = parse_cpu(a.cpu)
     if a.caller:
-        r = _write(a, cpu, True)
-        if a.json:
-            out.write(report.dumps(r.to_json()))
-        else:
-            explain.write(r, out, detail=True)
-        return 0
+        return _show_write(a, cpu, out, detail=True)
     if a.fault_in or a.mce_count is not None:
         raise UsageError("--fault-in and --no-mce-count apply to --caller write only")
     label, t, era, sev = _source(a.source, a.era, _rules(a.mce_rules), cpu)
