@@ -107,7 +107,12 @@ class Machine:
         self._entry_by_call: dict[int, tuple[RegBatch, list[int], Call]] = {}
         self._layout: str | None = None
         self._pte_cache: dict[frozenset[int], list[bytes]] = {}
-        self._carried: list[tuple[int, int]] = []
+        # Window pages that may not hold their initial contents, with the contents they do
+        # hold: (window physical base, page index) → bytes.  Every other window page holds
+        # its initial contents.  A run leaves the pages it dirtied here, and the next run
+        # puts back only what it needs (``_settle``): a fast-forwarded sweep whose
+        # checkpoints carry the same destination pages rewrites none of them.
+        self._resident: dict[tuple[int, int], bytes] = {}
         self._stack_page = self.pa((L.STACK_TOP - 8) & ~0xFFF)
         self._recording: _Recording | None = None
         # PTE arrays of the two windows (each window's pages share one page table).
@@ -219,13 +224,14 @@ class Machine:
         eng = self._eng
         eng.context_restore(self._ctx if start is None else start.ctx)
         # 1. Buffer windows: source pattern in the source window, 0xFF in the destination
-        #    window.  They are rewritten only when the direction changes; pages a run
-        #    dirtied are restored after it (step 8).
+        #    window.  They are rewritten only when the direction changes; pages an earlier
+        #    run left changed are put back in step 4 (``_settle``).
         if bufs.direction != self._layout:
             src_pa, dst_pa = self._window_pa(bufs.direction)
             uc.mem_write(src_pa, _SRC_WINDOW_BYTES)
             uc.mem_write(dst_pa, _DST_WINDOW_BYTES)
             self._layout = bufs.direction
+            self._resident = {}
         # 2. Page tables of both windows: present bits for this case, accessed/dirty bits
         #    cleared; the CR3 write flushes the TLB so the CPU sets them again.
         absent = (frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
@@ -256,8 +262,11 @@ class Machine:
                                                line - 7, line + L.LINE - 1) for line in lines]
             self._poison_key = lines
         self._hook_lines = line_va
-        # 4. Registers (one batch write; CR3 last, which flushes the TLB for step 2) and
-        #    the return address, or the checkpoint's memory.
+        # 4. Window pages as the start needs them (initial contents, or the checkpoint's),
+        #    registers (one batch write; CR3 last, which flushes the TLB for step 2) and
+        #    the return address, or the checkpoint's stack.
+        if self._resident or start is not None:
+            self._settle(start.pages if start is not None else ())
         if start is None:
             rsp = L.STACK_TOP - 8
             eng.mem_write(self._stack_page + (rsp & 0xFFF), _SENTINEL_BYTES)
@@ -279,13 +288,9 @@ class Machine:
                 entry = self._entry_by_call[id(call)] = (*regs, call)
             entry[0].write(entry[1])
             begin = call.entry
-            self._carried = []
         else:
             eng.write(X.UC_X86_REG_CR3, self._pml4)
             eng.mem_write(self._stack_page, start.stack)
-            for wpa, i, data in start.pages:
-                eng.mem_write(wpa + i * L.PAGE, data)
-            self._carried = [(wpa, i) for wpa, i, _ in start.pages]
             begin = start.rip
         self._run = _RunState(handler, absent)
         self._insns = 0
@@ -306,7 +311,7 @@ class Machine:
             rip = eng.read(X.UC_X86_REG_RIP)
             if e.errno != UC_ERR_INSN_INVALID or self._run is None:
                 self._run = None
-                self._restore_windows(self._changed_pages())
+                self._reset_windows()
                 raise EmulationError(f"unicorn stopped at {self.image.symbolize(rip)}: {e}",
                                      pc=rip, errno=e.errno) from e
             # ud2 or an undefined opcode: Unicorn stops instead of raising #UD (vector 6).
@@ -316,7 +321,7 @@ class Machine:
             # A hook raised (e.g. a fixup type emu has no model of): leave the machine clean
             # for the next case before the error goes up.
             self._run = None
-            self._restore_windows(self._changed_pages())
+            self._reset_windows()
             raise
         run, self._run = self._run, None
         assert run is not None
@@ -332,15 +337,16 @@ class Machine:
             state = State.HANG
             message = (f"no return after {budget} instructions; stopped at "
                        f"{self.image.symbolize(rip)}")
-        # 7. What was written: only pages the CPU marked dirty are read back.
-        changed = self._changed_pages()
+        # 7. What was written: only pages the CPU marked dirty are read back; with the
+        #    pages the start carried they are the run's changes, and stay resident for the
+        #    next run to settle.
+        resident = self._resident
+        for key in self._dirty_pages():
+            resident[key] = eng.mem_read(key[0] + key[1] * L.PAGE, L.PAGE)
         src_pa, _ = self._window_pa(bufs.direction)
         src_pages, dst_pages = [], []
-        for wpa, i in changed:
-            (src_pages if wpa == src_pa else dst_pages).append(
-                (i, eng.mem_read(wpa + i * L.PAGE, L.PAGE)))
-        # 8. Put dirtied pages back for the next case.
-        self._restore_windows(changed)
+        for (wpa, i), data in sorted(resident.items()):
+            (src_pages if wpa == src_pa else dst_pages).append((i, data))
         return RawRun(
             state=state, message=message, regs=regs, faults=tuple(run.faults),
             src_pages=tuple(src_pages), dst_pages=tuple(dst_pages),
@@ -407,12 +413,21 @@ class Machine:
         dirty = self._dirty_pages()
         if any(wpa == src_pa for wpa, _ in dirty):
             rec.spoiled = True  # the routine wrote its own source: do not fast-forward
+        pages = []
+        for wpa, i in sorted(set(dirty) | self._resident.keys()):
+            data = self._eng.mem_read(wpa + i * L.PAGE, L.PAGE)
+            # Checkpoints share the bytes of a page that did not change between them, so
+            # that ``_settle`` sees the page already in place by identity.
+            if rec.last.get((wpa, i)) == data:
+                data = rec.last[(wpa, i)]
+            else:
+                rec.last[(wpa, i)] = data
+            pages.append((wpa, i, data))
         cp = Checkpoint(
             seq=len(rec.lines) + len(rec.pages),
             rip=self._eng.read(X.UC_X86_REG_RIP),
             ctx=uc.context_save(),
-            pages=tuple((wpa, i, bytes(uc.mem_read(wpa + i * L.PAGE, L.PAGE)))
-                        for wpa, i in sorted(set(dirty) | set(self._carried))),
+            pages=tuple(pages),
             stack=bytes(uc.mem_read(self._stack_page, L.PAGE)),
         )
         for ln in new_lines:
@@ -471,19 +486,30 @@ class Machine:
                 dirty ^= low
         return out
 
-    def _changed_pages(self) -> list[tuple[int, int]]:
-        """Window pages that differ from their initial contents: dirtied by this run, or
-        written from a checkpoint before it."""
-        dirty = self._dirty_pages()
-        if self._carried:
-            return sorted(set(dirty) | set(self._carried))
-        return dirty
-
-    def _restore_windows(self, changed: list[tuple[int, int]]) -> None:
+    def _initial_page(self, wpa: int, i: int) -> bytes:
         src_pa, _ = self._window_pa(self._layout or "from")
-        for wpa, i in changed:
-            self._eng.mem_write(wpa + i * L.PAGE,
-                                _SRC_PAGES[i] if wpa == src_pa else _DST_PAGES[i])
+        return _SRC_PAGES[i] if wpa == src_pa else _DST_PAGES[i]
+
+    def _settle(self, pages: tuple[tuple[int, int, bytes], ...]) -> None:
+        """Make the window pages hold their initial contents except ``pages`` ((window
+        base, page index, contents)), writing only the pages that differ."""
+        eng = self._eng
+        old = self._resident
+        want = {(wpa, i): data for wpa, i, data in pages}
+        for key in old:
+            if key not in want:
+                eng.mem_write(key[0] + key[1] * L.PAGE, self._initial_page(*key))
+        for key, data in want.items():
+            cur = old.get(key)
+            if cur is not data and cur != data:
+                eng.mem_write(key[0] + key[1] * L.PAGE, data)
+        self._resident = want
+
+    def _reset_windows(self) -> None:
+        """After a failed run: every window page back to its initial contents."""
+        for key in set(self._dirty_pages()) | self._resident.keys():
+            self._eng.mem_write(key[0] + key[1] * L.PAGE, self._initial_page(*key))
+        self._resident = {}
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -695,6 +721,7 @@ class _Recording:
     lines: dict[int, Checkpoint] = field(default_factory=dict)
     pages: dict[int, Checkpoint] = field(default_factory=dict)
     spoiled: bool = False
+    last: dict[tuple[int, int], bytes] = field(default_factory=dict)  # latest page contents
 
 
 class _RunState:
