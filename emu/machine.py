@@ -423,12 +423,16 @@ class Machine:
             else:
                 rec.last[(wpa, i)] = data
             pages.append((wpa, i, data))
+        stack = self._eng.mem_read(self._stack_page, L.PAGE)
+        if stack == rec.stack:
+            stack = rec.stack            # usually the same page all along: keep one copy
+        rec.stack = stack
         cp = Checkpoint(
             seq=len(rec.lines) + len(rec.pages),
             rip=self._eng.read(X.UC_X86_REG_RIP),
             ctx=uc.context_save(),
             pages=tuple(pages),
-            stack=bytes(uc.mem_read(self._stack_page, L.PAGE)),
+            stack=stack,
         )
         for ln in new_lines:
             rec.lines[ln] = cp
@@ -722,6 +726,7 @@ class _Recording:
     pages: dict[int, Checkpoint] = field(default_factory=dict)
     spoiled: bool = False
     last: dict[tuple[int, int], bytes] = field(default_factory=dict)  # latest page contents
+    stack: bytes = b""                                                  # latest stack page
 
 
 class _RunState:
