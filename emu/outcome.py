@@ -22,6 +22,7 @@ from . import layout as L
 from .extable import ExtableEntry
 from .machine import (Buffers, FaultKind, FaultRecord, Halt, RawRun, Redirect, State,
                       fast_init)
+from .records import _base_slice
 
 #: Stable violation names and what each means.
 VIOLATIONS: dict[str, str] = {
@@ -128,7 +129,7 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     lo = L.PAGE + bufs.dst_align
     dst = raw.dst_bytes(lo, lo + n)
     initial = raw.dst_initial
-    fill = initial[lo:lo + n]
+    fill = _base_slice(initial, lo, lo + n)
     ret: int | None = None
     if raw.state is State.RETURNED:
         ret = (_reg(raw.regs, "rax") & 0xFFFFFFFF if ret_reg == "eax"
@@ -144,8 +145,10 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     guesses = [n - ret] if ret is not None and 0 <= ret <= n else []
     guesses += [f.offset for f in faults if f.offset is not None]
     copied = common_prefix(dst, src, guesses)
-    tail, tail_fill = dst[copied:], fill[copied:]
-    beyond = 0 if tail == tail_fill else differing(tail, tail_fill)
+    # dst and fill are n bytes long: "ends with fill[copied:]" is "equal from copied on"
+    # (compared through a memoryview: no copy of the tail).
+    beyond = (0 if dst.endswith(memoryview(fill)[copied:])
+              else differing(dst[copied:], fill[copied:]))
     # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
     outside = 0
     for i, page in raw.dst_pages:
@@ -272,7 +275,7 @@ def _changed_after(dst: bytes, fill: bytes, start: int, copied: int) -> tuple[in
     ``start`` and at ``copied - 1``, and not at all from ``copied`` on.
     """
     if (start < copied and dst[start] != fill[start] and dst[copied - 1] != fill[copied - 1]
-            and dst[copied:] == fill[copied:]):
+            and dst.endswith(memoryview(fill)[copied:])):     # equal lengths: equal tails
         return start, copied
     lo, hi = diff_span(dst[start:], fill[start:])
     return start + lo, start + hi

@@ -259,10 +259,25 @@ def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int
             pieces.append(data[a - p0:b - p0])
             pos = b
     if not pieces:
-        return base[lo:hi]
+        return _base_slice(base, lo, hi)
     if pos < hi:
         pieces.append(base[pos:hi])
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+_SLICES: dict[tuple[int, int, int], bytes] = {}
+
+
+def _base_slice(base: bytes, lo: int, hi: int) -> bytes:
+    """``base[lo:hi]`` of an initial window, kept: a sweep asks for the same few slices (the
+    untouched source, the destination's fill) at every case."""
+    key = (id(base), lo, hi)             # the bases are the two module-level windows
+    got = _SLICES.get(key)
+    if got is None:
+        if len(_SLICES) >= 64:
+            _SLICES.clear()
+        got = _SLICES[key] = base[lo:hi]
+    return got
 
 
 # ---- memory contents --------------------------------------------------------------------
