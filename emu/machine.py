@@ -37,7 +37,7 @@ from .engine import Engine, RegBatch
 from .image import Image
 from .records import (DST_FILL, TRAPNR, VECTORS, WINDOW_PAGES, WINDOW_SPAN, Buffers, Call,
                       CpuView, FaultEvent, FaultHandler, FaultKind, FaultRecord, Halt, RawRun,
-                      Redirect, Resolution, State, fast_init, source_pattern)
+                      Redirect, Resolution, SNAPSHOT_REGS, State, fast_init, source_pattern)
 from .records import _DST_PAGES, _DST_WINDOW_BYTES, _SENTINEL_BYTES, _SRC_PAGES, _SRC_WINDOW_BYTES
 
 __all__ = ["DST_FILL", "TRAPNR", "VECTORS", "WINDOW_PAGES", "WINDOW_SPAN", "Buffers", "Call",
@@ -57,10 +57,9 @@ REGS: dict[str, int] = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
 RESULT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp", "rip",
                "eflags")
 _RESULT_RIP, _RESULT_EFLAGS = RESULT_REGS.index("rip"), RESULT_REGS.index("eflags")
-#: The registers a ``FaultRecord`` keeps from before its handler ran.
-SNAPSHOT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "eflags")
 #: What a hook reads when a fault is taken, in one batch: RIP, CR2, then the snapshot.
 FAULT_REGS = ("rip", "cr2", *SNAPSHOT_REGS)
+_SNAPSHOT_INDEX = {name: i for i, name in enumerate(SNAPSHOT_REGS)}
 EFLAGS_AC = 1 << 18
 _NO_PAGES: frozenset[int] = frozenset()
 PHYS_SIZE = 8 << 20
@@ -137,10 +136,13 @@ class Machine:
         self._read_cb = HOOK_MEM_ACCESS_CFUNC(self._read_entry)
         self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
         self._insn_cache: dict[tuple[int, int], int] = {}
+        # Registers a redirect writes → their batch register write and values.
+        self._redirects: dict[tuple[object, ...], tuple[RegBatch, list[int]]] = {}
         self._insns = 0
         if count_insns:
             self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
         self._run: _RunState | None = None
+        self._snap: tuple[int, ...] | None = None   # the snapshot of the fault being decided
 
     # -- construction -------------------------------------------------------------------
 
@@ -518,33 +520,54 @@ class Machine:
     # -- hooks ----------------------------------------------------------------------------------
 
     def reg(self, name: str) -> int:
+        """A register's value (``CpuView``); while a handler decides a fault, the registers
+        of the fault's snapshot come from it instead of from Unicorn (they are the same)."""
+        snap = self._snap
+        if snap is not None:
+            i = _SNAPSHOT_INDEX.get(name)
+            if i is not None:
+                return snap[i]
         return self._eng.read(REGS[name])
 
-    def _fault_state(self) -> tuple[int, int, tuple[tuple[str, int], ...]]:
-        """RIP, CR2 and the registers a FaultRecord keeps (``SNAPSHOT_REGS``)."""
+    def _fault_state(self) -> tuple[int, int, tuple[int, ...]]:
+        """RIP, CR2 and the values of the registers a FaultRecord keeps (``SNAPSHOT_REGS``)."""
         values = self._fault_regs.read()
-        return values[0], values[1], tuple(zip(SNAPSHOT_REGS, values[2:]))
+        return values[0], values[1], tuple(values[2:])
 
-    def _snapshot(self) -> tuple[tuple[str, int], ...]:
+    def _snapshot(self) -> tuple[int, ...]:
         return self._fault_state()[2]
 
-    def _dispatch(self, event: FaultEvent, before: tuple[tuple[str, int], ...]) -> None:
+    def _dispatch(self, event: FaultEvent, before: tuple[int, ...]) -> None:
         """Ask the handler about ``event`` and apply its resolution; ``before`` is the
-        register snapshot taken when the fault was raised."""
+        register snapshot (``SNAPSHOT_REGS``) taken when the fault was raised."""
         run = self._run
         assert run is not None
         if len(run.faults) >= MAX_FAULTS:
             res: Resolution = Halt(State.HANG, f"{MAX_FAULTS} faults taken: the fixup faults "
                                    f"again forever (last at {self.image.symbolize(event.rip)})")
         else:
-            res = run.handler(self, event)
+            self._snap = before
+            try:
+                res = run.handler(self, event)
+            finally:
+                self._snap = None
         run.faults.append(FaultRecord(event, res, before))
         if isinstance(res, Halt):
             run.halt = res
             self._eng.emu_stop()
             return
-        for name, value in res.regs:
-            self._eng.write(REGS[name], value & 0xFFFFFFFFFFFFFFFF)
+        if res.regs:
+            # One batch write per distinct set of registers, built once.
+            writes = self._redirects.get(res.regs)
+            if writes is None:
+                if len(self._redirects) >= 256:
+                    self._redirects.clear()
+                writes = self._redirects[res.regs] = (
+                    self._eng.batch(tuple(REGS[n] for n, _ in res.regs)),
+                    [v & 0xFFFFFFFFFFFFFFFF for _, v in res.regs])
+            writes[0].write(writes[1])
+        # RIP on its own: only uc_reg_write ends the translated block at a new PC
+        # (uc_reg_write_batch does not, and the load would run again).
         self._eng.write(X.UC_X86_REG_RIP, res.rip)
         kind = event.kind
         if kind is FaultKind.PF or kind is FaultKind.GP:     # _CONTRIBUTORY (Enum hashing is slow)
@@ -611,7 +634,7 @@ class Machine:
         if kind is FaultKind.PF:
             page = addr & ~0xFFF
             user = addr < L.TASK_SIZE_MAX
-            ac = before[-1][1] & EFLAGS_AC          # SNAPSHOT_REGS ends with eflags
+            ac = before[-1] & EFLAGS_AC             # SNAPSHOT_REGS ends with eflags
             if user and page in self._pages and page not in run.absent and not ac:
                 event = FaultEvent(kind, rip, addr, user)
                 res = Halt(State.SMAP_VIOLATION,
@@ -658,7 +681,7 @@ class Machine:
         if line != first:
             return
         values = self._fault_regs.read()            # _fault_state, inlined
-        rip, before = values[0], tuple(zip(SNAPSHOT_REGS, values[2:]))
+        rip, before = values[0], tuple(values[2:])
         va = self._hook_lines[line] + max(addr - line, 0)
         self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX), before)
 

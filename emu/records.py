@@ -122,14 +122,26 @@ class CpuView(Protocol):
 FaultHandler = Callable[[CpuView, FaultEvent], Resolution]
 
 
+#: The registers a ``FaultRecord`` keeps from before its handler ran.
+SNAPSHOT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "eflags")
+
+
 @fast_init
 @dataclass(frozen=True, slots=True)
 class FaultRecord:
-    """One fault taken during a run and what the handler did with it."""
+    """One fault taken during a run and what the handler did with it.
+
+    ``before`` holds the values of ``SNAPSHOT_REGS`` when the fault was raised, in that
+    order (``regs_before`` names them); pairing them up is left to the few readers.
+    """
 
     event: FaultEvent
     resolution: Resolution
-    regs_before: tuple[tuple[str, int], ...] = field(repr=False, compare=False, default=())
+    before: tuple[int, ...] = field(repr=False, compare=False, default=())
+
+    @property
+    def regs_before(self) -> tuple[tuple[str, int], ...]:
+        return tuple(zip(SNAPSHOT_REGS, self.before))
 
 
 @fast_init
