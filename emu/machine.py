@@ -120,6 +120,9 @@ class Machine:
         for base, ptes in self._window_ptes:
             last = self._pages[base + (WINDOW_PAGES - 1) * L.PAGE][1]
             assert last == ptes + 8 * (WINDOW_PAGES - 1), "window PTEs must be contiguous"
+        # Per window (user, kernel): the absent pages its PTE array is known to hold with no
+        # dirty bit set, or None (``run`` step 2).
+        self._pte_ok: list[frozenset[int] | None] = [None, None]
         self._poison_hooks: list[int] = []
         self._poison_key: tuple[int, ...] = ()
         self._instrumented = False
@@ -238,8 +241,12 @@ class Machine:
         #    cleared; the CR3 write flushes the TLB so the CPU sets them again.
         absent = (frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
                   if bufs.unmapped else _NO_PAGES)
-        for ptes, table in zip(self._window_ptes, self._pte_tables(absent)):
-            eng.mem_write(ptes[1], table)
+        #    A window whose PTEs the last run left without dirty bits, for the same pages
+        #    present, needs no write (accessed bits may stay set).
+        pte_ok = self._pte_ok
+        for w, table in enumerate(self._pte_tables(absent)):
+            if pte_ok[w] != absent:
+                eng.mem_write(self._window_ptes[w][1], table)
         # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical),
         #    on translated blocks that call read hooks (``_instrument``).
         if bufs.poison:
@@ -343,8 +350,12 @@ class Machine:
         #    pages the start carried they are the run's changes, and stay resident for the
         #    next run to settle.
         resident = self._resident
-        for key in self._dirty_pages():
+        dirty = self._dirty_pages()
+        for key in dirty:
             resident[key] = eng.mem_read(key[0] + key[1] * L.PAGE, L.PAGE)
+        written = {wpa for wpa, _ in dirty}
+        self._pte_ok = [None if wpa in written else absent
+                        for wpa in (self._user_pa, self._kern_pa)]
         src_pa, _ = self._window_pa(bufs.direction)
         src_pages, dst_pages = [], []
         for (wpa, i), data in sorted(resident.items()):
@@ -516,6 +527,7 @@ class Machine:
         for key in set(self._dirty_pages()) | self._resident.keys():
             self._eng.mem_write(key[0] + key[1] * L.PAGE, self._initial_page(*key))
         self._resident = {}
+        self._pte_ok = [None, None]
 
     # -- hooks ----------------------------------------------------------------------------------
 
@@ -733,6 +745,8 @@ class FastForward:
         """
         if bufs.unmapped and bufs.direction != "from":
             return None
+        if not bufs.unmapped and len(bufs.poison) == 1:      # a sweep's usual case
+            return self.lines.get((bufs.src + bufs.poison[0]) & ~(L.LINE - 1))
         cps = [self.lines.get((bufs.src + off) & ~(L.LINE - 1)) for off in bufs.poison]
         cps += [self.pages.get((bufs.src + off) & ~(L.PAGE - 1)) for off in bufs.unmapped]
         met = [cp for cp in cps if cp is not None]

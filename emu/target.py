@@ -21,6 +21,8 @@ from .machine import Buffers, Call, Checkpoint, FastForward, Machine
 from .outcome import Outcome
 from .policy import Kernel, Severity
 
+_MISSING = object()
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -58,7 +60,7 @@ class Target:
                                         layout_id=settings.ex_layout, name=name)
         self.machine = Machine(self.image, count_insns=count_insns)
         self.kernel = Kernel(self.image.extable, settings.severity, self.image.read)
-        self._ff: dict[tuple[object, ...], FastForward | None] = {}
+        self._ff: dict[tuple[object, ...], FastForward | None | object] = {}
         self._calls: dict[tuple[object, ...], Call] = {}   # (routine, placement) → Call
 
     def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None,
@@ -107,15 +109,15 @@ class Target:
         if not (bufs.poison or bufs.unmapped) or self.machine.count_insns:
             return None
         key = (routine.name, bufs.direction, bufs.length, bufs.src_align, bufs.dst_align, budget)
-        if key not in self._ff:
+        ff = self._ff.get(key, _MISSING)
+        if ff is _MISSING:
             clean = Buffers(bufs.direction, bufs.length, bufs.src_align, bufs.dst_align)
             if len(self._ff) >= 16:
                 self._ff.pop(next(iter(self._ff)))
             kwargs = {} if budget is None else {"budget": budget}
-            self._ff[key] = self.machine.record(self._call(routine, clean), clean, self.kernel,
-                                                **kwargs)
-        ff = self._ff[key]
-        return ff.start_for(bufs) if ff is not None else None
+            ff = self._ff[key] = self.machine.record(self._call(routine, clean), clean,
+                                                     self.kernel, **kwargs)
+        return ff.start_for(bufs) if ff is not None else None  # type: ignore[union-attr]
 
     def describe(self) -> str:
         return f"{self.name} [{cpu_name(self.cpu)}]"
