@@ -150,12 +150,17 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     beyond = (0 if dst.endswith(memoryview(fill)[copied:])
               else differing(dst[copied:], fill[copied:]))
     # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
+    #    Pages wholly inside the buffer have nothing outside it.
     outside = 0
+    end = lo + n
     for i, page in raw.dst_pages:
         p0 = i * L.PAGE
-        for a, b in ((p0, min(p0 + L.PAGE, lo)), (max(p0, lo + n), p0 + L.PAGE)):
-            if a < b:
-                outside += differing(page[a - p0:b - p0], initial[a:b])
+        if p0 < lo:                                      # before the buffer
+            b = min(p0 + L.PAGE, lo)
+            outside += differing(page[:b - p0], initial[p0:b])
+        if p0 + L.PAGE > end:                            # after it
+            a = max(p0, end)
+            outside += differing(page[a - p0:], initial[a:p0 + L.PAGE])
     retouched = len(records) > 1 and _retouched(records)
     violations: list[str] = []
     if ret is not None:

@@ -260,21 +260,21 @@ class RawRun:
 
 def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int) -> bytes:
     """``base[lo:hi]`` with each (page index, contents) of ``pages`` (ascending) over it."""
-    pieces = []
+    pieces: list[memoryview] = []       # views: the join below is the only copy
     pos = lo
     for i, data in pages:
         p0 = i * L.PAGE
         a, b = max(pos, p0), min(hi, p0 + L.PAGE)
         if a < b:
             if a > pos:
-                pieces.append(base[pos:a])
-            pieces.append(data[a - p0:b - p0])
+                pieces.append(memoryview(base)[pos:a])
+            pieces.append(memoryview(data)[a - p0:b - p0])
             pos = b
     if not pieces:
         return _base_slice(base, lo, hi)
     if pos < hi:
-        pieces.append(base[pos:hi])
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.append(memoryview(base)[pos:hi])
+    return b"".join(pieces)
 
 
 _SLICES: dict[tuple[int, int, int], bytes] = {}
