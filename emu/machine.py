@@ -275,7 +275,7 @@ class Machine:
         #    registers (one batch write; CR3 last, which flushes the TLB for step 2) and
         #    the return address, or the checkpoint's stack.
         if self._resident or start is not None:
-            self._settle(start.pages if start is not None else ())
+            self._settle(start.page_map if start is not None else {})
         if start is None:
             rsp = L.STACK_TOP - 8
             eng.mem_write(self._stack_page + (rsp & 0xFFF), _SENTINEL_BYTES)
@@ -446,6 +446,7 @@ class Machine:
             ctx=uc.context_save(),
             pages=tuple(pages),
             stack=stack,
+            page_map={(wpa, i): data for wpa, i, data in pages},
         )
         for ln in new_lines:
             rec.lines[ln] = cp
@@ -507,12 +508,11 @@ class Machine:
         src_pa, _ = self._window_pa(self._layout or "from")
         return _SRC_PAGES[i] if wpa == src_pa else _DST_PAGES[i]
 
-    def _settle(self, pages: tuple[tuple[int, int, bytes], ...]) -> None:
-        """Make the window pages hold their initial contents except ``pages`` ((window
-        base, page index, contents)), writing only the pages that differ."""
+    def _settle(self, want: dict[tuple[int, int], bytes]) -> None:
+        """Make the window pages hold their initial contents except ``want`` ((window base,
+        page index) → contents), writing only the pages that differ."""
         eng = self._eng
         old = self._resident
-        want = {(wpa, i): data for wpa, i, data in pages}
         for key in old:
             if key not in want:
                 eng.mem_write(key[0] + key[1] * L.PAGE, self._initial_page(*key))
@@ -520,7 +520,7 @@ class Machine:
             cur = old.get(key)
             if cur is not data and cur != data:
                 eng.mem_write(key[0] + key[1] * L.PAGE, data)
-        self._resident = want
+        self._resident = dict(want)      # run() adds the pages it dirties
 
     def _reset_windows(self) -> None:
         """After a failed run: every window page back to its initial contents."""
@@ -727,6 +727,9 @@ class Checkpoint:
     ctx: object = field(repr=False, compare=False)
     pages: tuple[tuple[int, int, bytes], ...] = field(repr=False, compare=False)
     stack: bytes = field(repr=False, compare=False)
+    #: ``pages`` as (window base, page index) → contents, the form ``_settle`` takes.
+    page_map: dict[tuple[int, int], bytes] = field(repr=False, compare=False,
+                                                   default_factory=dict)
 
 
 @dataclass(frozen=True)
