@@ -9,7 +9,7 @@ read the result).  Two bare loops: one through the Python binding's methods (``b
 one through Unicorn's C API called directly (``BareSweep``), which is how emu itself calls
 Unicorn.  The ratio harness/bare is the overhead emu adds; the target is ≤ 1.3.
 
-Then offset sweeps (one #MC per 64-byte line) of 4, 16 and 32 KiB copies, full re-execution
+Then offset sweeps (one #MC per 64-byte line) of 4, 16, 32 and 60 KiB copies, full re-execution
 against fast-forward, through the harness and through the C-API bare loop: the bare loop's
 speedup is what fast-forward can give at best on Unicorn, whatever the harness does.
 """
@@ -195,8 +195,8 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=400, help="cases per measurement")
     ap.add_argument("-r", type=int, default=5, help="repetitions (median is reported)")
     ap.add_argument("--lengths", type=lambda v: [int(x) for x in v.split(",")],
-                    default=[4096, 16384, 32768],
-                    help="copy lengths of the offset sweep (default 4096,16384,32768)")
+                    default=[4096, 16384, 32768, 61440],
+                    help="copy lengths of the offset sweep (default 4096,16384,32768,61440)")
     a = ap.parse_args()
     print("one case: 4096-byte copy_from_user, #MC on the line at offset 0x960; cases/s of the")
     print("harness and of two bare loops: the Python binding's calls, and Unicorn's C API called")
