@@ -7,8 +7,8 @@ as a terminal shows them) must equal the lines that follow them in the block, tr
 aside; a README line that is only ``...`` or ``- ...`` (with an optional remark after it)
 stands for lines left out.  ``/tmp/...`` paths in the examples are moved into the scratch
 directory, which the examples of one run share (a later example uses the tree an earlier one
-made).  The timing benchmarks are not
-compared (their figures change from run to run; the README says so).
+made).  The timing benchmarks are not compared: their figures change from run to run, as the
+README says.
 """
 
 from __future__ import annotations
