@@ -137,6 +137,7 @@ class Machine:
         self._hook_error: BaseException | None = None
         self._intr_cb = HOOK_INTR_CFUNC(self._intr_entry)
         self._read_cb = HOOK_MEM_ACCESS_CFUNC(self._read_entry)
+        self._record_cb = HOOK_MEM_ACCESS_CFUNC(self._record_entry)
         self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
         self._insn_cache: dict[tuple[int, int], int] = {}
         # Registers a redirect writes → their batch register write and values.
@@ -397,22 +398,46 @@ class Machine:
         self._recordings += 1
         if self._recordings % RECORDINGS_PER_FLUSH == 0:
             uc.ctl_flush_tb()
-        hook = uc.hook_add(UC_HOOK_MEM_READ, self._on_record, None, lo - 7, rec.hi - 1)
+        # One read hook over the source from its lowest line not yet recorded on: a load
+        # below it touches only recorded lines and calls nothing, so a forward copy calls
+        # the hook about once per line instead of at every load (``_on_record`` moves it).
+        rec.low = lo & ~(L.LINE - 1)
         self._recording = rec
+        self._move_record_hook()
         try:
             raw = self.run(call, bufs, handler, budget=budget)
         finally:
             self._recording = None
-            uc.hook_del(hook)
+            if rec.hook is not None:
+                self._eng.hook_del(rec.hook)
         if raw.state is not State.RETURNED or raw.faults or rec.spoiled:
             return None
         return FastForward(dict(rec.lines), dict(rec.pages))
 
-    def _on_record(self, uc: Uc, _access: int, addr: int, size: int, _value: int,
-                   _ud: object) -> None:
+    def _move_record_hook(self) -> None:
+        """(Re)place the recording hook at the lowest unrecorded line (none once all are)."""
+        rec = self._recording
+        assert rec is not None
+        if rec.hook is not None:
+            self._eng.hook_del(rec.hook)
+            rec.hook = None
+        if rec.low < rec.hi:
+            rec.hook = self._eng.hook_add(UC_HOOK_MEM_READ, self._record_cb, 0,
+                                          max(rec.low, rec.lo) - 7, rec.hi - 1)
+
+    def _record_entry(self, _uch: object, _access: int, addr: int, size: int, _value: int,
+                      _ud: object) -> None:
+        """UC_HOOK_MEM_READ callback of the recording (C API)."""
+        try:
+            self._on_record(addr, size)
+        except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start
+            self._hook_failed(e)
+
+    def _on_record(self, addr: int, size: int) -> None:
         rec = self._recording
         if rec is None:
             return
+        uc = self.uc
         a, b = max(addr, rec.lo), min(addr + size, rec.hi)
         if a >= b:
             return
@@ -452,6 +477,12 @@ class Machine:
             rec.lines[ln] = cp
         for pg in new_pages:
             rec.pages[pg] = cp
+        low = rec.low
+        while low < rec.hi and low - rec.lo + rec.va in rec.lines:
+            low += L.LINE
+        if low != rec.low:
+            rec.low = low
+            self._move_record_hook()
 
     def _instrument(self) -> None:
         """Make every translated block call the read hooks, from now on.
@@ -766,6 +797,8 @@ class _Recording:
     pages: dict[int, Checkpoint] = field(default_factory=dict)
     spoiled: bool = False
     last: dict[tuple[int, int], bytes] = field(default_factory=dict)  # latest page contents
+    low: int = 0                  # physical address of the lowest line not yet recorded
+    hook: int | None = None       # the recording hook's handle
     stack: bytes = b""                                                  # latest stack page
 
 
