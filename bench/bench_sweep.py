@@ -62,7 +62,8 @@ def work(unit: tuple[str, str, str, int]) -> tuple[str, Counter[str], int, int, 
                 continue
             for kind in ("mc", "pf"):
                 unit_size = L.LINE if kind == "mc" else L.PAGE
-                groups: Counter[int] = Counter((clean.src + off) // unit_size * unit_size
+                src = clean.src
+                groups: Counter[int] = Counter((src + off) // unit_size * unit_size
                                                for off in range(n))
                 for start, weight in groups.items():
                     off = max(start - clean.src, 0)

@@ -48,6 +48,7 @@ class Engine:
         self._f_ctx_restore = _raw(uclib, "uc_context_restore")
         self._zero = ctypes.c_uint64(0)
         self._pte_size = ctypes.c_uint64(pte_bytes)
+        self._batches: dict[tuple[int, ...], RegBatch] = {}
 
     def u64(self, value: int) -> ctypes.c_uint64:
         """``value`` as a (shared, never modified) c_uint64: addresses and sizes repeat."""
@@ -67,7 +68,12 @@ class Engine:
         self._f_reg_write(self._h, reg, self._ref)
 
     def batch(self, ids: tuple[int, ...]) -> RegBatch:
-        return RegBatch(self._lib, self._h, ids)
+        """A batch for ``ids``, built once per distinct list (a sweep's calls differ in
+        values, not registers)."""
+        b = self._batches.get(ids)
+        if b is None:
+            b = self._batches[ids] = RegBatch(self._lib, self._h, ids)
+        return b
 
     # The hot methods look the cache up inline (``u64`` on a miss; a cached zero is falsy
     # and takes the slow path, with the same result).
