@@ -37,19 +37,33 @@ CASES = [("unrolled", "E", "none", "copy_user_generic_unrolled"),
 BUFS = Buffers(length=4096, src_align=0x7E0, poison=(0x960,))
 
 
+def fixups(target) -> dict[int, tuple[int, bool]]:  # type: ignore[no-untyped-def]
+    """The bare loops' whole fault policy: faulting insn → (fixup, writes the trap number
+    to %rax), from the image's extable."""
+    return {e.insn: (e.fixup, e.type.value in ("COPY", "FAULT", "FAULT_MCE_SAFE"))
+            for e in target.image.extable}
+
+
+def entry_regs(routine, b: Buffers) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """The registers a call of ``routine`` on ``b`` starts with (return address aside)."""
+    return [(X.UC_X86_REG_RSP, L.STACK_TOP - 8), (X.UC_X86_REG_RDI, b.dst),
+            (X.UC_X86_REG_RSI, b.src),
+            (X.UC_X86_REG_RDX if routine.len_reg == "rdx" else X.UC_X86_REG_RCX, b.length),
+            (X.UC_X86_REG_EFLAGS, 0x2 | ((1 << 18) if routine.caller_stac else 0))]
+
+
 def bare_loop(target, routine, n: int) -> float:  # type: ignore[no-untyped-def]
     m = Machine(target.image)            # same image, same page tables, fresh Uc
     uc = m.uc
-    ext = {e.insn: e for e in target.image.extable}
-    trapnr_types = {"COPY", "FAULT", "FAULT_MCE_SAFE"}
+    ext = fixups(target)
     src_pa = m.pa(BUFS.src & ~0xFFF)
     line = m.pa((BUFS.src + 0x960) & ~63)
 
     def fixup(trapnr: int) -> None:
-        e = ext[uc.reg_read(X.UC_X86_REG_RIP)]
-        if e.type.value in trapnr_types:
+        rip, writes_trapnr = ext[uc.reg_read(X.UC_X86_REG_RIP)]
+        if writes_trapnr:
             uc.reg_write(X.UC_X86_REG_RAX, trapnr)
-        uc.reg_write(X.UC_X86_REG_RIP, e.fixup)
+        uc.reg_write(X.UC_X86_REG_RIP, rip)
 
     def on_read(uc_, access, addr, size, value, ud):  # type: ignore[no-untyped-def]
         if addr < line + 64 and addr + size > line:
@@ -65,19 +79,15 @@ def bare_loop(target, routine, n: int) -> float:  # type: ignore[no-untyped-def]
     dst_pa = m.pa(BUFS.dst)
     fill = bytes([DST_FILL]) * 4096
     ret = struct.pack("<Q", L.SENTINEL)
-    rsp = L.STACK_TOP - 8
-    len_reg = X.UC_X86_REG_RDX if routine.len_reg == "rdx" else X.UC_X86_REG_RCX
-    eflags = 0x2 | ((1 << 18) if routine.caller_stac else 0)
+    ret_pa = m.pa(L.STACK_TOP - 8)
+    regs = entry_regs(routine, BUFS)
     t0 = time.perf_counter()
     for _ in range(n):
         uc.context_restore(ctx)
         uc.mem_write(dst_pa, fill)
-        uc.mem_write(m.pa(rsp), ret)
-        uc.reg_write(X.UC_X86_REG_RSP, rsp)
-        uc.reg_write(X.UC_X86_REG_RDI, BUFS.dst)
-        uc.reg_write(X.UC_X86_REG_RSI, BUFS.src)
-        uc.reg_write(len_reg, 4096)
-        uc.reg_write(X.UC_X86_REG_EFLAGS, eflags)
+        uc.mem_write(ret_pa, ret)
+        for reg, value in regs:
+            uc.reg_write(reg, value)
         uc.emu_start(entry, L.SENTINEL, count=5_000_000)
         uc.reg_read(X.UC_X86_REG_RAX)
     dt = time.perf_counter() - t0
@@ -123,13 +133,13 @@ class BareSweep:
         assert (m._user_pa, m._kern_pa) == (target.machine._user_pa, target.machine._kern_pa)
         uc = m.uc
         self.eng = eng = Engine(uc, 8)
-        ext = {e.insn: e for e in target.image.extable}
+        ext = fixups(target)
 
         def fixup(trapnr: int) -> None:
-            e = ext[eng.read(X.UC_X86_REG_RIP)]
-            if e.type.value in ("COPY", "FAULT", "FAULT_MCE_SAFE"):
+            rip, writes_trapnr = ext[eng.read(X.UC_X86_REG_RIP)]
+            if writes_trapnr:
                 eng.write(X.UC_X86_REG_RAX, trapnr)
-            eng.write(X.UC_X86_REG_RIP, e.fixup)
+            eng.write(X.UC_X86_REG_RIP, rip)
 
         def on_read(_uc, _access, addr, size, _value, line):  # type: ignore[no-untyped-def]
             if addr < line + 64 and addr + size > line:
@@ -146,10 +156,7 @@ class BareSweep:
         self.entry = target.image.symbol(routine.name).addr
         self.dst_pa = m.pa(cases[0].dst)
         self.fill = bytes([DST_FILL]) * n
-        self.regs = ((X.UC_X86_REG_RSP, L.STACK_TOP - 8), (X.UC_X86_REG_RDI, cases[0].dst),
-                     (X.UC_X86_REG_RSI, cases[0].src),
-                     (X.UC_X86_REG_RDX if routine.len_reg == "rdx" else X.UC_X86_REG_RCX, n),
-                     (X.UC_X86_REG_EFLAGS, 0x2 | ((1 << 18) if routine.caller_stac else 0)))
+        self.regs = entry_regs(routine, cases[0])
         self.stack = m.pa((L.STACK_TOP - 8) & ~0xFFF)
         self.lines = [m.pa((b.src + b.poison[0]) & ~63) for b in cases]
         self.cps = [target.checkpoint(routine, b) for b in cases]
