@@ -25,10 +25,10 @@ import time
 from unicorn import UC_HOOK_INTR, UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
-from emu import layout as L
-from emu.eras import CPUS, ERAS
-from emu.machine import DST_FILL, Buffers, Machine
-from emu.target import era_target
+from emu.core import layout as L
+from emu.kernel.eras import CPUS, ERAS
+from emu.core.machine import DST_FILL, Buffers, Machine
+from emu.build.target import era_target
 
 CASES = [("unrolled", "E", "none", "copy_user_generic_unrolled"),
          ("string (rep movsq)", "E", "rep_good", "copy_user_generic_string"),
@@ -72,7 +72,7 @@ def bare_loop(target, routine, n: int) -> float:  # type: ignore[no-untyped-def]
     uc.hook_add(UC_HOOK_INTR, lambda uc_, intno, ud: fixup(14))
     uc.hook_add(UC_HOOK_MEM_READ, on_read, None, line - 7, line + 63)
     uc.ctl_flush_tb()
-    from emu.machine import source_pattern
+    from emu.core.machine import source_pattern
     uc.mem_write(src_pa, source_pattern(0x1000 + 0x1000)[:0x2000])
     ctx = uc.context_save()
     entry = target.image.symbol(routine.name).addr
@@ -128,7 +128,7 @@ class BareSweep:
     def __init__(self, target, routine, cases: list[Buffers]) -> None:  # type: ignore[no-untyped-def]
         from unicorn.unicorn_py3.unicorn import HOOK_MEM_ACCESS_CFUNC
 
-        from emu.engine import Engine
+        from emu.core.engine import Engine
         self.m = m = Machine(target.image)
         assert (m._user_pa, m._kern_pa) == (target.machine._user_pa, target.machine._kern_pa)
         uc = m.uc
@@ -149,7 +149,7 @@ class BareSweep:
         uc.hook_add(UC_HOOK_INTR, lambda uc_, intno, ud: fixup(14))
         uc.hook_add(UC_HOOK_MEM_READ, lambda *a: None, None, 1 << 40, 1 << 40)  # instrumented
         uc.ctl_flush_tb()
-        from emu.machine import source_pattern
+        from emu.core.machine import source_pattern
         n = cases[0].length
         uc.mem_write(m.pa(cases[0].src & ~0xFFF), source_pattern(n + 0x2000))
         self.ctx = uc.context_save()

@@ -28,7 +28,7 @@ ALIGNS = tuple(range(8))
 
 
 def units() -> list[tuple[str, str, str, int]]:
-    from emu.eras import ERAS
+    from emu.kernel.eras import ERAS
     out = []
     for era in ERAS.values():
         for r in era.routines:
@@ -41,11 +41,11 @@ def units() -> list[tuple[str, str, str, int]]:
 
 
 def work(unit: tuple[str, str, str, int]) -> tuple[str, Counter[str], int, int, int]:
-    from emu import layout as L
-    from emu.eras import CPUS, ERAS
-    from emu.machine import Buffers
-    from emu.sweep import classify
-    from emu.target import era_target
+    from emu.core import layout as L
+    from emu.kernel.eras import CPUS, ERAS
+    from emu.core.machine import Buffers
+    from emu.runs.sweep import classify
+    from emu.build.target import era_target
     era_key, routine, cpu, n = unit
     era = ERAS[era_key]
     t = era_target(era, CPUS[cpu])

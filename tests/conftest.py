@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from emu.extable import Encoding
-from emu.policy import Severity
-from emu.target import Settings, Target, get_target, read_source
+from emu.kernel.extable import Encoding
+from emu.kernel.policy import Severity
+from emu.build.target import Settings, Target, get_target, read_source
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "asm" / "examples" / "test_routines.S"

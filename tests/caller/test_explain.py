@@ -13,7 +13,7 @@ import io
 
 import pytest
 
-from emu.cli import main
+from emu.cli.main import main
 
 SEED = ["--src-align", "0x7e0", "--poison", "0x960"]
 EXACT, ROUNDED = 4096 - 0x960, 4096 - 0x940

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from emu import map as umap
-from emu.cli import main
-from emu.eras import ERAS
-from emu.policy import Severity
-from emu.target import Settings, get_target, read_source
+from emu.runs import map as umap
+from emu.cli.main import main
+from emu.kernel.eras import ERAS
+from emu.kernel.policy import Severity
+from emu.build.target import Settings, get_target, read_source
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"
 UA = str(FIX / "regress_4c132d1d844a_uaccess.S")

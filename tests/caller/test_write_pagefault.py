@@ -16,9 +16,9 @@ from __future__ import annotations
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from emu.caller import simulate
-from emu.eras import CPUS, ERAS
-from emu.machine import Buffers
+from emu.runs.caller import simulate
+from emu.kernel.eras import CPUS, ERAS
+from emu.core.machine import Buffers
 
 PAGE = 4096
 

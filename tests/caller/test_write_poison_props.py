@@ -16,10 +16,10 @@ from __future__ import annotations
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from emu.caller import simulate
-from emu.eras import CPUS, ERAS
-from emu.layout import USER_WINDOW
-from emu.machine import Buffers
+from emu.runs.caller import simulate
+from emu.kernel.eras import CPUS, ERAS
+from emu.core.layout import USER_WINDOW
+from emu.core.machine import Buffers
 
 PAGE, LINE = 4096, 64
 cases = dict(cpu=st.sampled_from(list(CPUS)), n=st.integers(1, 2 * PAGE),

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from emu.caller import FaultIn, PANIC_OTHER_PAGE, simulate
-from emu.cli import main
-from emu.eras import CPUS, ERAS
-from emu.machine import Buffers
-from emu.policy import PANIC_MC, Severity
+from emu.runs.caller import FaultIn, PANIC_OTHER_PAGE, simulate
+from emu.cli.main import main
+from emu.kernel.eras import CPUS, ERAS
+from emu.core.machine import Buffers
+from emu.kernel.policy import PANIC_MC, Severity
 
 SEED = Buffers(length=4096, src_align=0x7E0, poison=(0x960,))
 

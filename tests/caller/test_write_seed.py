@@ -22,11 +22,11 @@ import io
 
 import pytest
 
-from emu.caller import PANIC_TOO_MANY, simulate
-from emu.cli import main
-from emu.eras import CPUS, ERAS
-from emu.layout import USER_WINDOW
-from emu.machine import Buffers
+from emu.runs.caller import PANIC_TOO_MANY, simulate
+from emu.cli.main import main
+from emu.kernel.eras import CPUS, ERAS
+from emu.core.layout import USER_WINDOW
+from emu.core.machine import Buffers
 
 N, ALIGN, P = 4096, 0x7E0, 0x960
 EXACT = N - P

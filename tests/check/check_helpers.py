@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.cli import main
+from emu.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 ERA_E = ROOT / "asm" / "era-E.S"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from check_helpers import ERA_E, IN_TREE, era_e, git, run_cli, without_function
-from emu import check
-from emu.check import CLASSES
+from emu.runs import check
+from emu.runs.check import CLASSES
 
 Cap = pytest.CaptureFixture[str]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emu.check import classify
+from emu.runs.check import classify
 
 
 def rec(state: str = "returned", ret: int | None = 0, copied: int = 64, mc: int = 0,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from emu import check
-from emu.check import MATRIX_ALIGNS, MATRIX_LENGTHS, MCase, case_faults, matrix
+from emu.runs import check
+from emu.runs.check import MATRIX_ALIGNS, MATRIX_LENGTHS, MCase, case_faults, matrix
 
 
 def test_every_case_is_a_valid_run() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from check_helpers import run_cli
 from emu.errors import InputError
-from emu.sources import debian_file
+from emu.build.sources import debian_file
 
 Cap = pytest.CaptureFixture[str]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.sources import linux_source_root
+from emu.build.sources import linux_source_root
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from emu.eras import ERAS, CPUS
-from emu.machine import Buffers, State
-from emu.target import era_target
+from emu.kernel.eras import ERAS, CPUS
+from emu.core.machine import Buffers, State
+from emu.build.target import era_target
 
 N = 4096
 ALIGNS = (0, 4, 0x20, 0x7E0, 0x7E4)

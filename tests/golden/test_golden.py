@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.golden import Table, render, tables
+from emu.runs.golden import Table, render, tables
 
 GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "golden"
 

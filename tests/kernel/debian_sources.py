@@ -2,7 +2,7 @@
 
 ``make test`` runs scripts/linux-sources first, which installs linux-source-6.1 and
 linux-source-6.12 and extracts copy_user_64.S, copy_mc_64.S and getuser.S into a cache
-directory outside the repository (emu.sources.linux_source_root()).
+directory outside the repository (emu.build.sources.linux_source_root()).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from emu.errors import InputError
-from emu.inputs import KernelTarget, kernel_target
-from emu.sources import Source, debian_file, read_file
+from emu.build.resolve import KernelTarget, kernel_target
+from emu.build.sources import Source, debian_file, read_file
 
 
 def debian(version: str, name: str = "copy_user_64.S") -> Path:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from emu.assemble import AsmConfig, GasAssembler
-from emu.cli import main
-from emu.eras import ERAS
-from emu.inputs import run_get_user
-from emu.machine import Buffers
-from emu.objects import built_target
+from emu.build.assemble import AsmConfig, GasAssembler
+from emu.cli.main import main
+from emu.kernel.eras import ERAS
+from emu.build.resolve import run_get_user
+from emu.core.machine import Buffers
+from emu.build.objects import built_target
 
 from debian_sources import debian, debian_target
 
@@ -168,9 +168,9 @@ def _kbuild_object(text: str, era, out: Path) -> Path:  # type: ignore[no-untype
 @pytest.mark.parametrize("cpu", ["none", "erms", "fsrm"])
 @pytest.mark.parametrize("which", ["debian-6.12", "era-F"])
 def test_altinstructions_are_patched_for_the_cpu(tmp_path: Path, which: str, cpu: str) -> None:
-    from emu.eras import CPUS
-    from emu.inputs import kernel_target
-    from emu.sources import Source
+    from emu.kernel.eras import CPUS
+    from emu.build.resolve import kernel_target
+    from emu.build.sources import Source
     text = (debian("6.12").read_text() if which == "debian-6.12"
             else (ROOT / "asm" / "era-F.S").read_text())
     obj = _kbuild_object(text, ERAS["F"], tmp_path / f"{which}.o")

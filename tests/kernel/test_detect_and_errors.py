@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emu.cli import main
-from emu.detect import detect
+from emu.cli.main import main
+from emu.build.detect import detect
 
 from debian_sources import debian
 

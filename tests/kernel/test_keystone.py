@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from emu.assemble import AsmConfig, GasAssembler
-from emu.cli import main
-from emu.detect import detect
+from emu.build.assemble import AsmConfig, GasAssembler
+from emu.cli.main import main
+from emu.build.detect import detect
 from emu.errors import AssembleError
-from emu.image import load_object
-from emu.keystone_backend import KeystoneAssembler, _run_keystone, compare
+from emu.build.elf import load_object
+from emu.build.keystone import KeystoneAssembler, _run_keystone, compare
 
 from debian_sources import debian
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from emu.cli import main
-from emu.detect import detect
+from emu.cli.main import main
+from emu.build.detect import detect
 from emu.errors import InputError
-from emu.sources import Source, apply_patches, read_rev
+from emu.build.sources import Source, apply_patches, read_rev
 
 from debian_sources import debian
 

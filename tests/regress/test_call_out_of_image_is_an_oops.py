@@ -5,11 +5,11 @@ function.  Found by the silicon differential (tests/silicon)."""
 
 from __future__ import annotations
 
-from emu.eras import Routine
-from emu.extable import Encoding
-from emu.machine import Buffers, State
-from emu.policy import Severity
-from emu.target import Settings, get_target
+from emu.kernel.eras import Routine
+from emu.kernel.extable import Encoding
+from emu.core.machine import Buffers, State
+from emu.kernel.policy import Severity
+from emu.build.target import Settings, get_target
 
 SRC = """#include <linux/linkage.h>
 #include <asm/asm.h>

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from emu.eras import Routine
+from emu.kernel.eras import Routine
 from emu.errors import EmulationError
-from emu.machine import Buffers, Call
-from emu.target import Target
+from emu.core.machine import Buffers, Call
+from emu.build.target import Target
 
 
 def test_next_case_is_clean_after_a_hook_error(demo: Target) -> None:

@@ -7,9 +7,9 @@ page was then promoted to #DF.  The machine now marks each redirected exception 
 
 from __future__ import annotations
 
-from emu.eras import CPUS, ERAS
-from emu.machine import Buffers
-from emu.target import era_target
+from emu.kernel.eras import CPUS, ERAS
+from emu.core.machine import Buffers
+from emu.build.target import era_target
 
 
 def test_handle_tail_retry_takes_a_second_page_fault() -> None:

@@ -21,7 +21,7 @@
  * Usage:  harness PATTERN_FILE EXTABLE_ABI EX_LAYOUT < cases
  *
  *   PATTERN_FILE  (WINDOW_PAGES + 2) * 4096 bytes: the source window contents, guard pages
- *                 included (emu.machine.source_pattern of that size)
+ *                 included (emu.core.records.source_pattern of that size)
  *   EXTABLE_ABI   1 handler pointers (<= v5.15), 2 type numbers (v5.16), 3 data words
  *   EX_LAYOUT     516, 517 or 610: the EX_TYPE numbering (DEFAULT, FAULT, UACCESS, COPY,
  *                 the *_MCE_SAFE pair, IMM_REG and UCOPY_LEN are modelled; see classify)
@@ -59,7 +59,7 @@
 #define PAGE		4096
 #define WINDOW_PAGES	16
 #define SPAN		((WINDOW_PAGES + 2) * PAGE)	/* guard + data + guard */
-#define MAX_FAULTS	256				/* as emu.machine.MAX_FAULTS */
+#define MAX_FAULTS	256				/* as emu.core.machine.MAX_FAULTS */
 #define DST_FILL	0xFF
 #define WATCHDOG_US	2000000				/* of user CPU time, so load cannot trip it */
 

@@ -29,13 +29,14 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from emu import layout as L
-from emu.assemble import AsmConfig, get_assembler
-from emu.eras import Routine, cpu_name
+from emu.core import layout as L
+from emu.build.assemble import AsmConfig, get_assembler
+from emu.kernel.eras import Routine, cpu_name
 from emu.errors import EmulationError
-from emu.image import Image, load_object
-from emu.machine import WINDOW_SPAN, Buffers, Call, FaultHandler, State, source_pattern
-from emu.target import Target
+from emu.build.elf import load_object
+from emu.kernel.image import Image
+from emu.core.machine import WINDOW_SPAN, Buffers, Call, FaultHandler, State, source_pattern
+from emu.build.target import Target
 
 HERE = Path(__file__).resolve().parent
 HARNESS_C = HERE / "harness.c"

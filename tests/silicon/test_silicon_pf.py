@@ -39,11 +39,11 @@ from pathlib import Path
 
 import pytest
 
-from emu.eras import CPUS, ERAS, Routine
-from emu.machine import Buffers, Redirect
-from emu.target import Target, era_target, read_source
+from emu.kernel.eras import CPUS, ERAS, Routine
+from emu.core.machine import Buffers, Redirect
+from emu.build.target import Target, era_target, read_source
 
-from emu.detect import GET_USER_SIZES
+from emu.build.detect import GET_USER_SIZES
 from silicon_native import (Behaviour, Disagreement, Harness, build_harness, compare,
                             default_cases, full_cases, get_user_cases, is_get_user, object_for,
                             patch_privileged)

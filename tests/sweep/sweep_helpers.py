@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from emu.cli import main
+from emu.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.fuzz import parse_want
+from emu.runs.fuzz import parse_want
 from emu.errors import UsageError
 
 from sweep_helpers import emu

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.sweep import Case, Runner
+from emu.runs.sweep import Case, Runner
 
 from sweep_helpers import ROOT, emu
 

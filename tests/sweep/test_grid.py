@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from emu import layout as L
+from emu.core import layout as L
 from emu.errors import UsageError
-from emu.sweep import Case, Grid, classify, parse_ints, parse_variant
+from emu.runs.sweep import Case, Grid, classify, parse_ints, parse_variant
 
 
 def grid(**kw):  # type: ignore[no-untyped-def]
@@ -95,9 +95,9 @@ def test_case_json_round_trip_and_command() -> None:
 
 
 def test_classify_uses_benign_set_only_for_copy_from_user() -> None:
-    from emu.eras import ERAS
-    from emu.machine import Buffers
-    from emu.target import era_target
+    from emu.kernel.eras import ERAS
+    from emu.core.machine import Buffers
+    from emu.build.target import era_target
     e = ERAS["E"]
     t = era_target(e, frozenset())
     # seed scenario: E rounds back to the block start → bytes past the report, benign

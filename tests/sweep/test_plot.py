@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import numpy as np
 
-from emu.plot import CLASS_COLOURS
+from emu.render.plot import CLASS_COLOURS
 
 from sweep_helpers import emu
 
@@ -66,7 +66,7 @@ def test_plot_refuses_to_overwrite_results(tmp_path: Path, capsys) -> None:  # t
 def test_violation_metric_tells_eras_apart(tmp_path: Path) -> None:
     """C (returns 0) and D (consumes the poison twice) share the class "violation" but not
     the violation name; the violation heatmap shows both colours."""
-    from emu.plot import LABEL_COLOURS
+    from emu.render.plot import LABEL_COLOURS
     png = tmp_path / "v.png"
     rc, _ = emu("sweep", "C", "D", "--len", "128", "--step", "line", "--plot", str(png),
                 "--metric", "violation", "--jobs", "1")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.sweep import Grid, parse_variant
+from emu.runs.sweep import Grid, parse_variant
 
 from sweep_helpers import ROOT, emu, emu_proc, read_results
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.cli import main
+from emu.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = str(ROOT / "asm" / "examples" / "test_routines.S")
@@ -184,10 +184,10 @@ def test_table_has_at_least_thirty_distinct_cases() -> None:
 
 def test_missing_gnu_as_gives_an_install_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    import emu.target
+    import emu.build.target
     monkeypatch.setenv("EMU_GCC", "/nonexistent/gcc")
     monkeypatch.setenv("EMU_CACHE", str(tmp_path))        # no cached objects to fall back on
-    monkeypatch.setattr(emu.target, "_CACHE", {})          # nor targets built earlier
+    monkeypatch.setattr(emu.build.target, "_CACHE", {})          # nor targets built earlier
     code = main(["run", "E"], io.StringIO())
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
@@ -196,11 +196,11 @@ def test_missing_gnu_as_gives_an_install_hint(tmp_path: Path, monkeypatch: pytes
 
 def test_keystone_crash_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    import emu.keystone_backend as kb
-    import emu.target
+    import emu.build.keystone as kb
+    import emu.build.target
     monkeypatch.setattr(kb, "_WORKER", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     monkeypatch.setenv("EMU_CACHE", str(tmp_path))
-    monkeypatch.setattr(emu.target, "_CACHE", {})
+    monkeypatch.setattr(emu.build.target, "_CACHE", {})
     code = main(["run", EXAMPLES, "--routine", "demo_movsb", "--assembler", "keystone"],
                 io.StringIO())
     err = capsys.readouterr().err
@@ -211,7 +211,7 @@ def test_keystone_crash_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_overlapping_buffers_cannot_be_expressed() -> None:
     """emu places source and destination in separate windows; only offsets are user input,
     so an overlapping copy is impossible by construction (documented, not an error case)."""
-    from emu import layout as L
+    from emu.core import layout as L
     assert L.USER_WINDOW + L.MAX_SPAN + L.PAGE < L.KERNEL_WINDOW or \
         L.KERNEL_WINDOW + L.MAX_SPAN + L.PAGE < L.USER_WINDOW
     assert os.path.exists(EXAMPLES)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from emu.cli import main
+from emu.cli.main import main
 from tests.conftest import EXAMPLES
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from emu.assemble import AsmConfig, get_assembler
-from emu.extable import Encoding, ExType, decode
-from emu.image import load_object
+from emu.build.assemble import AsmConfig, get_assembler
+from emu.kernel.extable import Encoding, ExType, decode
+from emu.build.elf import load_object
 from tests.conftest import EXAMPLES
 
 REL = re.compile(r"^([0-9a-f]+)\s+[0-9a-f]+\s+(R_X86_64_\w+)\s+[0-9a-f]+\s+(\S+)\s*([+-])\s*([0-9a-f]+)")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from emu.eras import CPUS, ERAS
-from emu.machine import Buffers
-from emu.target import era_target
+from emu.kernel.eras import CPUS, ERAS
+from emu.core.machine import Buffers
+from emu.build.target import era_target
 
 
 def cases(length: int, sa: int, da: int, direction: str, step: int) -> list[Buffers]:
@@ -84,8 +84,8 @@ def test_a_reused_machine_matches_fresh_machines_in_any_order(era_key: str) -> N
     half copied.)"""
     import random
 
-    from emu import outcome
-    from emu.machine import Machine
+    from emu.kernel import outcome
+    from emu.core.machine import Machine
 
     era = ERAS[era_key]
     t = era_target(era, CPUS["none"])

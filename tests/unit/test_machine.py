@@ -11,11 +11,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from emu import layout as L
-from emu.eras import Routine
+from emu.core import layout as L
+from emu.kernel.eras import Routine
 from emu.errors import UsageError
-from emu.machine import Buffers, Call, FaultKind, Halt, Redirect, State
-from emu.target import Target
+from emu.core.machine import Buffers, Call, FaultKind, Halt, Redirect, State
+from emu.build.target import Target
 
 
 def raw_run(t: Target, name: str, bufs: Buffers, **kw):  # type: ignore[no-untyped-def]
@@ -130,8 +130,8 @@ def test_redirect_to_the_fixup_continues_the_same_run(demo: Target) -> None:
 
 def test_trap_number_is_written_by_fault_type_handlers() -> None:
     from tests.conftest import demo_target
-    from emu.extable import Encoding
-    from emu.policy import Severity
+    from emu.kernel.extable import Encoding
+    from emu.kernel.policy import Severity
     t = demo_target(Encoding.HANDLER, Severity.V5_9, 516)
     raw = raw_run(t, "demo_trapnr", Buffers(length=100, poison=(50,)))
     assert raw.state is State.RETURNED              # ≤ v5.9: ex_handler_fault recovers

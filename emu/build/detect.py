@@ -1,0 +1,210 @@
+"""Which kernel era a real arch/x86/lib source belongs to, read from the file itself.
+
+A kernel file does not say which release it came from, but its text carries the marks of the
+changes that matter to emu (kernel-facts.md §3, §4, §5a, §6a):
+
+* ``rep_movs_alternative`` defined: the v6.4+ rewrite (era F, EX_TYPE_UACCESS everywhere);
+* ``_ASM_EXTABLE_CPY`` on the copy instructions: v5.10 or later (278b917f), and then the
+  place of the ``X86_TRAP_MC`` test in ``.Lcopy_user_handle_tail`` decides the era: after
+  ``movl %edx,%ecx`` is the 2020 "pretend success" code (era C), before it is the 2021
+  re-add (era E, 3376136300a0), and no test at all is the v5.16 revert (era D);
+* only ``_ASM_EXTABLE_UA`` / ``_ASM_EXTABLE``: before v5.10 (era A);
+* ``.fixup`` sections existed until v5.16 and ``RET`` replaced ``ret`` in v5.17 (straight-line
+  speculation series); these two cross-check the choice and date the copy_mc / getuser files.
+  Stable trees blur this: Debian's 5.10.223 has ``RET`` (backported) and still ``.fixup``, and
+  its getuser.S differs from 6.1's only by objtool annotations, so such a file is reported
+  with the later era unless ``--era`` says otherwise;
+* copy_mc_64.S: ``_ASM_EXTABLE_FAULT`` up to v5.15, ``EX_TYPE_DEFAULT_MCE_SAFE`` from v5.16;
+* getuser.S: plain ``_ASM_EXTABLE`` (EX_TYPE_DEFAULT) on the load in 6.4-6.7 (b19b74bc99b1),
+  ``_ASM_EXTABLE_UA`` before and after.
+
+Comments are removed before matching, so a stale comment (era D keeps "Don't try to copy
+the tail if machine check happened") does not count.  The result is data: ``Detection``
+names the era whose extable encoding, EX_TYPE layout and #MC severity rules apply, the
+routines the file defines, and the evidence, so the CLI can show why.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from emu.kernel.eras import ERAS, Era, Routine
+from emu.errors import UsageError
+
+#: The call conventions of the routines emu knows how to call, by symbol name.
+KNOWN_ROUTINES: dict[str, Routine] = {
+    **{r.name: r for e in ERAS.values() for r in e.routines},
+    "copy_mc_fragile": Routine("copy_mc_fragile", caller_stac=True),
+    "copy_mc_enhanced_fast_string": Routine("copy_mc_enhanced_fast_string", caller_stac=True),
+    "__memcpy_mcsafe": Routine("__memcpy_mcsafe", caller_stac=True),
+    "copy_user_fast_string": Routine("copy_user_fast_string"),
+}
+
+#: get_user helpers: address in rax, value out in rdx, 0 / -EFAULT in eax.
+GET_USER_SIZES = {f"__get_user_{n}": n for n in (1, 2, 4, 8)} | {
+    f"__get_user_nocheck_{n}": n for n in (1, 2, 4, 8)}
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """What a kernel source file is and which era's rules apply to it.
+
+    Attributes:
+        kind: "copy_user", "copy_mc", "getuser" or "unknown".
+        era: the era whose encoding, layout and severity rules apply.
+        routines: callable routines the file defines (known call conventions), in file order.
+        get_user: the __get_user_* helpers the file defines.
+        evidence: one phrase per fact the decision rests on.
+        forced: True when ``--era`` chose the era instead of the file.
+    """
+
+    kind: str
+    era: Era
+    routines: tuple[Routine, ...]
+    get_user: tuple[str, ...]
+    evidence: tuple[str, ...]
+    forced: bool = False
+
+    def describe(self) -> str:
+        how = "forced by --era" if self.forced else "; ".join(self.evidence)
+        return f"{self.kind} file, era {self.era.key} ({self.era.versions}): {how}"
+
+    def select_routine(self, cpu: frozenset[str]) -> Routine:
+        """The routine the kernel would call for this CPU, among those the file defines."""
+        names = {r.name: r for r in self.routines}
+        if self.kind == "copy_user" and not self.era.modern:
+            for feat, name in (("ERMS", "copy_user_enhanced_fast_string"),
+                               ("REP_GOOD", "copy_user_generic_string")):
+                if feat in cpu and name in names:
+                    return names[name]
+            if "copy_user_generic_unrolled" in names:
+                return names["copy_user_generic_unrolled"]
+        if self.kind == "copy_mc":
+            if "ERMS" in cpu and "copy_mc_enhanced_fast_string" in names:
+                return names["copy_mc_enhanced_fast_string"]
+        for pref in ("copy_user_generic", "rep_movs_alternative", "copy_mc_fragile"):
+            if pref in names:
+                return names[pref]
+        if self.routines:
+            return self.routines[0]
+        raise UsageError(f"no copy routine emu knows how to call in this {self.kind} file "
+                         "(use --routine)")
+
+
+_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_DEFINED = re.compile(r"SYM_(?:FUNC|CODE)_START(?:_LOCAL|_WEAK|_ALIAS|_NOALIGN|_LOCAL_NOALIGN)*"
+                      r"\(\s*([.\w]+)\s*\)|^\s*(?:ENTRY|GLOBAL)\(\s*([.\w]+)\s*\)|"
+                      r"^\s*([A-Za-z_.][\w.]*):", re.M)
+
+
+def strip_comments(text: str) -> str:
+    """The source without C comments (line structure kept, so offsets map to lines)."""
+    return _COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), text)
+
+
+def defined_symbols(text: str) -> list[str]:
+    """Functions and labels a source defines, in order (comments ignored)."""
+    out: list[str] = []
+    for m in _DEFINED.finditer(strip_comments(text)):
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def _body(code: str, label: str) -> str:
+    """Text from ``label:`` (or its SYM_CODE_START) to the next SYM_*_END or SYM_*_START."""
+    m = re.search(rf"(?:SYM_CODE_START(?:_LOCAL)?\(\s*{re.escape(label)}\s*\)|^\s*"
+                  rf"{re.escape(label)}:)", code, re.M)
+    if m is None:
+        return ""
+    end = re.search(r"SYM_(?:CODE|FUNC)_(?:END|START)\w*\(", code[m.end():])
+    return code[m.end():m.end() + end.start()] if end else code[m.end():]
+
+
+def detect(text: str, *, name: str = "input.S", forced: str | None = None) -> Detection:
+    """Decide which era's rules apply to a kernel source.
+
+    Args:
+        text: the .S source.
+        name: its file name (a hint only: getuser.S, copy_mc_64.S).
+        forced: an era key given with ``--era``; the file still supplies the routines.
+
+    Raises:
+        UsageError: ``forced`` is not an era key.
+    """
+    code = strip_comments(text)
+    syms = defined_symbols(text)
+    has = set(syms)
+    ev: list[str] = []
+    fixup = bool(re.search(r"\.section\s+\.fixup|\.pushsection\s+\"?\.fixup", code))
+    big_ret = bool(re.search(r"^\s*(?:\d+:\s*)?RET\b", code, re.M))
+    small_ret = bool(re.search(r"^\s*(?:\d+:\s*)?ret[lq]?\b", code, re.M))
+    if fixup:
+        ev.append(".fixup section (<= v5.16)")
+    if big_ret:
+        ev.append("RET macro (v5.17+, or a stable tree with the SLS backport)")
+    elif small_ret:
+        ev.append("plain ret (<= v5.16)")
+
+    kind, key = "unknown", "E"
+    if "rep_movs_alternative" in has:
+        kind, key = "copy_user", "F"
+        ev.insert(0, "defines rep_movs_alternative (v6.4+ rewrite)")
+    elif has & {"copy_user_generic_unrolled", "copy_user_enhanced_fast_string",
+                ".Lcopy_user_handle_tail", "copy_user_handle_tail", "copy_user_fast_string"}:
+        kind = "copy_user"
+        if re.search(r"_ASM_EXTABLE_CPY\b|EX_TYPE_COPY\b", code):
+            tail = _body(code, ".Lcopy_user_handle_tail") or _body(code, "copy_user_handle_tail")
+            mc = re.search(r"X86_TRAP_MC|\$18\b", tail)
+            mov = re.search(r"movl\s+%edx\s*,\s*%ecx", tail)
+            if mc is None:
+                key = "D"
+                ev.insert(0, "_ASM_EXTABLE_CPY entries, no X86_TRAP_MC test in handle_tail "
+                             "(v5.16 revert)")
+            elif mov is not None and mc.start() < mov.start():
+                key = "E"
+                ev.insert(0, "_ASM_EXTABLE_CPY entries, X86_TRAP_MC tested before "
+                             "movl %edx,%ecx (v5.17 re-add)")
+            else:
+                key = "C"
+                ev.insert(0, "_ASM_EXTABLE_CPY entries, X86_TRAP_MC tested after "
+                             "movl %edx,%ecx (v5.10 pretend-success)")
+        else:
+            key = "A"
+            ev.insert(0, "no _ASM_EXTABLE_CPY: uaccess entries only (<= v5.9)")
+    elif has & {"copy_mc_fragile", "copy_mc_enhanced_fast_string", "__memcpy_mcsafe"}:
+        kind = "copy_mc"
+        if "__memcpy_mcsafe" in has:
+            key = "A"
+            ev.insert(0, "defines __memcpy_mcsafe (<= v5.9)")
+        elif re.search(r"EX_TYPE_DEFAULT_MCE_SAFE", code):
+            key = "D" if fixup or (small_ret and not big_ret) else "E"
+            ev.insert(0, "EX_TYPE_DEFAULT_MCE_SAFE entries (>= v5.16)")
+        else:
+            key = "C"
+            ev.insert(0, "_ASM_EXTABLE_FAULT entries (v5.10 - v5.15)")
+    elif has & set(GET_USER_SIZES):
+        kind = "getuser"
+        loads = re.findall(r"_ASM_EXTABLE(_UA)?\s*\(", code)
+        default = bool(loads) and not any(loads)
+        if big_ret:
+            modern = bool(re.search(r"RUNTIME_CONST_PTR|\.macro\s+UACCESS|check_range", code))
+            key = "F" if modern or default else "E"
+            ev.insert(0, "plain _ASM_EXTABLE on the loads: EX_TYPE_DEFAULT (v6.4 - v6.7)"
+                      if default else "_ASM_EXTABLE_UA on the loads")
+        else:
+            key = "C"
+            ev.insert(0, "_ASM_EXTABLE_UA on the loads, plain ret (<= v5.16)")
+    else:
+        ev.insert(0, "no kernel copy routine recognised; era E rules by default")
+
+    era = ERAS[key]
+    if forced is not None:
+        era = ERAS.get(forced.upper())  # type: ignore[assignment]
+        if era is None:
+            raise UsageError(f"unknown era '{forced}' (known: {', '.join(ERAS)})")
+    routines = tuple(KNOWN_ROUTINES[s] for s in syms if s in KNOWN_ROUTINES)
+    getters = tuple(s for s in syms if s in GET_USER_SIZES)
+    return Detection(kind, era, routines, getters, tuple(ev), forced is not None)

@@ -1,0 +1,336 @@
+"""Relocatable object → ``Image``: code at kernel addresses, symbols, and ``__ex_table``.
+
+This is the only module that imports pyelftools.  Allocated sections of a kbuild-style ``.o``
+are laid out from ``layout.TEXT_BASE`` in file order; relocations are applied by emu itself
+(unicorn-notes §7: pyelftools' RelocationHandler ignores load addresses).  ``__ex_table``
+fields are resolved as S + A (the P of PC32 cancels), and the third word is either a handler
+symbol (≤ v5.15) or data (v5.16+), see ``extable.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.constants import SH_FLAGS
+from elftools.elf.elffile import ELFFile
+from elftools.elf.relocation import RelocationSection
+from elftools.elf.sections import SymbolTableSection
+
+from emu.core import layout
+from emu.errors import ImageError
+from emu.kernel.extable import Encoding, Extable, ExtableEntry, decode
+from emu.kernel.image import Image, Section, Symbol
+
+# psABI relocation numbers (x86-64).
+R_X86_64_64 = 1
+R_X86_64_PC32 = 2
+R_X86_64_PLT32 = 4
+R_X86_64_32 = 10
+R_X86_64_32S = 11
+R_X86_64_PC64 = 24
+
+EXTABLE = "__ex_table"
+
+
+def load_object(data: bytes, *, encoding: Encoding, layout_id: int, name: str = "object",
+                base: int = layout.TEXT_BASE) -> Image:
+    """Lay out a relocatable x86-64 ELF object and decode its exception table.
+
+    Args:
+        data: the object file's bytes.
+        encoding: the extable encoding the object was built with.
+        layout_id: EX_TYPE numbering (516, 517, 610).
+        name: used in error messages.
+        base: load address of the first section.
+
+    Raises:
+        ImageError: not an x86-64 relocatable ELF, an unsupported relocation, or a
+            malformed ``__ex_table``.
+    """
+    return _parse(data, name, "object", lambda elf: _load(elf, encoding, layout_id, name, base))
+
+
+def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int) -> Image:
+    if elf.header["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
+        raise ImageError(f"{name}: ELF for {elf.header['e_machine']}, not x86-64")
+    if elf.header["e_type"] != "ET_REL":
+        raise ImageError(f"{name}: {elf.header['e_type']} is not a relocatable object (.o)")
+
+    # 1. Place allocated sections (except the exception table) from `base`.
+    placed: dict[int, tuple[str, int, bytearray, bool]] = {}
+    addr = base
+    ex_index: int | None = None
+    for index, sec in enumerate(elf.iter_sections()):
+        if sec.name == EXTABLE:
+            ex_index = index
+            continue
+        if not sec["sh_flags"] & SH_FLAGS.SHF_ALLOC or sec["sh_size"] == 0:
+            continue
+        align = max(int(sec["sh_addralign"]), 16)
+        addr = (addr + align - 1) & ~(align - 1)
+        body = bytearray(sec["sh_size"]) if sec["sh_type"] == "SHT_NOBITS" else bytearray(sec.data())
+        placed[index] = (sec.name, addr, body, bool(sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR))
+        addr += len(body)
+    if addr - base > layout.TEXT_LIMIT:
+        raise ImageError(f"{name}: {addr - base} bytes of sections do not fit the text area")
+
+    # 2. Symbols: defined ones get addresses, undefined ones get ud2 stubs.
+    symtab = elf.get_section_by_name(".symtab")
+    if not isinstance(symtab, SymbolTableSection):
+        raise ImageError(f"{name}: no symbol table")
+    sym_addr: list[int | None] = []
+    sym_name: list[str] = []
+    symbols: dict[str, Symbol] = {}
+    stubs: dict[str, int] = {}
+    for sym in symtab.iter_symbols():
+        shndx = sym["st_shndx"]
+        kind = sym["st_info"]["type"]
+        sym_name.append(sym.name)
+        if shndx == "SHN_UNDEF":
+            if sym.name and sym.name not in stubs:
+                stubs[sym.name] = layout.STUB_BASE + 16 * len(stubs)
+            sym_addr.append(stubs.get(sym.name))
+            continue
+        if shndx == "SHN_ABS":
+            sym_addr.append(int(sym["st_value"]))
+            continue
+        if not isinstance(shndx, int) or shndx not in placed:
+            sym_addr.append(None)
+            continue
+        a = placed[shndx][1] + int(sym["st_value"])
+        sym_addr.append(a)
+        if kind == "STT_SECTION" or not sym.name or _internal(sym.name):
+            continue
+        k = {"STT_FUNC": "func", "STT_OBJECT": "object"}.get(kind, "notype")
+        old = symbols.get(sym.name)
+        if old is None or (old.kind != "func" and k == "func"):
+            symbols[sym.name] = Symbol(sym.name, a, int(sym["st_size"]), k,
+                                       sym["st_info"]["bind"] != "STB_LOCAL")
+    if len(stubs) * 16 > layout.SENTINEL - layout.STUB_BASE:
+        raise ImageError(f"{name}: too many undefined symbols")
+
+    # 3. Relocations: applied to placed sections, collected for __ex_table.
+    ex_relocs: dict[int, tuple[int, int, str]] = {}
+    for rsec in elf.iter_sections():
+        if not isinstance(rsec, RelocationSection):
+            continue
+        target = rsec["sh_info"]
+        if target == ex_index:
+            for rel in rsec.iter_relocations():
+                s = sym_addr[rel["r_info_sym"]]
+                if s is None:
+                    raise ImageError(f"{name}: __ex_table+{rel['r_offset']:#x} refers to a "
+                                     "symbol outside the loaded sections")
+                ex_relocs[rel["r_offset"]] = (s, _addend(rel), sym_name[rel["r_info_sym"]])
+            continue
+        if target not in placed:
+            continue
+        sname, saddr, body, _ = placed[target]
+        for rel in rsec.iter_relocations():
+            _apply(rel, body, saddr, sym_addr, sym_name, f"{name}:{sname}")
+
+    # 4. The exception table.
+    entries: list[ExtableEntry] = []
+    if ex_index is not None:
+        ex = elf.get_section(ex_index)
+        raw = ex.data()
+        if len(raw) % 12:
+            raise ImageError(f"{name}: __ex_table size {len(raw)} is not a multiple of 12")
+        for off in range(0, len(raw), 12):
+            entries.append(_entry(raw, off, ex_relocs, encoding, layout_id, name))
+
+    sections = tuple(Section(n, a, bytes(b), x) for n, a, b, x in placed.values())
+    return Image(name, sections, symbols, Extable(entries), encoding, stubs)
+
+
+def _internal(name: str) -> bool:
+    """Assembler-internal names kept by ``as -L``: numeric local labels and size helpers."""
+    return "\x01" in name or "\x02" in name or name.startswith(".L__sym_size_")
+
+
+def _addend(rel) -> int:  # type: ignore[no-untyped-def]
+    return int(rel["r_addend"]) if "r_addend" in rel.entry else 0
+
+
+def _apply(rel, body: bytearray, saddr: int, sym_addr: list[int | None],  # type: ignore[no-untyped-def]
+           sym_name: list[str], where: str) -> None:
+    off = rel["r_offset"]
+    s = sym_addr[rel["r_info_sym"]]
+    if s is None:
+        raise ImageError(f"{where}+{off:#x}: relocation against '{sym_name[rel['r_info_sym']]}', "
+                         "which is in a section emu does not load")
+    a = _addend(rel)
+    p = saddr + off
+    t = rel["r_info_type"]
+    if t in (R_X86_64_PC32, R_X86_64_PLT32):
+        v = s + a - p
+        if not -(1 << 31) <= v < (1 << 31):
+            raise ImageError(f"{where}+{off:#x}: PC32 relocation out of range")
+        struct.pack_into("<i", body, off, v)
+    elif t == R_X86_64_64:
+        struct.pack_into("<Q", body, off, (s + a) & 0xFFFFFFFFFFFFFFFF)
+    elif t == R_X86_64_PC64:
+        struct.pack_into("<q", body, off, s + a - p)
+    elif t == R_X86_64_32S:
+        v = s + a
+        v = v - (1 << 64) if v >= (1 << 63) else v
+        if not -(1 << 31) <= v < (1 << 31):
+            raise ImageError(f"{where}+{off:#x}: R_X86_64_32S value {s + a:#x} out of range")
+        struct.pack_into("<i", body, off, v)
+    elif t == R_X86_64_32:
+        struct.pack_into("<I", body, off, (s + a) & 0xFFFFFFFF)
+    else:
+        raise ImageError(f"{where}+{off:#x}: unsupported relocation type {t}")
+
+
+def _entry(raw: bytes, off: int, relocs: dict[int, tuple[int, int, str]], encoding: Encoding,
+           layout_id: int, name: str) -> ExtableEntry:
+    fields: list[int] = []
+    for i in range(2):
+        r = relocs.get(off + 4 * i)
+        if r is None:
+            raise ImageError(f"{name}: __ex_table entry {off // 12} has no relocation for its "
+                             f"{'insn' if i == 0 else 'fixup'} field")
+        fields.append(r[0] + r[1])
+    third = relocs.get(off + 8)
+    word = struct.unpack_from("<I", raw, off + 8)[0]
+    if encoding is Encoding.HANDLER:
+        if third is None:
+            raise ImageError(f"{name}: __ex_table entry {off // 12} has data {word:#x} where the "
+                             "handler-pointer encoding (≤ v5.15) needs a handler symbol")
+        return decode(encoding, layout_id, fields[0], fields[1], 0, handler=third[2])
+    if third is not None:
+        raise ImageError(f"{name}: __ex_table entry {off // 12} points at '{third[2]}' where the "
+                         "type/data encoding (≥ v5.16) needs a number")
+    return decode(encoding, layout_id, fields[0], fields[1], word)
+
+
+# ---- linked kernels (vmlinux) ------------------------------------------------------------
+
+def load_linked(data: bytes, *, encoding: Encoding, layout_id: int, name: str = "vmlinux",
+                keep: tuple[str, ...] = ()) -> Image:
+    """Load a linked x86-64 kernel image (ET_EXEC with a symbol table, e.g. ``vmlinux``).
+
+    In a linked image the ``__ex_table`` words are already resolved, each relative to its own
+    address (unicorn-notes §7); in the handler-pointer encoding (≤ v5.15) the third word
+    points at a handler function, whose symbol name (ex_handler_*) gives the type.
+
+    Only a window of the image is loaded: the symbols named in ``keep`` that the image
+    defines, plus the fixups of the extable entries whose faulting instruction lies inside
+    them ("selected by address range").  With ``keep`` empty, every allocated section is
+    loaded.  The window is moved to ``layout.TEXT_BASE`` as a whole (one offset for code,
+    symbols and entries), which keeps every relative reference inside it valid.
+
+    Raises:
+        ImageError: not an x86-64 ET_EXEC with symbols, none of ``keep`` is defined, or the
+            window does not fit the emulated text area.
+    """
+    return _parse(data, name, "file",
+                  lambda elf: _load_linked(elf, encoding, layout_id, name, keep))
+
+
+def _parse(data: bytes, name: str, what: str, load: Callable[[ELFFile], Image]) -> Image:
+    """Open ``data`` as ELF and ``load`` it, turning pyelftools' errors into ImageError."""
+    try:
+        return load(ELFFile(io.BytesIO(data)))
+    except ELFError as e:
+        raise ImageError(f"{name}: not a valid ELF {what}: {e}") from e
+    except (struct.error, ValueError, KeyError, IndexError) as e:
+        raise ImageError(f"{name}: corrupt ELF {what}: {e}") from e
+
+
+def _load_linked(elf: ELFFile, encoding: Encoding, layout_id: int, name: str,
+                 keep: tuple[str, ...]) -> Image:
+    if elf.header["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
+        raise ImageError(f"{name}: ELF for {elf.header['e_machine']}, not x86-64")
+    if elf.header["e_type"] != "ET_EXEC":
+        raise ImageError(f"{name}: {elf.header['e_type']} is not a linked kernel image "
+                         "(use --object for a .o)")
+    symtab = elf.get_section_by_name(".symtab")
+    if not isinstance(symtab, SymbolTableSection):
+        raise ImageError(f"{name}: no symbol table (a stripped image cannot be used)")
+    syms: list[tuple[str, int, int, str, bool]] = []
+    for sym in symtab.iter_symbols():
+        if sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS") or not sym.name:
+            continue
+        kind = sym["st_info"]["type"]
+        if kind in ("STT_SECTION", "STT_FILE"):
+            continue
+        syms.append((sym.name, int(sym["st_value"]), int(sym["st_size"]),
+                     {"STT_FUNC": "func", "STT_OBJECT": "object"}.get(kind, "notype"),
+                     sym["st_info"]["bind"] != "STB_LOCAL"))
+    by_addr: dict[int, list[str]] = {}
+    for n, a, *_ in syms:
+        by_addr.setdefault(a, []).append(n)
+
+    # 1. The exception table, resolved field by field.
+    raw_entries: list[tuple[int, int, int, str | None]] = []
+    ex = elf.get_section_by_name(EXTABLE)
+    if ex is not None and ex["sh_size"]:
+        raw = ex.data()
+        base = int(ex["sh_addr"])
+        if len(raw) % 12:
+            raise ImageError(f"{name}: __ex_table size {len(raw)} is not a multiple of 12")
+        for off in range(0, len(raw), 12):
+            i, f, third = struct.unpack_from("<iiI", raw, off)
+            insn, fixup = base + off + i, base + off + 4 + f
+            handler = None
+            if encoding is Encoding.HANDLER:
+                target = base + off + 8 + struct.unpack_from("<i", raw, off + 8)[0]
+                names = by_addr.get(target, [])
+                handler = next((n for n in names if n.startswith("ex_handler_")),
+                               names[0] if names else None)
+                if handler is None:
+                    raise ImageError(f"{name}: __ex_table entry {off // 12} (insn {insn:#x}) "
+                                     f"points at {target:#x}, which no symbol names; is this "
+                                     "image really in the handler-pointer encoding (<= v5.15)?")
+                third = 0
+            if raw_entries and insn < raw_entries[-1][0]:
+                raise ImageError(f"{name}: __ex_table is not sorted: entry {off // 12} (insn "
+                                 f"{insn:#x}) comes after {raw_entries[-1][0]:#x}; the "
+                                 "kernel's binary search would miss entries")
+            raw_entries.append((insn, fixup, third, handler))
+
+    # 2. The window to load.
+    secs = [s for s in elf.iter_sections()
+            if s["sh_flags"] & SH_FLAGS.SHF_ALLOC and s["sh_size"] and s.name != EXTABLE]
+    if keep:
+        ranges = [(a, a + max(size, 1)) for n, a, size, k, _ in syms if n in keep]
+        if not ranges:
+            funcs = sorted(n for n, _, _, k, _ in syms if k == "func")
+            raise ImageError(f"{name}: defines none of {', '.join(keep)} (functions: "
+                             f"{', '.join(funcs[:20]) or 'none'}{' ...' if len(funcs) > 20 else ''})")
+        inside = [e for e in raw_entries if any(lo <= e[0] < hi for lo, hi in ranges)]
+        lo = min([r[0] for r in ranges] + [e[1] for e in inside])
+        hi = max([r[1] for r in ranges] + [e[1] + 256 for e in inside])
+    else:
+        lo = min(int(s["sh_addr"]) for s in secs)
+        hi = max(int(s["sh_addr"]) + int(s["sh_size"]) for s in secs)
+    lo &= ~(layout.PAGE - 1)
+    if hi - lo > layout.TEXT_LIMIT:
+        raise ImageError(f"{name}: the code to load spans {hi - lo} bytes ({lo:#x}..{hi:#x}); "
+                         f"emu maps at most {layout.TEXT_LIMIT} (name one routine with "
+                         "--routine)")
+    delta = layout.TEXT_BASE - lo
+
+    sections: list[Section] = []
+    for s in secs:
+        a, size = int(s["sh_addr"]), int(s["sh_size"])
+        a0, a1 = max(a, lo), min(a + size, hi)
+        if a0 >= a1:
+            continue
+        body = bytes(size) if s["sh_type"] == "SHT_NOBITS" else s.data()
+        sections.append(Section(s.name, a0 + delta, body[a0 - a:a1 - a],
+                                bool(s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)))
+    symbols: dict[str, Symbol] = {}
+    for n, a, size, k, glob in syms:
+        if lo <= a < hi:
+            old = symbols.get(n)
+            if old is None or (old.kind != "func" and k == "func"):
+                symbols[n] = Symbol(n, a + delta, size, k, glob)
+    entries = [decode(encoding, layout_id, i + delta, f + delta, third, handler=h)
+               for i, f, third, h in raw_entries if lo <= i < hi and lo <= f < hi]
+    return Image(name, tuple(sections), symbols, Extable(entries), encoding, {})

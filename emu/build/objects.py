@@ -1,0 +1,195 @@
+"""Built kernel objects as inputs: a kbuild ``.o`` (``--object``) or a linked ``--vmlinux``.
+
+The code, symbols and ``__ex_table`` come from the file (``image.load_object`` /
+``image.load_linked``); nothing is assembled.  The era is read from what the binary carries
+(kernel-facts.md §3, §5a), unless ``--era`` forces it:
+
+* the third ``__ex_table`` word is a relocation / pointer to ``ex_handler_*`` → the handler
+  encoding (≤ v5.15): ``ex_handler_copy`` entries → era C, uaccess-only → era A;
+* otherwise it is data; ``rep_movs_alternative`` → era F; EX_TYPE_COPY (4) entries → era D
+  when a ``.fixup`` section exists (≤ v5.16), else era E; anything else → era E.
+
+ALTERNATIVEs: a relocatable object that carries ``.altinstructions`` (a kernel build, or emu's
+headers with -DEMU_ALT_KBUILD=1) has its sites patched for the selected CPU here, as the
+boot-time alternatives pass would: records are read in order (a later match overrides an
+earlier one), the replacement is copied over the site, the rest of the site is filled with
+NOPs, and a leading rel32 call/jmp is re-aimed.  Records use the v6.3+ layout (s32 site,
+s32 replacement, u32 feature|flags, u8 site length, u8 replacement length; UNVERIFIED for
+other releases); another size is refused.  A linked image is run as linked: its window
+does not include ``.altinstructions``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+
+from pathlib import Path
+
+from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES, Detection
+from emu.kernel.eras import ERAS, Era
+from emu.errors import ImageError, InputError, UsageError
+from emu.kernel.extable import Encoding, ExType
+from emu.build.elf import load_linked, load_object
+from emu.kernel.image import Image
+from emu.build.resolve import KernelTarget
+from emu.core.machine import Machine
+from emu.kernel.policy import Kernel
+from emu.build.sources import Source
+from emu.build.target import Settings
+
+
+#: X86_FEATURE_* numbers (32 * word + bit) of what emu selects, as in asm/emu_kernel.h.
+FEATURE_BITS = {"ALWAYS": 3 * 32 + 21, "REP_GOOD": 3 * 32 + 16, "ERMS": 9 * 32 + 9,
+                "SMAP": 9 * 32 + 20, "FSRM": 18 * 32 + 4}
+ALT_RECORD = 14
+ALT_FLAG_NOT = 1
+
+
+def apply_alternatives(img: Image, cpu: frozenset[str]) -> tuple[Image, int]:
+    """Patch every ALTERNATIVE site of ``img`` for ``cpu``; returns the image and the count.
+
+    Raises:
+        ImageError: a record that is not 14 bytes, points outside the image, or has a
+            replacement longer than its site.
+    """
+    alt = next((s for s in img.sections if s.name == ".altinstructions"), None)
+    if alt is None:
+        return img, 0
+    if len(alt.data) % ALT_RECORD:
+        raise ImageError(f"{img.name}: .altinstructions is {len(alt.data)} bytes, not a "
+                         f"multiple of the {ALT_RECORD}-byte record emu reads (v6.3+ layout)")
+    have = {FEATURE_BITS[f] for f in cpu if f in FEATURE_BITS}
+    have |= {FEATURE_BITS["ALWAYS"], FEATURE_BITS["SMAP"]}
+    code = {s.name: bytearray(s.data) for s in img.sections}
+    owner = {s.name: s for s in img.sections}
+
+    def where(addr: int, size: int) -> tuple[str, int]:
+        for s in img.sections:
+            if s.addr <= addr and addr + size <= s.end:
+                return s.name, addr - s.addr
+        raise ImageError(f"{img.name}: .altinstructions points at {addr:#x}, outside the image")
+    patched = 0
+    for off in range(0, len(alt.data), ALT_RECORD):
+        a = alt.addr + off
+        site_rel, repl_rel, ft, ilen, rlen = struct.unpack_from("<iiIBB", alt.data, off)
+        site, repl = a + site_rel, a + 4 + repl_rel
+        on = (ft & 0xFFFF) in have
+        if (ft >> 16) & ALT_FLAG_NOT:
+            on = not on
+        if not on:
+            continue
+        if rlen > ilen:
+            raise ImageError(f"{img.name}: ALTERNATIVE at {img.symbolize(site)}: replacement "
+                             f"({rlen} bytes) longer than the site ({ilen})")
+        rname, roff = where(repl, rlen)
+        new = bytearray(owner[rname].data[roff:roff + rlen])
+        if rlen >= 5 and new[0] in (0xE8, 0xE9):
+            rel = struct.unpack_from("<i", new, 1)[0] + (repl - site)
+            struct.pack_into("<i", new, 1, rel)
+        sname, soff = where(site, ilen)
+        code[sname][soff:soff + ilen] = new + b"\x90" * (ilen - rlen)
+        patched += 1
+    sections = tuple(replace(s, data=bytes(code[s.name])) for s in img.sections)
+    return replace(img, sections=sections), patched
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file ({what})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({what}): {e.strerror}") from None
+
+
+def _era_of(img: Image, forced: str | None) -> tuple[Era, list[str]]:
+    if forced is not None:
+        era = ERAS.get(forced.upper())
+        if era is None:
+            raise UsageError(f"unknown era '{forced}' (known: {', '.join(ERAS)})")
+        return era, ["forced by --era"]
+    types = {e.type for e in img.extable}
+    names = {s.name for s in img.sections}
+    if img.encoding is Encoding.HANDLER:
+        if ExType.COPY in types:
+            return ERAS["C"], ["__ex_table points at ex_handler_copy (v5.10 - v5.15)"]
+        if ExType.FAULT in types:
+            return ERAS["C"], ["__ex_table points at ex_handler_fault (copy_mc, <= v5.15)"]
+        return ERAS["A"], ["__ex_table points at uaccess handlers only (<= v5.9)"]
+    if "rep_movs_alternative" in img.symbols:
+        return ERAS["F"], ["defines rep_movs_alternative (v6.4+)", "type/data __ex_table"]
+    if ExType.COPY in types:
+        if ".fixup" in names:
+            return ERAS["D"], ["EX_TYPE_COPY entries and a .fixup section (v5.16)"]
+        return ERAS["E"], ["EX_TYPE_COPY entries, no .fixup section (v5.17 - v6.3)"]
+    return ERAS["E"], ["type/data __ex_table; era E rules by default"]
+
+
+class ObjectTarget(KernelTarget):
+    """A ``KernelTarget`` whose image comes from a built file instead of the assembler."""
+
+    def __init__(self, image: Image, era: Era, evidence: list[str], cpu: frozenset[str],
+                 path: str, forced: bool, count_insns: bool = False) -> None:
+        self.name = image.name
+        self.settings = Settings.of(era)
+        self.cpu = cpu
+        self.image = image
+        self.machine = Machine(image, count_insns=count_insns)
+        self.kernel = Kernel(image.extable, self.settings.severity, image.read)
+        self.source = Source("", image.name, path)
+        syms = [s.name for s in image.functions()] + [
+            n for n in image.symbols if n not in {f.name for f in image.functions()}]
+        kind = ("copy_user" if any(n.startswith(("copy_user", "rep_movs", "__copy_user"))
+                                   for n in syms) else
+                "copy_mc" if any(n.startswith("copy_mc") for n in syms) else
+                "getuser" if any(n in GET_USER_SIZES for n in syms) else "unknown")
+        self.detection = Detection(kind, era, tuple(KNOWN_ROUTINES[n] for n in syms
+                                                    if n in KNOWN_ROUTINES),
+                                   tuple(n for n in syms if n in GET_USER_SIZES),
+                                   tuple(evidence), forced)
+
+
+def _load(loader, data: bytes, name: str, era: Era, keep: tuple[str, ...]) -> Image:  # type: ignore[no-untyped-def]
+    if loader is load_object:
+        return load_object(data, encoding=era.encoding, layout_id=era.ex_layout, name=name)
+    return load_linked(data, encoding=era.encoding, layout_id=era.ex_layout, name=name,
+                       keep=keep)
+
+
+def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | None = None,
+                 routine: str | None = None, count_insns: bool = False) -> ObjectTarget:
+    """Load ``path`` (a .o, or a vmlinux if ``linked``) and configure it for its era.
+
+    The extable encoding is tried as handler pointers first (a relocation or pointer in
+    the third word), then as data; the era then follows from the entries and symbols.
+
+    Raises:
+        InputError: the file cannot be read.
+        ImageError: it is not a usable object / linked image in either encoding.
+    """
+    what = "--vmlinux" if linked else "--object"
+    data = _read(path, what)
+    name = Path(path).name
+    loader = load_linked if linked else load_object
+    keep: tuple[str, ...] = (routine,) if routine else tuple(KNOWN_ROUTINES) + tuple(
+        GET_USER_SIZES)
+    first_error: ImageError | None = None
+    for guess in (ERAS["C"], ERAS["E"]):     # handler encoding, then data encoding
+        try:
+            img = _load(loader, data, name, guess, keep)
+            break
+        except ImageError as e:
+            first_error = first_error or e
+            if "encoding" not in str(e):
+                raise
+    else:
+        assert first_error is not None
+        raise first_error
+    chosen, evidence = _era_of(img, era)
+    if (chosen.encoding, chosen.ex_layout) != (guess.encoding, guess.ex_layout):
+        img = _load(loader, data, name, chosen, keep)
+    img, patched = apply_alternatives(img, cpu)
+    if patched or any(s.name == ".altinstructions" for s in img.sections):
+        evidence = [*evidence, f"{patched} ALTERNATIVE site(s) patched for this CPU"]
+    return ObjectTarget(img, chosen, evidence, cpu, path, era is not None, count_insns)

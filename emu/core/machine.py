@@ -1,0 +1,813 @@
+"""The emulated CPU: Unicorn x86-64 with real 4-level paging and precise #PF / #MC.
+
+The machine knows nothing of ELF, eras or the command line.  It is given a ``Code`` image (code
+bytes at kernel addresses), a ``Call`` (entry point and argument registers), a ``Buffers``
+description (where the source and destination live, which user pages are not present, which
+source lines are poisoned) and a ``FaultHandler`` — the kernel policy — which decides what
+each fault does.  See unicorn-notes.md for the mechanisms:
+
+* #PF: the page's PTE has P=0; the CPU raises vector 14 with CR2 set and ``UC_HOOK_INTR``
+  sees the precise state (§1, §2).
+* #MC: one ``UC_HOOK_MEM_READ`` per poisoned 64-byte line over the *physical* range
+  [line-7, line+63] with a real-overlap test (§1, "Recommended hook").  The hook fires before
+  the load completes: the destination register and the rep counters are architectural.
+* SMAP: CR4.SMAP is set and user pages have U=1, so a user access with EFLAGS.AC clear raises
+  a #PF on a present page, which is reported as ``State.SMAP_VIOLATION``.
+
+Invariants the hooks keep: a hook either redirects (writes registers and RIP, emulation goes
+on in the same ``emu_start``) or halts (records the state and calls ``emu_stop``); it never
+returns leaving the faulting instruction to re-execute unchanged.  One ``Uc`` is created per
+image and reset between cases (``context_restore`` + buffer rewrite + PTE restore).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass, field
+
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_INTR,
+                     UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
+
+from emu.core import layout as L
+from emu.errors import EmulationError, UsageError
+from emu.core.engine import Engine, RegBatch
+from emu.core.records import (DST_FILL, TRAPNR, VECTORS, WINDOW_PAGES, WINDOW_SPAN, Buffers, Call, Code,
+                      CpuView, FaultEvent, FaultHandler, FaultKind, FaultRecord, Halt, RawRun,
+                      Redirect, Resolution, SNAPSHOT_REGS, State, fast_init, source_pattern)
+from emu.core.records import DST_PAGES, DST_WINDOW_BYTES, SENTINEL_BYTES, SRC_PAGES, SRC_WINDOW_BYTES
+
+__all__ = ["DST_FILL", "TRAPNR", "VECTORS", "WINDOW_PAGES", "WINDOW_SPAN", "Buffers", "Call",
+           "Checkpoint", "CpuView", "FastForward", "FaultEvent", "FaultHandler", "FaultKind",
+           "FaultRecord", "Halt", "Machine", "RawRun", "Redirect", "Resolution", "State",
+           "fast_init", "source_pattern"]
+
+#: Exceptions QEMU tracks for double-fault promotion (#PF and the contributory ones).
+_CONTRIBUTORY = frozenset({FaultKind.PF, FaultKind.GP})
+_OLD_EXCEPTION_OFFSET: int | None = None
+
+# ---- the machine --------------------------------------------------------------------------
+
+REGS: dict[str, int] = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+    "r13", "r14", "r15", "rip", "eflags", "cr2")}
+RESULT_REGS = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp", "rip",
+               "eflags")
+_RESULT_RIP, _RESULT_EFLAGS = RESULT_REGS.index("rip"), RESULT_REGS.index("eflags")
+#: What a hook reads when a fault is taken, in one batch: RIP, CR2, then the snapshot.
+FAULT_REGS = ("rip", "cr2", *SNAPSHOT_REGS)
+_SNAPSHOT_INDEX = {name: i for i, name in enumerate(SNAPSHOT_REGS)}
+EFLAGS_AC = 1 << 18
+_NO_PAGES: frozenset[int] = frozenset()
+PHYS_SIZE = 8 << 20
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
+#: The dirty bit of every PTE of a window, as a mask over its PTE array read as one
+#: little-endian integer.
+_DIRTY_MASK = sum(PTE_D << (64 * i) for i in range(WINDOW_PAGES))
+MAX_FAULTS = 256
+RECORDINGS_PER_FLUSH = 8
+DEFAULT_BUDGET = 5_000_000
+
+
+class Machine:
+    """A reusable Unicorn x86-64 machine holding one image.
+
+    Args:
+        image: the code to run.
+        count_insns: count executed instructions with a block hook (slower; ``emu run``).
+    """
+
+    def __init__(self, image: Code, *, count_insns: bool = False) -> None:
+        self.image = image
+        self.count_insns = count_insns
+        try:
+            self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+            # Skylake-Server so that stac/clac execute (unicorn-notes §4).
+            self.uc.ctl_set_cpu_model(X.UC_CPU_X86_SKYLAKE_SERVER)
+            self.uc.ctl_set_tcg_buffer_size(32 << 20)
+            self.uc.mem_map(0, PHYS_SIZE)
+        except UcError as e:
+            raise EmulationError(f"cannot create the Unicorn machine: {e}", errno=e.errno) from e
+        self._next_phys = 0x1000
+        self._pml4 = self._alloc()
+        self._pages: dict[int, tuple[int, int, int]] = {}  # va page → (pa, pte address, flags)
+        self._build()
+        self._ctx = self.uc.context_save()
+        self._exc_ctx = self.uc.context_save()    # scratch context for _end_exception
+        self._eng = Engine(self.uc, 8 * WINDOW_PAGES)
+        self._fault_regs = self._eng.batch(tuple(REGS[n] for n in FAULT_REGS))
+        self._result_regs = self._eng.batch(tuple(REGS[n] for n in RESULT_REGS))
+        # Entry register writes by (argument registers, STAC): the batch and its values.
+        self._entry_regs: dict[tuple[object, ...], tuple[RegBatch, list[int]]] = {}
+        # The same by id(call) (the Call is kept so that its id is not reused).
+        self._entry_by_call: dict[int, tuple[RegBatch, list[int], Call]] = {}
+        self._layout: str | None = None
+        self._pte_cache: dict[frozenset[int], list[bytes]] = {}
+        # Window pages that may not hold their initial contents, with the contents they do
+        # hold: (window physical base, page index) → bytes.  Every other window page holds
+        # its initial contents.  A run leaves the pages it dirtied here, and the next run
+        # puts back only what it needs (``_settle``): a fast-forwarded sweep whose
+        # checkpoints carry the same destination pages rewrites none of them.
+        self._resident: dict[tuple[int, int], bytes] = {}
+        self._stack_page = self.pa((L.STACK_TOP - 8) & ~0xFFF)
+        self._recording: _Recording | None = None
+        # PTE arrays of the two windows (each window's pages share one page table).
+        self._window_ptes = [(L.USER_WINDOW - L.PAGE, self._pages[L.USER_WINDOW - L.PAGE][1]),
+                             (L.KERNEL_WINDOW - L.PAGE, self._pages[L.KERNEL_WINDOW - L.PAGE][1])]
+        for base, ptes in self._window_ptes:
+            last = self._pages[base + (WINDOW_PAGES - 1) * L.PAGE][1]
+            assert last == ptes + 8 * (WINDOW_PAGES - 1), "window PTEs must be contiguous"
+        # Per window (user, kernel): the absent pages its PTE array is known to hold with no
+        # dirty bit set, or None (``run`` step 2).
+        self._pte_ok: list[frozenset[int] | None] = [None, None]
+        self._poison_hooks: list[int] = []
+        self._poison_key: tuple[int, ...] = ()
+        self._instrumented = False
+        self._recordings = 0
+        self._hook_lines: dict[int, int] = {}
+        # (direction, source alignment, poison offsets) → (lines' physical addresses, sorted;
+        # physical line → virtual line).  The dicts are only read once built.
+        self._poison_lines: dict[tuple[object, ...], tuple[tuple[int, ...], dict[int, int]]] = {}
+        # INTR and poison hooks are added through the C API with callbacks built once
+        # (``Engine``); an exception in them is kept here and raised after emu_start, as the
+        # binding does for its own hooks.
+        self._hook_error: BaseException | None = None
+        self._intr_cb = HOOK_INTR_CFUNC(self._intr_entry)
+        self._read_cb = HOOK_MEM_ACCESS_CFUNC(self._read_entry)
+        self._record_cb = HOOK_MEM_ACCESS_CFUNC(self._record_entry)
+        self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
+        self._insn_cache: dict[tuple[int, int], int] = {}
+        # Registers a redirect writes → their batch register write and values.
+        self._redirects: dict[tuple[object, ...], tuple[RegBatch, list[int]]] = {}
+        self._insns = 0
+        if count_insns:
+            self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        self._run: _RunState | None = None
+        self._snap: tuple[int, ...] | None = None   # the snapshot of the fault being decided
+
+    # -- construction -------------------------------------------------------------------
+
+    def _alloc(self, pages: int = 1) -> int:
+        pa = self._next_phys
+        self._next_phys += pages * L.PAGE
+        if self._next_phys > PHYS_SIZE:
+            raise EmulationError("emulated physical memory exhausted")
+        return pa
+
+    def _map(self, va: int, pa: int, *, user: bool, present: bool = True) -> None:
+        table = self._pml4
+        for shift in (39, 30, 21):
+            slot = table + ((va >> shift) & 511) * 8
+            e = struct.unpack("<Q", self.uc.mem_read(slot, 8))[0]
+            if not e & PTE_P:
+                e = self._alloc() | PTE_P | PTE_W | PTE_U
+                self.uc.mem_write(slot, struct.pack("<Q", e))
+            table = e & 0x000FFFFFFFFFF000
+        pte = table + ((va >> 12) & 511) * 8
+        flags = PTE_W | (PTE_U if user else 0)
+        self.uc.mem_write(pte, struct.pack("<Q", pa | flags | (PTE_P if present else 0)))
+        self._pages[va & ~0xFFF] = (pa, pte, flags)
+
+    def _map_range(self, va: int, size: int, *, user: bool) -> int:
+        pages = (size + L.PAGE - 1) // L.PAGE
+        pa0 = self._alloc(pages)
+        for i in range(pages):
+            self._map(va + i * L.PAGE, pa0 + i * L.PAGE, user=user)
+        return pa0
+
+    def _build(self) -> None:
+        img = self.image
+        end = max((s.end for s in img.sections), default=L.TEXT_BASE)
+        self._text_pa = self._map_range(L.TEXT_BASE, max(end - L.TEXT_BASE, 1), user=False)
+        for s in img.sections:
+            self.uc.mem_write(self._text_pa + (s.addr - L.TEXT_BASE), s.data)
+        stub_pa = self._map_range(L.STUB_BASE, 2 * L.PAGE, user=False)
+        self.uc.mem_write(stub_pa, b"\x0f\x0b" * L.PAGE)          # ud2: a call out of the image
+        sent_pa = self._map_range(L.SENTINEL, L.PAGE, user=False)
+        self.uc.mem_write(sent_pa, b"\xcc" * L.PAGE)
+        self._map_range(L.STACK_BASE, L.STACK_PAGES * L.PAGE, user=False)
+        self._user_pa = self._map_range(L.USER_WINDOW - L.PAGE, WINDOW_SPAN, user=True)
+        self._kern_pa = self._map_range(L.KERNEL_WINDOW - L.PAGE, WINDOW_SPAN, user=False)
+        uc = self.uc
+        uc.reg_write(X.UC_X86_REG_CR3, self._pml4)
+        uc.msr_write(0xC0000080, (1 << 8) | (1 << 10))             # EFER.LME | LMA
+        uc.reg_write(X.UC_X86_REG_CR4, (1 << 5) | (1 << 21))       # PAE | SMAP
+        uc.reg_write(X.UC_X86_REG_CR0, (1 << 31) | (1 << 16) | 1)  # PG | WP | PE
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+
+    # -- address helpers ------------------------------------------------------------------
+
+    def pa(self, va: int) -> int:
+        """Physical address of a mapped virtual address."""
+        pa, _, _ = self._pages[va & ~0xFFF]
+        return pa + (va & 0xFFF)
+
+    def read(self, va: int, size: int) -> bytes:
+        return bytes(self.uc.mem_read(self.pa(va), size))
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(self, call: Call, bufs: Buffers, handler: FaultHandler, *,
+            budget: int = DEFAULT_BUDGET, start: Checkpoint | None = None) -> RawRun:
+        """Run one case from a clean state and report what happened.
+
+        Args:
+            call: entry point and argument registers.
+            bufs: buffer placement and the faults to inject.
+            handler: the kernel policy deciding each fault.
+            budget: instruction limit; running out gives ``State.HANG``.
+            start: resume from this checkpoint of the same call's clean run instead of the
+                entry point (``record``); the case must differ from the clean run only in
+                faults that the clean run first touches at or after the checkpoint.
+
+        Raises:
+            EmulationError: Unicorn failed for a reason that is not kernel behaviour.
+        """
+        uc = self.uc
+        eng = self._eng
+        eng.context_restore(self._ctx if start is None else start.ctx)
+        # 1. Buffer windows: source pattern in the source window, 0xFF in the destination
+        #    window.  They are rewritten only when the direction changes; pages an earlier
+        #    run left changed are put back in step 4 (``_settle``).
+        if bufs.direction != self._layout:
+            src_pa, dst_pa = self._window_pa(bufs.direction)
+            uc.mem_write(src_pa, SRC_WINDOW_BYTES)
+            uc.mem_write(dst_pa, DST_WINDOW_BYTES)
+            self._layout = bufs.direction
+            self._resident = {}
+        # 2. Page tables of both windows: present bits for this case, accessed/dirty bits
+        #    cleared; the CR3 write flushes the TLB so the CPU sets them again.
+        absent = (frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
+                  if bufs.unmapped else _NO_PAGES)
+        #    A window whose PTEs the last run left without dirty bits, for the same pages
+        #    present, needs no write (accessed bits may stay set).
+        pte_ok = self._pte_ok
+        for w, table in enumerate(self._pte_tables(absent)):
+            if pte_ok[w] != absent:
+                eng.mem_write(self._window_ptes[w][1], table)
+        # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical),
+        #    on translated blocks that call read hooks (``_instrument``).
+        if bufs.poison:
+            pkey = (bufs.direction, bufs.src_align, bufs.poison)
+            hit = self._poison_lines.get(pkey)
+            if hit is None:
+                src = bufs.src
+                lv = {self.pa(va): va for va in {(src + off) & ~(L.LINE - 1)
+                                                for off in bufs.poison}}
+                if len(self._poison_lines) >= 4096:
+                    self._poison_lines.clear()
+                hit = self._poison_lines[pkey] = (tuple(sorted(lv)), lv)
+            lines, line_va = hit
+        else:
+            lines, line_va = (), {}
+        if lines != self._poison_key:
+            for h in self._poison_hooks:
+                eng.hook_del(h)
+            if lines:
+                self._instrument()
+            self._poison_hooks = [eng.hook_add(UC_HOOK_MEM_READ, self._read_cb, line,
+                                               line - 7, line + L.LINE - 1) for line in lines]
+            self._poison_key = lines
+        self._hook_lines = line_va
+        # 4. Window pages as the start needs them (initial contents, or the checkpoint's),
+        #    registers (one batch write; CR3 last, which flushes the TLB for step 2) and
+        #    the return address, or the checkpoint's stack.
+        if self._resident or start is not None:
+            self._settle(start.page_map if start is not None else {})
+        if start is None:
+            rsp = L.STACK_TOP - 8
+            eng.mem_write(self._stack_page + (rsp & 0xFFF), SENTINEL_BYTES)
+            # By the Call object first (callers reuse them), else by its registers.
+            entry = self._entry_by_call.get(id(call))
+            if entry is None or entry[2] is not call:
+                key = (call.regs, call.stac)
+                regs = self._entry_regs.get(key)
+                if regs is None:
+                    if len(self._entry_regs) >= 64:
+                        self._entry_regs.clear()
+                    regs = self._entry_regs[key] = (
+                        eng.batch((X.UC_X86_REG_RSP, *(REGS[n] for n, _ in call.regs),
+                                   X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CR3)),
+                        [rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
+                         0x2 | (EFLAGS_AC if call.stac else 0), self._pml4])
+                if len(self._entry_by_call) >= 64:
+                    self._entry_by_call.clear()
+                entry = self._entry_by_call[id(call)] = (*regs, call)
+            entry[0].write(entry[1])
+            begin = call.entry
+        else:
+            eng.write(X.UC_X86_REG_CR3, self._pml4)
+            eng.mem_write(self._stack_page, start.stack)
+            begin = start.rip
+        self._run = _RunState(handler, absent)
+        self._insns = 0
+        self._hook_error = None
+        # 5. Run.
+        try:
+            # Uc.emu_start, called directly; a binding hook (count_insns) that raised left
+            # its exception in the binding's _hook_exception.
+            uc._hook_exception = None  # noqa: SLF001
+            status = eng.emu_start(begin, L.SENTINEL, budget)
+            if status:
+                raise UcError(status)
+            if uc._hook_exception is not None:  # noqa: SLF001
+                raise uc._hook_exception  # noqa: SLF001
+            if self._hook_error is not None:
+                raise self._hook_error
+        except UcError as e:
+            rip = eng.read(X.UC_X86_REG_RIP)
+            if e.errno != UC_ERR_INSN_INVALID or self._run is None:
+                self._run = None
+                self._reset_windows()
+                raise EmulationError(f"unicorn stopped at {self.image.symbolize(rip)}: {e}",
+                                     pc=rip, errno=e.errno) from e
+            # ud2 or an undefined opcode: Unicorn stops instead of raising #UD (vector 6).
+            # In the kernel that is an oops; a call out of the image lands on a ud2 stub.
+            self._invalid_opcode(rip)
+        except BaseException:
+            # A hook raised (e.g. a fixup type emu has no model of): leave the machine clean
+            # for the next case before the error goes up.
+            self._run = None
+            self._reset_windows()
+            raise
+        run, self._run = self._run, None
+        assert run is not None
+        # 6. How it ended.
+        values = self._result_regs.read()
+        regs = tuple(zip(RESULT_REGS, values))
+        rip, eflags = values[_RESULT_RIP], values[_RESULT_EFLAGS]
+        if run.halt is not None:
+            state, message = run.halt.state, run.halt.message
+        elif rip == L.SENTINEL:
+            state, message = State.RETURNED, ""
+        else:
+            state = State.HANG
+            message = (f"no return after {budget} instructions; stopped at "
+                       f"{self.image.symbolize(rip)}")
+        # 7. What was written: only pages the CPU marked dirty are read back; with the
+        #    pages the start carried they are the run's changes, and stay resident for the
+        #    next run to settle.
+        resident = self._resident
+        dirty = self._dirty_pages()
+        for key in dirty:
+            resident[key] = eng.mem_read(key[0] + key[1] * L.PAGE, L.PAGE)
+        written = {wpa for wpa, _ in dirty}
+        self._pte_ok = [None if wpa in written else absent
+                        for wpa in (self._user_pa, self._kern_pa)]
+        src_pa, _ = self._window_pa(bufs.direction)
+        src_pages, dst_pages = [], []
+        for (wpa, i), data in sorted(resident.items()):
+            (src_pages if wpa == src_pa else dst_pages).append((i, data))
+        return RawRun(
+            state=state, message=message, regs=regs, faults=tuple(run.faults),
+            src_pages=tuple(src_pages), dst_pages=tuple(dst_pages),
+            ac_at_return=bool(eflags & EFLAGS_AC),
+            insns=self._insns if self.count_insns else None,
+        )
+
+    def record(self, call: Call, bufs: Buffers, handler: FaultHandler, *,
+               budget: int = DEFAULT_BUDGET) -> FastForward | None:
+        """Run the clean case once and checkpoint the first load that touches each line/page.
+
+        A case that poisons line L (or unmaps source page P) behaves exactly like the clean
+        run until the first load touching L (or P): nothing before it can see the fault.
+        Each checkpoint holds the CPU context saved in a read hook at that load (RIP at the
+        load, rep counters architectural, unicorn-notes §1) and the memory the run had
+        changed by then (dirty destination pages and the stack page).
+
+        Returns:
+            The checkpoints, or None when the clean run itself faulted or did not return
+            (then there is nothing to fast-forward through).
+        """
+        if bufs.poison or bufs.unmapped or bufs.length == 0:
+            raise UsageError("record() takes the clean case: no poison, no unmapped page")
+        lo = self.pa(bufs.src)
+        rec = _Recording(lo, lo + bufs.length, bufs.src, bufs.direction == "from")
+        uc = self.uc
+        # The recording hook replaces any poison hooks.
+        for h in self._poison_hooks:
+            self._eng.hook_del(h)
+        self._poison_hooks, self._poison_key = [], ()
+        self._instrument()
+        # The runs fast-forwarded from a recording start at its checkpoints' RIPs, each a
+        # new translated block; emptying the TB cache every RECORDINGS_PER_FLUSH recordings
+        # keeps it (and a sweep worker's RSS) from growing with each clean run recorded.
+        self._recordings += 1
+        if self._recordings % RECORDINGS_PER_FLUSH == 0:
+            uc.ctl_flush_tb()
+        # One read hook over the source from its lowest line not yet recorded on: a load
+        # below it touches only recorded lines and calls nothing, so a forward copy calls
+        # the hook about once per line instead of at every load (``_on_record`` moves it).
+        rec.low = lo & ~(L.LINE - 1)
+        self._recording = rec
+        self._move_record_hook()
+        try:
+            raw = self.run(call, bufs, handler, budget=budget)
+        finally:
+            self._recording = None
+            if rec.hook is not None:
+                self._eng.hook_del(rec.hook)
+        if raw.state is not State.RETURNED or raw.faults or rec.spoiled:
+            return None
+        return FastForward(dict(rec.lines), dict(rec.pages))
+
+    def _move_record_hook(self) -> None:
+        """(Re)place the recording hook at the lowest unrecorded line (none once all are)."""
+        rec = self._recording
+        assert rec is not None
+        if rec.hook is not None:
+            self._eng.hook_del(rec.hook)
+            rec.hook = None
+        if rec.low < rec.hi:
+            rec.hook = self._eng.hook_add(UC_HOOK_MEM_READ, self._record_cb, 0,
+                                          max(rec.low, rec.lo) - 7, rec.hi - 1)
+
+    def _record_entry(self, _uch: object, _access: int, addr: int, size: int, _value: int,
+                      _ud: object) -> None:
+        """UC_HOOK_MEM_READ callback of the recording (C API)."""
+        try:
+            self._on_record(addr, size)
+        except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start
+            self._hook_failed(e)
+
+    def _on_record(self, addr: int, size: int) -> None:
+        rec = self._recording
+        if rec is None:
+            return
+        uc = self.uc
+        a, b = max(addr, rec.lo), min(addr + size, rec.hi)
+        if a >= b:
+            return
+        lines = range((a - rec.lo + rec.va) & ~(L.LINE - 1), b - rec.lo + rec.va, L.LINE)
+        pages = range((a - rec.lo + rec.va) & ~(L.PAGE - 1), b - rec.lo + rec.va, L.PAGE)
+        new_lines = [ln for ln in lines if ln not in rec.lines]
+        new_pages = [pg for pg in pages if rec.by_page and pg not in rec.pages]
+        if not new_lines and not new_pages:
+            return
+        src_pa, _ = self._window_pa(self._layout or "from")
+        dirty = self._dirty_pages()
+        if any(wpa == src_pa for wpa, _ in dirty):
+            rec.spoiled = True  # the routine wrote its own source: do not fast-forward
+        pages = []
+        for wpa, i in sorted(set(dirty) | self._resident.keys()):
+            data = self._eng.mem_read(wpa + i * L.PAGE, L.PAGE)
+            # Checkpoints share the bytes of a page that did not change between them, so
+            # that ``_settle`` sees the page already in place by identity.
+            if rec.last.get((wpa, i)) == data:
+                data = rec.last[(wpa, i)]
+            else:
+                rec.last[(wpa, i)] = data
+            pages.append((wpa, i, data))
+        stack = self._eng.mem_read(self._stack_page, L.PAGE)
+        if stack == rec.stack:
+            stack = rec.stack            # usually the same page all along: keep one copy
+        rec.stack = stack
+        cp = Checkpoint(
+            seq=len(rec.lines) + len(rec.pages),
+            rip=self._eng.read(X.UC_X86_REG_RIP),
+            ctx=uc.context_save(),
+            pages=tuple(pages),
+            stack=stack,
+            page_map={(wpa, i): data for wpa, i, data in pages},
+        )
+        for ln in new_lines:
+            rec.lines[ln] = cp
+        for pg in new_pages:
+            rec.pages[pg] = cp
+        low = rec.low
+        while low < rec.hi and low - rec.lo + rec.va in rec.lines:
+            low += L.LINE
+        if low != rec.low:
+            rec.low = low
+            self._move_record_hook()
+
+    def _instrument(self) -> None:
+        """Make every translated block call the read hooks, from now on.
+
+        Blocks translated while no read hook exists never call read hooks, and blocks
+        translated while one exists look the hook list up at run time (unicorn-notes §3).
+        The first time a read hook is needed, a hook that never matches (a range above
+        physical memory) is added for good and the TB cache flushed once.  Adding and
+        removing poison or recording hooks then needs no flush, which a sweep would
+        otherwise pay (with a re-translation) at every switch between a case with poison
+        and one without; the price is the read-hook path on the loads of runs without
+        poison.
+        """
+        if not self._instrumented:
+            self._eng.hook_add(UC_HOOK_MEM_READ, self._read_cb, PHYS_SIZE, PHYS_SIZE,
+                               PHYS_SIZE)
+            self.uc.ctl_flush_tb()
+            self._instrumented = True
+
+    def _pte_tables(self, absent: frozenset[int]) -> list[bytes]:
+        """PTE arrays of both windows with accessed/dirty clear and ``absent`` pages not present."""
+        cached = self._pte_cache.get(absent)
+        if cached is None:
+            cached = [b"".join(struct.pack("<Q", self._pages[base + i * L.PAGE][0]
+                                           | self._pages[base][2]
+                                           | (0 if base + i * L.PAGE in absent else PTE_P))
+                               for i in range(WINDOW_PAGES))
+                      for base, _ in self._window_ptes]
+            if len(self._pte_cache) > 256:
+                self._pte_cache.clear()
+            self._pte_cache[absent] = cached
+        return cached
+
+    def _window_pa(self, direction: str) -> tuple[int, int]:
+        """Physical bases (guard page included) of the (source, destination) windows."""
+        return ((self._user_pa, self._kern_pa) if direction == "from"
+                else (self._kern_pa, self._user_pa))
+
+    def _dirty_pages(self) -> list[tuple[int, int]]:
+        """(window physical base, page index) of every window page written by the last run."""
+        out = []
+        pte_array = self._eng.pte_array
+        for (_, ptes), wpa in zip(self._window_ptes, (self._user_pa, self._kern_pa)):
+            # The dirty bits of all the window's PTEs as one integer (bit 6 of each
+            # little-endian 64-bit entry); usually zero for one of the two windows.
+            dirty = int.from_bytes(pte_array(ptes), "little") & _DIRTY_MASK
+            while dirty:
+                low = dirty & -dirty
+                out.append((wpa, low.bit_length() >> 6))
+                dirty ^= low
+        return out
+
+    def _initial_page(self, wpa: int, i: int) -> bytes:
+        src_pa, _ = self._window_pa(self._layout or "from")
+        return SRC_PAGES[i] if wpa == src_pa else DST_PAGES[i]
+
+    def _settle(self, want: dict[tuple[int, int], bytes]) -> None:
+        """Make the window pages hold their initial contents except ``want`` ((window base,
+        page index) → contents), writing only the pages that differ."""
+        eng = self._eng
+        old = self._resident
+        for key in old:
+            if key not in want:
+                eng.mem_write(key[0] + key[1] * L.PAGE, self._initial_page(*key))
+        for key, data in want.items():
+            cur = old.get(key)
+            if cur is not data and cur != data:
+                eng.mem_write(key[0] + key[1] * L.PAGE, data)
+        self._resident = dict(want)      # run() adds the pages it dirties
+
+    def _reset_windows(self) -> None:
+        """After a failed run: every window page back to its initial contents."""
+        for key in set(self._dirty_pages()) | self._resident.keys():
+            self._eng.mem_write(key[0] + key[1] * L.PAGE, self._initial_page(*key))
+        self._resident = {}
+        self._pte_ok = [None, None]
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def reg(self, name: str) -> int:
+        """A register's value (``CpuView``); while a handler decides a fault, the registers
+        of the fault's snapshot come from it instead of from Unicorn (they are the same)."""
+        snap = self._snap
+        if snap is not None:
+            i = _SNAPSHOT_INDEX.get(name)
+            if i is not None:
+                return snap[i]
+        return self._eng.read(REGS[name])
+
+    def _fault_state(self) -> tuple[int, int, tuple[int, ...]]:
+        """RIP, CR2 and the values of the registers a FaultRecord keeps (``SNAPSHOT_REGS``)."""
+        values = self._fault_regs.read()
+        return values[0], values[1], tuple(values[2:])
+
+    def _snapshot(self) -> tuple[int, ...]:
+        return self._fault_state()[2]
+
+    def _dispatch(self, event: FaultEvent, before: tuple[int, ...]) -> None:
+        """Ask the handler about ``event`` and apply its resolution; ``before`` is the
+        register snapshot (``SNAPSHOT_REGS``) taken when the fault was raised."""
+        run = self._run
+        assert run is not None
+        if len(run.faults) >= MAX_FAULTS:
+            res: Resolution = Halt(State.HANG, f"{MAX_FAULTS} faults taken: the fixup faults "
+                                   f"again forever (last at {self.image.symbolize(event.rip)})")
+        else:
+            self._snap = before
+            try:
+                res = run.handler(self, event)
+            finally:
+                self._snap = None
+        run.faults.append(FaultRecord(event, res, before))
+        if isinstance(res, Halt):
+            run.halt = res
+            self._eng.emu_stop()
+            return
+        if res.regs:
+            # One batch write per distinct set of registers, built once.
+            writes = self._redirects.get(res.regs)
+            if writes is None:
+                if len(self._redirects) >= 256:
+                    self._redirects.clear()
+                writes = self._redirects[res.regs] = (
+                    self._eng.batch(tuple(REGS[n] for n, _ in res.regs)),
+                    [v & 0xFFFFFFFFFFFFFFFF for _, v in res.regs])
+            writes[0].write(writes[1])
+        # RIP on its own: only uc_reg_write ends the translated block at a new PC
+        # (uc_reg_write_batch does not, and the load would run again).
+        self._eng.write(X.UC_X86_REG_RIP, res.rip)
+        kind = event.kind
+        if kind is FaultKind.PF or kind is FaultKind.GP:     # _CONTRIBUTORY (Enum hashing is slow)
+            self._end_exception(TRAPNR[kind])
+
+    def _end_exception(self, vector: int) -> None:
+        """Mark a redirected exception as delivered.
+
+        QEMU remembers the vector of an exception in flight (``env->old_exception``) and
+        clears it only when the exception is delivered through the IDT, which never happens
+        when ``UC_HOOK_INTR`` handles it.  Without this, the next #PF of the same run (a
+        handle_tail retry faulting again) would be promoted to a double fault (vector 8).
+        The field is located once per process by comparing a context saved inside the hook
+        with the initial context (-1 there, the vector here) and is reset through a
+        context save / patch / restore (into a context allocated once).
+        """
+        global _OLD_EXCEPTION_OFFSET
+        ctx = self._exc_ctx
+        self.uc.context_update(ctx)
+        if _OLD_EXCEPTION_OFFSET is None:
+            raw, init = bytes(ctx), bytes(self._ctx)
+            hits = [off for off in range(0, min(len(raw), len(init)) - 3, 4)
+                    if init[off:off + 4] == b"\xff\xff\xff\xff"
+                    and raw[off:off + 4] == struct.pack("<i", vector)]
+            if len(hits) != 1:
+                raise EmulationError("cannot locate QEMU's old_exception field in the Unicorn "
+                                     f"context ({len(hits)} candidates); unicorn version?")
+            _OLD_EXCEPTION_OFFSET = hits[0]
+        base = ctypes.cast(ctx.context, ctypes.c_void_p).value
+        assert base is not None
+        ctypes.memmove(base + _OLD_EXCEPTION_OFFSET, b"\xff\xff\xff\xff", 4)
+        self.uc.context_restore(ctx)
+
+    def _intr_entry(self, _uch: object, intno: int, _ud: object) -> None:
+        """UC_HOOK_INTR callback (C API)."""
+        try:
+            self._on_intr(intno)
+        except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start
+            self._hook_failed(e)
+
+    def _read_entry(self, _uch: object, _access: int, addr: int, size: int, _value: int,
+                    line: int) -> None:
+        """UC_HOOK_MEM_READ callback of a poisoned line (C API; user data: the line's
+        physical address).  The range starts 7 bytes early, so test for real overlap."""
+        if addr < line + L.LINE and addr + size > line:
+            try:
+                self._on_read(addr, size, line)
+            except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start
+                self._hook_failed(e)
+
+    def _hook_failed(self, e: BaseException) -> None:
+        """Keep the first exception a hook raised and stop, as the binding's hooks do."""
+        if self._hook_error is None:
+            self._hook_error = e
+        self._eng.emu_stop()
+
+    def _on_intr(self, intno: int) -> None:
+        run = self._run
+        if run is None or run.halt is not None:
+            self._eng.emu_stop()
+            return
+        rip, addr, before = self._fault_state()
+        kind = VECTORS.get(intno, FaultKind.TRAP)
+        if kind is FaultKind.PF:
+            page = addr & ~0xFFF
+            user = addr < L.TASK_SIZE_MAX
+            ac = before[-1] & EFLAGS_AC             # SNAPSHOT_REGS ends with eflags
+            if user and page in self._pages and page not in run.absent and not ac:
+                event = FaultEvent(kind, rip, addr, user)
+                res = Halt(State.SMAP_VIOLATION,
+                           f"SMAP violation: user access to {addr:#x} with EFLAGS.AC clear at "
+                           f"{self.image.symbolize(rip)}")
+                run.faults.append(FaultRecord(event, res, before))
+                run.halt = res
+                self._eng.emu_stop()
+                return
+            self._dispatch(FaultEvent(kind, rip, addr, user), before)
+            return
+        if kind is FaultKind.UD:
+            for name, stub in self.image.stubs.items():
+                if stub <= rip < stub + 16:
+                    event = FaultEvent(kind, rip, rip, False)
+                    res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
+                    run.faults.append(FaultRecord(event, res, before))
+                    run.halt = res
+                    self._eng.emu_stop()
+                    return
+        self._dispatch(FaultEvent(kind, rip, 0, False), before)
+
+    def _invalid_opcode(self, rip: int) -> None:
+        run = self._run
+        assert run is not None
+        event = FaultEvent(FaultKind.UD, rip, rip, False)
+        name = next((n for n, stub in self.image.stubs.items() if stub <= rip < stub + 16), None)
+        if name is not None:
+            res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
+        else:
+            res = Halt(State.OOPS, f"invalid opcode at {self.image.symbolize(rip)}")
+        run.faults.append(FaultRecord(event, res, self._snapshot()))
+        run.halt = res
+
+    def _on_read(self, addr: int, size: int, line: int) -> None:
+        run = self._run
+        if run is None or run.halt is not None:
+            return
+        # An access that spans two poisoned lines reaches both lines' hooks; only the hook
+        # of the lower line reports it, so one access is one machine check.
+        first = addr & ~(L.LINE - 1)
+        if first not in self._hook_lines:
+            first += L.LINE
+        if line != first:
+            return
+        values = self._fault_regs.read()            # _fault_state, inlined
+        rip, before = values[0], tuple(values[2:])
+        va = self._hook_lines[line] + max(addr - line, 0)
+        self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX), before)
+
+    def _on_block(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+        key = (address, size)
+        n = self._insn_cache.get(key)
+        if n is None:
+            from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+            code = bytes(uc.mem_read(self.pa(address), size))
+            n = sum(1 for _ in Cs(CS_ARCH_X86, CS_MODE_64).disasm_lite(code, address))
+            self._insn_cache[key] = n
+        self._insns += n
+
+    def close(self) -> None:
+        """Release the Unicorn instance now (hooks keep it alive until the GC otherwise)."""
+        uc = getattr(self, "uc", None)
+        if uc is not None:
+            try:
+                uc._Uc__finalizer()  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - best effort at teardown
+                pass
+            self.uc = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """CPU and memory state of a clean run just before one load (see ``Machine.record``)."""
+
+    seq: int
+    rip: int
+    ctx: object = field(repr=False, compare=False)
+    pages: tuple[tuple[int, int, bytes], ...] = field(repr=False, compare=False)
+    stack: bytes = field(repr=False, compare=False)
+    #: ``pages`` as (window base, page index) → contents, the form ``_settle`` takes.
+    page_map: dict[tuple[int, int], bytes] = field(repr=False, compare=False,
+                                                   default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FastForward:
+    """The checkpoints of one clean run, by source line and (for copies from user) page."""
+
+    lines: dict[int, Checkpoint]
+    pages: dict[int, Checkpoint]
+
+    def start_for(self, bufs: Buffers) -> Checkpoint | None:
+        """The earliest checkpoint among the case's faults; None if the run never meets one.
+
+        Only source-side faults are covered: poisoned source lines, and for copies from
+        user the non-present source pages.  A non-present destination page (copy to user)
+        is met by a store, which the recording does not watch, so it returns None.
+        """
+        if bufs.unmapped and bufs.direction != "from":
+            return None
+        if not bufs.unmapped and len(bufs.poison) == 1:      # a sweep's usual case
+            return self.lines.get((bufs.src + bufs.poison[0]) & ~(L.LINE - 1))
+        cps = [self.lines.get((bufs.src + off) & ~(L.LINE - 1)) for off in bufs.poison]
+        cps += [self.pages.get((bufs.src + off) & ~(L.PAGE - 1)) for off in bufs.unmapped]
+        met = [cp for cp in cps if cp is not None]
+        return min(met, key=lambda cp: cp.seq) if met else None
+
+
+@dataclass
+class _Recording:
+    lo: int           # physical [lo, hi) of the source
+    hi: int
+    va: int           # virtual address of lo
+    by_page: bool
+    lines: dict[int, Checkpoint] = field(default_factory=dict)
+    pages: dict[int, Checkpoint] = field(default_factory=dict)
+    spoiled: bool = False
+    last: dict[tuple[int, int], bytes] = field(default_factory=dict)  # latest page contents
+    low: int = 0                  # physical address of the lowest line not yet recorded
+    hook: int | None = None       # the recording hook's handle
+    stack: bytes = b""                                                  # latest stack page
+
+
+class _RunState:
+    """The case being run, as the hooks see it."""
+
+    __slots__ = ("handler", "absent", "faults", "halt")
+
+    def __init__(self, handler: FaultHandler, absent: frozenset[int]) -> None:
+        self.handler = handler
+        self.absent = absent
+        self.faults: list[FaultRecord] = []
+        self.halt: Halt | None = None

@@ -1,0 +1,277 @@
+"""Kernel policy per era: fixup_exception() handler semantics and #MC severity.
+
+Follows kernel-facts.md §5c (what each handler / EX_TYPE does to the registers, as in
+arch/x86/mm/extable.c of each version) and §6a–6b (arch/x86/kernel/cpu/mce/severity.c: when a
+kernel-mode machine check is recoverable, and the is_copy_from_user() decode).
+
+A ``Kernel`` is the ``FaultHandler`` the machine calls on every fault.  Every #MC is modelled
+as a precise SRAR event (RIPV and EIPV set, so mc_recoverable() holds, kernel-facts §11); the
+decision is then the era's severity rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from enum import Enum
+from functools import lru_cache
+
+from emu.core import layout as L
+from emu.errors import EmulationError
+from emu.kernel.extable import EX_FLAG_CLEAR_AX, EX_FLAG_CLEAR_DX, REG_NAMES, Extable, ExtableEntry, ExType
+from emu.core.machine import TRAPNR, CpuView, FaultEvent, FaultKind, Halt, Redirect, Resolution, State
+
+
+class Severity(str, Enum):
+    """Which severity.c rules grade a kernel-mode #MC (kernel-facts §6a)."""
+
+    V5_9 = "v5.9"      # only ex_handler_fault entries recover (a05d54c41ecf)
+    V5_10 = "v5.10"    # + uaccess/copy handlers when is_copy_from_user (300638101329)
+    V5_16 = "v5.16"    # switch on EX_TYPE: UACCESS/COPY + copy-from-user, *_MCE_SAFE (2cadf5248b93)
+    V5_17 = "v5.17"    # as 5.16; EFAULT_REG/DEFAULT fixups are not recoverable (to v6.14)
+    V2025 = "2025"     # is_copy_from_user first, whatever the type (1a15bb8303b6)
+
+
+PANIC_MC = ("Kernel panic - not syncing: Fatal local machine check "
+            "(mce: [Hardware Error]: Machine check: Data load in unrecoverable area of kernel)")
+PANIC_NO_FIXUP = "Kernel panic - not syncing: Failed kernel mode recovery"
+
+#: Fixup types whose register changes depend on the registers at the fault (``Kernel.apply``).
+_READS_REGISTERS = frozenset({ExType.POP_REG, ExType.UCOPY_LEN})
+
+#: MOV loads and MOVZX (kernel opcode packing), and MOVS (kernel-facts §6b).
+_LOADS = (0x8A, 0x8B, 0xB60F, 0xB70F)
+_MOVS = (0xA4, 0xA5)
+_UNDECODED = object()
+
+
+@lru_cache(maxsize=1)
+def _capstone():  # type: ignore[no-untyped-def]
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    return md
+
+
+def is_copy_from_user(code: bytes, rip: int, cpu: CpuView) -> tuple[bool, int | None]:
+    """The kernel's is_copy_from_user(): is the instruction at ``rip`` a load from user memory?
+
+    Returns:
+        (verdict, source address or None if the instruction is not a MOV/MOVZX/MOVS load).
+    """
+    return _source_of(_decode(code, rip), cpu)
+
+
+def _source_of(shape: str | tuple[str, str, int, int] | None,
+               cpu: CpuView) -> tuple[bool, int | None]:
+    """``is_copy_from_user`` for an instruction already decoded by ``_decode``."""
+    if shape is None:
+        return False, None
+    if shape == "movs":
+        addr = cpu.reg("rsi")
+    else:
+        base, index, scale, disp = shape
+        addr = disp
+        if base:
+            addr += cpu.reg(base)
+        if index:
+            addr += cpu.reg(index) * scale
+    addr &= 0xFFFFFFFFFFFFFFFF
+    return addr < L.TASK_SIZE_MAX, addr
+
+
+@lru_cache(maxsize=4096)
+def _decode(code: bytes, rip: int) -> str | tuple[str, str, int, int] | None:
+    """Decode once per instruction: "movs", (base, index, scale, disp) of a load, or None."""
+    from capstone import x86_const as C
+    insn = next(_capstone().disasm(code, rip, 1), None)
+    if insn is None:
+        return None
+    value = 0
+    for i, b in enumerate(x for x in insn.opcode if x):
+        value |= b << (8 * i)
+    if value in _MOVS:
+        return "movs"
+    if value not in _LOADS:
+        return None
+    mems = [op for op in insn.operands if op.type == C.X86_OP_MEM]
+    if not mems:
+        return None
+    m = mems[0].mem
+    if m.segment in (C.X86_REG_GS, C.X86_REG_FS):
+        return None  # per-CPU data: a kernel address
+    disp = m.disp
+    base = ""
+    if m.base == C.X86_REG_RIP:
+        disp += insn.address + insn.size
+    elif m.base:
+        base = _reg64(insn.reg_name(m.base))
+    index = _reg64(insn.reg_name(m.index)) if m.index else ""
+    return base, index, m.scale, disp
+
+
+def _reg64(name: str) -> str:
+    name = name.lower()
+    if name in REG_NAMES:
+        return name
+    if name.startswith("e"):
+        return "r" + name[1:]
+    if name.startswith("r") and name[-1] in "dwb":
+        return name[:-1]
+    return name
+
+
+def grade(severity: Severity, entry: ExtableEntry | None, copyin: bool) -> tuple[bool, str]:
+    """severity.c's verdict on a kernel-mode #MC (kernel-facts §6a), without the CPU.
+
+    Args:
+        severity: which era's rules.
+        entry: the __ex_table entry at the faulting IP, or None.
+        copyin: what is_copy_from_user() said about the faulting instruction.
+
+    Returns:
+        (recoverable, why).  Recoverable with no entry still panics ("Failed kernel mode
+        recovery"); that is the caller's business, as in do_machine_check().
+    """
+    t = entry.type if entry is not None else None
+    if severity is Severity.V5_9:
+        if t is ExType.FAULT:
+            return True, "ex_handler_fault entry"
+        return False, "only ex_handler_fault entries recover"
+    if severity is Severity.V5_10:
+        if t is ExType.FAULT:
+            return True, "EX_HANDLER_FAULT"
+        if t in (ExType.UACCESS, ExType.COPY):
+            if copyin:
+                return True, "EX_HANDLER_UACCESS + is_copy_from_user: COPYIN"
+            return False, "uaccess entry, but not a copy from user"
+        return False, (f"{entry.type_name} is not recoverable in this era" if entry else
+                       "no __ex_table entry")
+    if severity in (Severity.V5_16, Severity.V5_17):
+        if t in (ExType.UACCESS, ExType.COPY) and copyin:
+            return True, f"EX_TYPE_{t.value} + is_copy_from_user: COPYIN"
+        if t in (ExType.FAULT_MCE_SAFE, ExType.DEFAULT_MCE_SAFE):
+            return True, f"EX_TYPE_{t.value}"
+        if t in (ExType.UACCESS, ExType.COPY):
+            return False, f"EX_TYPE_{t.value}, but not a copy from user"
+        return False, (f"{entry.type_name} is not recoverable in this era" if entry else
+                       "no __ex_table entry")
+    # Severity.V2025
+    if copyin:
+        return True, "is_copy_from_user: COPYIN"
+    if t in (ExType.FAULT_MCE_SAFE, ExType.DEFAULT_MCE_SAFE):
+        return True, f"EX_TYPE_{t.value}"
+    return False, "not a copy from user and not an MCE-safe fixup"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """The kernel side of one era: its exception table, handler semantics and severity.
+
+    Args:
+        extable: the image's exception table.
+        severity: which severity rules apply to a kernel-mode #MC.
+        code: reads instruction bytes (for is_copy_from_user).
+    """
+
+    extable: Extable
+    severity: Severity
+    code: object  # Callable[[int, int], bytes]
+    #: Resolutions that depend only on the faulting instruction (and, for #MC, on the
+    #: is_copy_from_user verdict): (rip, kind value, copyin) → Resolution.  The handlers are pure
+    #: functions of those except for fixup types that read registers (_READS_REGISTERS).
+    _done: dict[tuple[int, str, bool], Resolution] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    #: Per faulting instruction: its extable entry and its decoded load (``_decode``).
+    _sites: dict[int, list[Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __call__(self, cpu: CpuView, event: FaultEvent) -> Resolution:
+        rip = event.rip
+        site = self._sites.get(rip)
+        if site is None:
+            if len(self._sites) >= 4096:
+                self._sites.clear()
+            site = self._sites[rip] = [self.extable.search(rip), _UNDECODED]
+        entry = site[0]
+        copyin = False
+        if event.kind is FaultKind.MC:
+            if site[1] is _UNDECODED:          # decoded on the first #MC only
+                site[1] = _decode(self.code(rip, 16), rip)  # type: ignore[operator]
+            copyin = _source_of(site[1], cpu)[0]
+        elif entry is None:
+            return self._no_entry(event)
+        key = (rip, event.kind._value_, copyin)     # the value: an Enum hashes slowly
+        res = self._done.get(key)
+        if res is None:
+            if event.kind is FaultKind.MC:
+                res = self._machine_check(cpu, entry, copyin)
+            else:
+                assert entry is not None
+                res = self.apply(cpu, entry, TRAPNR.get(event.kind, 0))
+            if entry is None or entry.type not in _READS_REGISTERS:
+                self._done[key] = res
+        return res
+
+    @staticmethod
+    def _no_entry(event: FaultEvent) -> Halt:
+        """A fault at an instruction without an __ex_table entry (other than #MC)."""
+        if event.kind is FaultKind.PF:
+            return Halt(State.OOPS, f"BUG: unable to handle page fault for address: "
+                                    f"{event.address:#018x} (no __ex_table entry)")
+        if event.kind is FaultKind.GP:
+            return Halt(State.OOPS, "general protection fault (no __ex_table entry)")
+        if event.kind is FaultKind.UD:
+            return Halt(State.OOPS, "invalid opcode (ud2 or undefined instruction)")
+        return Halt(State.OOPS, "unexpected trap in kernel mode")
+
+    # -- #MC ---------------------------------------------------------------------------------
+
+    def _machine_check(self, cpu: CpuView, entry: ExtableEntry | None,
+                       copyin: bool) -> Resolution:
+        sev = self.severity
+        recov, why = grade(sev, entry, copyin)
+        if not recov:
+            return Halt(State.PANIC, PANIC_MC, entry, f"severity {sev.value}: {why}")
+        if entry is None:
+            return Halt(State.PANIC, PANIC_NO_FIXUP, None, f"severity {sev.value}: {why}")
+        res = self.apply(cpu, entry, TRAPNR[FaultKind.MC])
+        if isinstance(res, Redirect):
+            return Redirect(res.rip, res.regs, entry, f"severity {sev.value}: {why}"
+                            + (f"; {res.note}" if res.note else ""))
+        return res
+
+    # -- fixup_exception() -------------------------------------------------------------------
+
+    def apply(self, cpu: CpuView, e: ExtableEntry, trapnr: int) -> Resolution:
+        """Apply one entry's handler the way that era's extable.c did."""
+        t = e.type
+        regs: list[tuple[str, int]] = []
+        if t in (ExType.DEFAULT, ExType.DEFAULT_MCE_SAFE):
+            regs += _clear_flags(e)
+        elif t in (ExType.FAULT, ExType.FAULT_MCE_SAFE, ExType.COPY):
+            regs.append(("rax", trapnr))
+        elif t is ExType.UACCESS:
+            pass  # ip = fixup; ax untouched (the WARN on #GP is not modelled)
+        elif t is ExType.IMM_REG:
+            regs.append((REG_NAMES[e.reg], e.imm))
+            regs += _clear_flags(e)
+        elif t is ExType.POP_REG:
+            regs.append(("rsp", cpu.reg("rsp") + 8))
+            regs.append((REG_NAMES[e.reg], e.imm))
+            regs += _clear_flags(e)
+        elif t is ExType.UCOPY_LEN:
+            regs.append(("rcx", e.imm * cpu.reg("rcx") + cpu.reg(REG_NAMES[e.reg])))
+        else:
+            raise EmulationError(f"emu has no model of fixup type {e.type_name} "
+                                 f"(entry for {e.insn:#x})")
+        return Redirect(e.fixup, tuple(regs), e)
+
+
+def _clear_flags(e: ExtableEntry) -> list[tuple[str, int]]:
+    out = []
+    if e.flags & EX_FLAG_CLEAR_AX:
+        out.append(("rax", 0))
+    if e.flags & EX_FLAG_CLEAR_DX:
+        out.append(("rdx", 0))
+    return out

@@ -1,0 +1,157 @@
+"""Rendering: rich tables for terminals, JSON for machines.  Nothing else formats text.
+
+JSON output is deterministic (sorted keys, no timings, no host paths) so the same command
+gives byte-identical output twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import IO, Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from emu.kernel.outcome import Outcome
+
+
+def case_options(c: Any) -> list[str]:
+    """The ``emu run`` options that reproduce a case.
+
+    ``c`` has the fields of a case: length, src_align, dst_align, poison, unmapped,
+    direction, cpu and routine (``sweep.Case`` and ``check.Case`` both do).
+    """
+    a = ["--len", str(c.length), "--src-align", hex(c.src_align), "--dst-align", hex(c.dst_align)]
+    if c.poison:
+        a += ["--poison", ",".join(hex(p) for p in c.poison)]
+    if c.unmapped:
+        a += ["--unmapped", ",".join(hex(p) for p in c.unmapped)]
+    if c.direction != "from":
+        a += ["--direction", c.direction]
+    return a + ["--cpu", c.cpu, "--routine", c.routine]
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def console(stream: IO[str]) -> Console:
+    return Console(file=stream, width=160, highlight=False, soft_wrap=False)
+
+
+def _offsets(o: Outcome, kind: str) -> str:
+    fs = [f for f in o.faults if f.kind == kind]
+    if not fs:
+        return "-"
+    where = ", ".join(f"+{f.offset:#x}" if f.offset is not None else f"{f.address:#x}"
+                      for f in fs)
+    return f"{len(fs)} @ {where}"
+
+
+def _ret(o: Outcome) -> str:
+    return "-" if o.return_value is None else str(o.return_value)
+
+
+def run_table(o: Outcome, title: str, stream: IO[str]) -> None:
+    """One case: the summary, then every fault with its extable entry and fixup."""
+    c = console(stream)
+    t = Table(title=escape(title), show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("state", o.state.value)
+    t.add_row("returned", f"{_ret(o)} (bytes not copied)" if o.return_value is not None else "-")
+    t.add_row("bytes copied", f"{o.bytes_copied} of {o.length}")
+    t.add_row("written past copied prefix", str(o.written_beyond))
+    t.add_row("written outside buffer", str(o.written_outside))
+    t.add_row("contract", o.verdict)
+    t.add_row("tail retry", "yes" if o.retouched else "no")
+    if o.insns is not None:
+        t.add_row("instructions", str(o.insns))
+    if o.message:
+        t.add_row("message", o.message)
+    c.print(t)
+    if o.faults:
+        ft = Table(title="faults", title_justify="left")
+        for col in ("#", "kind", "at", "address", "offset", "extable entry", "action",
+                    "fixup", "note"):
+            ft.add_column(col)
+        for i, f in enumerate(o.faults, 1):
+            ft.add_row(str(i), f.kind.upper(), escape(f.where), f"{f.address:#x}",
+                       "-" if f.offset is None else f"{f.offset:#x}", f.handler or "none",
+                       f.action, escape(f.fixup_where or "-"), escape(f.note))
+        c.print(ft)
+
+
+def diff_table(rows: Sequence[tuple[str, str, Outcome]], title: str, stream: IO[str]) -> None:
+    """One scenario across variants: a row per (variant, routine)."""
+    c = console(stream)
+    t = Table(title=escape(title), title_justify="left")
+    for col in ("variant", "routine", "returned", "copied", "contract", "#MC", "#PF",
+                "tail retry", "state"):
+        t.add_column(col)
+    for variant, routine, o in rows:
+        t.add_row(escape(variant), routine, _ret(o), str(o.bytes_copied), o.verdict,
+                  _offsets(o, "mc"), _offsets(o, "pf"), "yes" if o.retouched else "no",
+                  o.state.value)
+    c.print(t)
+
+
+def sweep_summary(summary: dict[str, Any], stream: IO[str]) -> None:
+    """``emu sweep``: per variant, outcome classes and violation classes, each with one
+    minimal reproducer.  Violations a copy_from_user() caller does not notice (it zero-pads
+    the tail) are marked as such, not hidden.  Plain lines, so commands are never wrapped."""
+    w = stream.write
+    pending = summary.get("pending", 0)
+    w(f"sweep: {summary['cases']} cases over {len(summary['variants'])} variant(s)"
+      + (f", {pending} pending (continue with --resume)" if pending else "") + "\n")
+    for v in summary["variants"].values():
+        w(f"\n{v['label']}: {v['cases']} cases, {v['runs']} distinct runs\n")
+        for name, slot in v["classes"].items():
+            w(f"  {name:<24} {slot['count']:>7}  {slot.get('example', '-')}\n")
+            if name == "tool_error" and slot.get("message"):
+                w(f"  {'':<24} {'':>7}  ({slot['message']})\n")
+        for name, slot in v["violations"].items():
+            who = "benign for copy_from_user" if slot["benign_for_copy_from_user"] else \
+                "not benign"
+            w(f"  ! {name:<22} {slot['count']:>7}  [{who}]  {slot.get('example', '-')}\n")
+
+
+def fuzz_result(res: dict[str, Any], stream: IO[str]) -> None:
+    """``emu fuzz``: the shrunk failing case as an ``emu run`` command, or "nothing found"."""
+    w = stream.write
+    if not res["found"]:
+        w("fuzz: no failure of the wanted classes found\n")
+        return
+    r = res["record"]
+    w(f"fuzz: found {', '.join(res['failures'])} (seed {res['seed']}, {res['tried']} cases "
+      "tried incl. shrinking); shrunk case:\n")
+    w(f"  {res['command']}\n")
+    ret = "-" if r["return_value"] is None else r["return_value"]
+    w(f"  state {r['state']}, returned {ret}, copied {r['bytes_copied']} of "
+      f"{res['case']['length']}, class {r['class']}, violations "
+      f"{', '.join(r['violations']) or '-'}\n")
+    if r.get("message"):
+        w(f"  {r['message']}\n")
+    if res.get("saved"):
+        w(f"  saved: {res['saved']}\n")
+
+
+def get_user_table(g: Any, title: str, stream: IO[str]) -> None:
+    """One __get_user_N call (``inputs.GetUserResult``): error code, value, faults."""
+    c = console(stream)
+    t = Table(title=escape(title), show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("state", g.state.value)
+    t.add_row("eax", "-" if g.err is None else f"{g.err}" + (" (-EFAULT)" if g.err == -14 else ""))
+    t.add_row("rdx", "-" if g.value is None else f"{g.value:#x}")
+    t.add_row("user value", f"{g.expected:#x}")
+    t.add_row("verdict", g.verdict)
+    if g.message:
+        t.add_row("message", g.message)
+    for i, f in enumerate(g.faults, 1):
+        t.add_row(f"fault {i}", escape(f"{f.kind.upper()} at {f.where}, {f.handler or 'no entry'}"
+                                       f" -> {f.action} {f.fixup_where or ''}".rstrip()))
+    c.print(t)
