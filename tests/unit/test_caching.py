@@ -1,0 +1,46 @@
+"""The bounded-cache helper every module-level and per-object cache uses."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from emu.caching import Bounded, clear_all, sizes
+
+
+def test_oldest_entry_goes_first_at_the_limit() -> None:
+    c: Bounded[int, str] = Bounded(3, "t-fifo")
+    for i in range(5):
+        c[i] = str(i)
+    assert list(c) == [2, 3, 4]
+    c[3] = "again"                      # replacing a key evicts nothing
+    assert list(c.items()) == [(2, "2"), (3, "again"), (4, "4")]
+
+
+def test_setdefault_and_update_respect_the_limit() -> None:
+    c: Bounded[int, int] = Bounded(2, "t-upd")
+    c.update({1: 1, 2: 2, 3: 3})
+    assert dict(c) == {2: 2, 3: 3}
+    assert c.setdefault(9, 9) == 9 and len(c) == 2 and 9 in c
+
+
+def test_clear_all_and_sizes_see_every_instance() -> None:
+    a: Bounded[int, int] = Bounded(4, "t-sizes")
+    b: Bounded[int, int] = Bounded(4, "t-sizes")
+    a[1] = b[1] = b[2] = 0
+    assert sizes()["t-sizes"] == 3
+    clear_all()
+    assert len(a) == len(b) == 0
+
+
+def test_pickles_as_an_empty_cache_with_its_bound() -> None:
+    c: Bounded[int, int] = Bounded(7, "t-pickle")
+    c[1] = 1
+    d = pickle.loads(pickle.dumps(c))
+    assert isinstance(d, Bounded) and d.limit == 7 and len(d) == 0
+
+
+def test_a_limit_below_one_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Bounded(0, "t-bad")
