@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from emu.kernel.eras import ERAS, Era, Routine
+from emu.kernel.eras import ERAS, Era, Routine, SourceMarks, default_era, get_era, sniff
 from emu.errors import UsageError
 
 #: The call conventions of the routines emu knows how to call, by symbol name.
@@ -123,88 +123,70 @@ def _body(code: str, label: str) -> str:
     return code[m.end():m.end() + end.start()] if end else code[m.end():]
 
 
+def marks(text: str, *, name: str = "input.S") -> SourceMarks:
+    """The facts era marks test, read off a source (comments ignored)."""
+    code = strip_comments(text)
+    has = frozenset(defined_symbols(text))
+    if has & {"rep_movs_alternative", "copy_user_generic_unrolled",
+              "copy_user_enhanced_fast_string", ".Lcopy_user_handle_tail",
+              "copy_user_handle_tail", "copy_user_fast_string"}:
+        kind = "copy_user"
+    elif has & {"copy_mc_fragile", "copy_mc_enhanced_fast_string", "__memcpy_mcsafe"}:
+        kind = "copy_mc"
+    elif has & set(GET_USER_SIZES):
+        kind = "getuser"
+    else:
+        kind = "unknown"
+    tail = _body(code, ".Lcopy_user_handle_tail") or _body(code, "copy_user_handle_tail")
+    mc = re.search(r"X86_TRAP_MC|\$18\b", tail)
+    mov = re.search(r"movl\s+%edx\s*,\s*%ecx", tail)
+    mc_test = ("none" if mc is None else
+               "before_mov" if mov is not None and mc.start() < mov.start() else "other")
+    loads = re.findall(r"_ASM_EXTABLE(_UA)?\s*\(", code)
+    return SourceMarks(
+        kind=kind, defines=has, code=code,
+        cpy_extable=bool(re.search(r"_ASM_EXTABLE_CPY\b|EX_TYPE_COPY\b", code)),
+        mc_test=mc_test,
+        fixup=bool(re.search(r"\.section\s+\.fixup|\.pushsection\s+\"?\.fixup", code)),
+        big_ret=bool(re.search(r"^\s*(?:\d+:\s*)?RET\b", code, re.M)),
+        small_ret=bool(re.search(r"^\s*(?:\d+:\s*)?ret[lq]?\b", code, re.M)),
+        mce_safe=bool(re.search(r"EX_TYPE_DEFAULT_MCE_SAFE", code)),
+        plain_loads=bool(loads) and not any(loads),
+        modern_getuser=bool(re.search(r"RUNTIME_CONST_PTR|\.macro\s+UACCESS|check_range",
+                                      code)))
+
+
 def detect(text: str, *, name: str = "input.S", forced: str | None = None) -> Detection:
-    """Decide which era's rules apply to a kernel source.
+    """Decide which era's rules apply to a kernel source: the era whose marks it carries.
 
     Args:
         text: the .S source.
-        name: its file name (a hint only: getuser.S, copy_mc_64.S).
+        name: its file name (for messages).
         forced: an era key given with ``--era``; the file still supplies the routines.
 
     Raises:
         UsageError: ``forced`` is not an era key.
     """
-    code = strip_comments(text)
-    syms = defined_symbols(text)
-    has = set(syms)
+    m = marks(text, name=name)
     ev: list[str] = []
-    fixup = bool(re.search(r"\.section\s+\.fixup|\.pushsection\s+\"?\.fixup", code))
-    big_ret = bool(re.search(r"^\s*(?:\d+:\s*)?RET\b", code, re.M))
-    small_ret = bool(re.search(r"^\s*(?:\d+:\s*)?ret[lq]?\b", code, re.M))
-    if fixup:
+    if m.fixup:
         ev.append(".fixup section (<= v5.16)")
-    if big_ret:
+    if m.big_ret:
         ev.append("RET macro (v5.17+, or a stable tree with the SLS backport)")
-    elif small_ret:
+    elif m.small_ret:
         ev.append("plain ret (<= v5.16)")
-
-    kind, key = "unknown", "E"
-    if "rep_movs_alternative" in has:
-        kind, key = "copy_user", "F"
-        ev.insert(0, "defines rep_movs_alternative (v6.4+ rewrite)")
-    elif has & {"copy_user_generic_unrolled", "copy_user_enhanced_fast_string",
-                ".Lcopy_user_handle_tail", "copy_user_handle_tail", "copy_user_fast_string"}:
-        kind = "copy_user"
-        if re.search(r"_ASM_EXTABLE_CPY\b|EX_TYPE_COPY\b", code):
-            tail = _body(code, ".Lcopy_user_handle_tail") or _body(code, "copy_user_handle_tail")
-            mc = re.search(r"X86_TRAP_MC|\$18\b", tail)
-            mov = re.search(r"movl\s+%edx\s*,\s*%ecx", tail)
-            if mc is None:
-                key = "D"
-                ev.insert(0, "_ASM_EXTABLE_CPY entries, no X86_TRAP_MC test in handle_tail "
-                             "(v5.16 revert)")
-            elif mov is not None and mc.start() < mov.start():
-                key = "E"
-                ev.insert(0, "_ASM_EXTABLE_CPY entries, X86_TRAP_MC tested before "
-                             "movl %edx,%ecx (v5.17 re-add)")
-            else:
-                key = "C"
-                ev.insert(0, "_ASM_EXTABLE_CPY entries, X86_TRAP_MC tested after "
-                             "movl %edx,%ecx (v5.10 pretend-success)")
-        else:
-            key = "A"
-            ev.insert(0, "no _ASM_EXTABLE_CPY: uaccess entries only (<= v5.9)")
-    elif has & {"copy_mc_fragile", "copy_mc_enhanced_fast_string", "__memcpy_mcsafe"}:
-        kind = "copy_mc"
-        if "__memcpy_mcsafe" in has:
-            key = "A"
-            ev.insert(0, "defines __memcpy_mcsafe (<= v5.9)")
-        elif re.search(r"EX_TYPE_DEFAULT_MCE_SAFE", code):
-            key = "D" if fixup or (small_ret and not big_ret) else "E"
-            ev.insert(0, "EX_TYPE_DEFAULT_MCE_SAFE entries (>= v5.16)")
-        else:
-            key = "C"
-            ev.insert(0, "_ASM_EXTABLE_FAULT entries (v5.10 - v5.15)")
-    elif has & set(GET_USER_SIZES):
-        kind = "getuser"
-        loads = re.findall(r"_ASM_EXTABLE(_UA)?\s*\(", code)
-        default = bool(loads) and not any(loads)
-        if big_ret:
-            modern = bool(re.search(r"RUNTIME_CONST_PTR|\.macro\s+UACCESS|check_range", code))
-            key = "F" if modern or default else "E"
-            ev.insert(0, "plain _ASM_EXTABLE on the loads: EX_TYPE_DEFAULT (v6.4 - v6.7)"
-                      if default else "_ASM_EXTABLE_UA on the loads")
-        else:
-            key = "C"
-            ev.insert(0, "_ASM_EXTABLE_UA on the loads, plain ret (<= v5.16)")
+    hit = sniff(m.kind, m) if m.kind != "unknown" else None
+    if hit is not None:
+        era, why = hit
+        ev.insert(0, why)
     else:
-        ev.insert(0, "no kernel copy routine recognised; era E rules by default")
-
-    era = ERAS[key]
+        era = default_era()
+        ev.insert(0, f"no kernel copy routine recognised; era {era.key} rules by default"
+                  if m.kind == "unknown" else
+                  f"a {m.kind} file no era's marks match; era {era.key} rules by default")
     if forced is not None:
-        era = ERAS.get(forced.upper())  # type: ignore[assignment]
-        if era is None:
-            raise UsageError(f"unknown era '{forced}' (known: {', '.join(ERAS)})")
+        era = get_era(forced)
+    syms = defined_symbols(text)
     routines = tuple(KNOWN_ROUTINES[s] for s in syms if s in KNOWN_ROUTINES)
     getters = tuple(s for s in syms if s in GET_USER_SIZES)
-    return Detection(kind, era, routines, getters, tuple(ev), forced is not None)
+    return Detection(m.kind, era, routines, getters, tuple(ev), forced is not None)

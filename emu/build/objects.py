@@ -27,16 +27,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES, Detection
-from emu.kernel.eras import ERAS, Era
-from emu.errors import ImageError, InputError, UsageError
-from emu.kernel.extable import Encoding, ExType
 from emu.build.elf import load_linked, load_object
+from emu.build.target import Settings, Target
+from emu.errors import ImageError, InputError
+from emu.kernel.eras import ERAS, Era, ImageMarks, default_era, get_era, sniff
+from emu.kernel.extable import Encoding
 from emu.kernel.image import Image
-from emu.build.resolve import KernelTarget
-from emu.core.machine import Machine
-from emu.kernel.policy import Kernel
-from emu.build.sources import Source
-from emu.build.target import Settings
+from emu.kernel.policy import Severity
 
 
 #: X86_FEATURE_* numbers (32 * word + bit) of what emu selects, as in asm/emu_kernel.h.
@@ -104,50 +101,31 @@ def _read(path: str, what: str) -> bytes:
 
 
 def _era_of(img: Image, forced: str | None) -> tuple[Era, list[str]]:
+    """The era whose image marks ``img`` carries (``--era`` overrides)."""
     if forced is not None:
-        era = ERAS.get(forced.upper())
-        if era is None:
-            raise UsageError(f"unknown era '{forced}' (known: {', '.join(ERAS)})")
-        return era, ["forced by --era"]
-    types = {e.type for e in img.extable}
-    names = {s.name for s in img.sections}
-    if img.encoding is Encoding.HANDLER:
-        if ExType.COPY in types:
-            return ERAS["C"], ["__ex_table points at ex_handler_copy (v5.10 - v5.15)"]
-        if ExType.FAULT in types:
-            return ERAS["C"], ["__ex_table points at ex_handler_fault (copy_mc, <= v5.15)"]
-        return ERAS["A"], ["__ex_table points at uaccess handlers only (<= v5.9)"]
-    if "rep_movs_alternative" in img.symbols:
-        return ERAS["F"], ["defines rep_movs_alternative (v6.4+)", "type/data __ex_table"]
-    if ExType.COPY in types:
-        if ".fixup" in names:
-            return ERAS["D"], ["EX_TYPE_COPY entries and a .fixup section (v5.16)"]
-        return ERAS["E"], ["EX_TYPE_COPY entries, no .fixup section (v5.17 - v6.3)"]
-    return ERAS["E"], ["type/data __ex_table; era E rules by default"]
+        return get_era(forced), ["forced by --era"]
+    m = ImageMarks(handler_encoding=img.encoding is Encoding.HANDLER,
+                   types=frozenset(e.type for e in img.extable),
+                   sections=frozenset(s.name for s in img.sections),
+                   symbols=frozenset(img.symbols))
+    hit = sniff("image", m)
+    if hit is None:
+        era = default_era()
+        return era, [f"type/data __ex_table; era {era.key} rules by default"]
+    era, why = hit
+    return era, [why]
 
 
-class ObjectTarget(KernelTarget):
-    """A ``KernelTarget`` whose image comes from a built file instead of the assembler."""
-
-    def __init__(self, image: Image, era: Era, evidence: list[str], cpu: frozenset[str],
-                 path: str, forced: bool, count_insns: bool = False) -> None:
-        self.name = image.name
-        self.settings = Settings.of(era)
-        self.cpu = cpu
-        self.image = image
-        self.machine = Machine(image, count_insns=count_insns)
-        self.kernel = Kernel(image.extable, self.settings.severity, image.read)
-        self.source = Source("", image.name, path)
-        syms = [s.name for s in image.functions()] + [
-            n for n in image.symbols if n not in {f.name for f in image.functions()}]
-        kind = ("copy_user" if any(n.startswith(("copy_user", "rep_movs", "__copy_user"))
-                                   for n in syms) else
-                "copy_mc" if any(n.startswith("copy_mc") for n in syms) else
-                "getuser" if any(n in GET_USER_SIZES for n in syms) else "unknown")
-        self.detection = Detection(kind, era, tuple(KNOWN_ROUTINES[n] for n in syms
-                                                    if n in KNOWN_ROUTINES),
-                                   tuple(n for n in syms if n in GET_USER_SIZES),
-                                   tuple(evidence), forced)
+def _detection(image: Image, era: Era, evidence: list[str], forced: bool) -> Detection:
+    """What a built image offers: its known routines and get_user helpers."""
+    syms = [s.name for s in image.functions()] + [
+        n for n in image.symbols if n not in {f.name for f in image.functions()}]
+    kind = ("copy_user" if any(n.startswith(("copy_user", "rep_movs", "__copy_user"))
+                               for n in syms) else
+            "copy_mc" if any(n.startswith("copy_mc") for n in syms) else
+            "getuser" if any(n in GET_USER_SIZES for n in syms) else "unknown")
+    return Detection(kind, era, tuple(KNOWN_ROUTINES[n] for n in syms if n in KNOWN_ROUTINES),
+                     tuple(n for n in syms if n in GET_USER_SIZES), tuple(evidence), forced)
 
 
 def _load(loader, data: bytes, name: str, era: Era, keep: tuple[str, ...]) -> Image:  # type: ignore[no-untyped-def]
@@ -158,7 +136,8 @@ def _load(loader, data: bytes, name: str, era: Era, keep: tuple[str, ...]) -> Im
 
 
 def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | None = None,
-                 routine: str | None = None, count_insns: bool = False) -> ObjectTarget:
+                 routine: str | None = None, count_insns: bool = False,
+                 severity: Severity | None = None) -> Target:
     """Load ``path`` (a .o, or a vmlinux if ``linked``) and configure it for its era.
 
     The extable encoding is tried as handler pointers first (a relocation or pointer in
@@ -175,7 +154,9 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
     keep: tuple[str, ...] = (routine,) if routine else tuple(KNOWN_ROUTINES) + tuple(
         GET_USER_SIZES)
     first_error: ImageError | None = None
-    for guess in (ERAS["C"], ERAS["E"]):     # handler encoding, then data encoding
+    guesses = [next(e for e in ERAS.values() if e.encoding is enc)
+               for enc in (Encoding.HANDLER, Encoding.DATA)]
+    for guess in guesses:                     # handler encoding, then data encoding
         try:
             img = _load(loader, data, name, guess, keep)
             break
@@ -192,4 +173,6 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
     img, patched = apply_alternatives(img, cpu)
     if patched or any(s.name == ".altinstructions" for s in img.sections):
         evidence = [*evidence, f"{patched} ALTERNATIVE site(s) patched for this CPU"]
-    return ObjectTarget(img, chosen, evidence, cpu, path, era is not None, count_insns)
+    det = _detection(img, chosen, evidence, era is not None)
+    return Target(img, Settings.of(chosen, severity), cpu, catalog=det, era=chosen,
+                  detection=det, count_insns=count_insns)

@@ -1,255 +1,270 @@
-"""Kernel inputs for the CLI: a source, tree revision, patch, object or vmlinux → a ``Target``.
+"""One way in: a source spec → a runnable ``Target``, for every subcommand.
 
-Glue between ``sources`` (text), ``detect`` (which era's rules), the assembler backends and
-``target.Target``.  A ``KernelTarget`` remembers its ``Detection`` so the CLI can pick the
-routine the kernel would have called, among those the file really defines (a real v6.4+
-copy_user_64.S has rep_movs_alternative only; its caller is inlined C).
+A *spec* is what the user named, before anything is read.  Its kinds:
 
-get_user helpers (getuser.S) take their argument in rax and return the value in rdx and
-0 / -EFAULT in eax (kernel-facts §4b), so they have their own small runner.
+==========  ==================================================================================
+kind        spelled
+==========  ==================================================================================
+era         ``A`` … ``F``: the era's bundled source (asm/), its own rules
+file        ``path/to/file.S``: a source file; its era is detected (``--era`` forces one)
+debian      ``debian:6.1`` / ``debian:6.12`` (``debian:6.12:arch/x86/lib/getuser.S``, or
+            ``--file``): the files ``scripts/linux-sources`` extracted from Debian's packages
+rev         with ``--tree DIR``: ``REV`` or ``REV:PATH`` (``git show``), or for ``run`` the old
+            ``--rev REV [PATH]``; the default path is arch/x86/lib/copy_user_64.S
+object      ``file.o`` or ``--object FILE``: a built kbuild object (nothing is assembled)
+vmlinux     ``vmlinux:FILE`` or ``--vmlinux FILE``: a linked image with symbols
+==========  ==================================================================================
+
+``--patch`` (a series, in order) applies to every text kind.  ``Spec.run_args`` spells a spec
+back as ``emu run`` arguments, so every reproducer a report prints re-runs the same input.
+
+``resolve`` reads the source, detects the era (kernel files) or takes the era key's, picks the
+rules (``severity`` overrides the era's #MC rules), and builds the target through the one
+``Target`` constructor; targets are cached (bounded) by ``emu.build.target`` and here.
+Nothing in this module knows about argparse: the CLI turns options into ``Spec`` fields.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from emu.kernel import outcome
-from emu.build.detect import GET_USER_SIZES, Detection, detect
-from emu.kernel.eras import ERAS, Era, Routine
+from emu.build.detect import Detection, detect
+from emu.build.sources import (COPY_USER, DEBIAN_VERSIONS, Source, apply_patches, debian_file,
+                               read_file, read_rev)
+from emu.build.target import BACKENDS, Settings, Target, era_target, get_target
+from emu.caching import Bounded
 from emu.errors import UsageError
-from emu.build.assemble import AsmConfig
-from emu.core.machine import Buffers, Call, Machine, State
-from emu.kernel.outcome import Fault
-from emu.kernel.policy import Kernel
-from emu.build.sources import COPY_USER, DEBIAN_VERSIONS, Source, apply_patches, debian_file, read_file, \
-    read_rev
-from emu.build.target import Settings, Target
+from emu.kernel.eras import ERAS, Era, Routine, get_era
+from emu.kernel.policy import Severity
 
-EFAULT = 14
-#: --assembler values: GNU as (reference) and the keystone backend (keystone_backend.py).
-ASSEMBLER_NAMES = ("gas", "keystone")
+#: Every kind of source spec (the CLI's subcommand × spec-kind test iterates these).
+KINDS = ("era", "file", "debian", "rev", "object", "vmlinux")
+TEXT_KINDS = ("era", "file", "debian", "rev")
 
-
-class KernelTarget(Target):
-    """A ``Target`` built from a kernel input, with the era detection that configured it."""
-
-    def __init__(self, src: Source, detection: Detection, cpu: frozenset[str],
-                 assembler: str = "gas", count_insns: bool = False) -> None:
-        if assembler not in ASSEMBLER_NAMES:
-            raise UsageError(f"unknown assembler '{assembler}' (known: "
-                             f"{', '.join(ASSEMBLER_NAMES)})")
-        if assembler == "keystone":
-            from emu.build.keystone import KeystoneAssembler
-            era = detection.era
-            ks = KeystoneAssembler()
-            if not ks.available():
-                raise UsageError("--assembler keystone: the keystone-engine package is not "
-                                 "installed (pip install keystone-engine)")
-            self.name, self.settings, self.cpu = src.name, Settings.of(era), cpu
-            self.image = ks.assemble_image(src.text, AsmConfig(int(era.encoding), era.ex_layout,
-                                                               cpu), src.name,
-                                           encoding=era.encoding, layout_id=era.ex_layout)
-            self.machine = Machine(self.image, count_insns=count_insns)
-            self.kernel = Kernel(self.image.extable, self.settings.severity, self.image.read)
-        else:
-            super().__init__(src.text, src.name, Settings.of(detection.era), cpu, assembler,
-                             count_insns)
-        self.source = src
-        self.detection = detection
-
-    def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None):  # type: ignore[no-untyped-def, override]
-        if routine.name in GET_USER_SIZES:
-            raise UsageError(f"{routine.name} is a get_user helper (address in rax, value in "
-                             "rdx): run it with `emu run`, not as a copy routine")
-        return super().run(routine, bufs, budget=budget)
-
-    def routine_for(self, name: str | None, cpu: frozenset[str]) -> Routine:
-        """The routine ``--routine`` names, else the one the kernel would call on ``cpu``."""
-        det = self.detection
-        if name:
-            self.image.symbol(name)
-            for r in det.routines:
-                if r.name == name:
-                    return r
-            if name in GET_USER_SIZES:
-                return Routine(name, len_reg="rax", ret_reg="eax")
-            return Routine(name)
-        if not det.routines and not det.get_user:
-            funcs = ", ".join(s.name for s in self.image.functions())
-            raise UsageError(f"{self.name}: --routine is required for a source file "
-                             f"(functions: {funcs})")
-        if det.get_user and not det.routines:
-            return Routine(det.get_user[0], len_reg="rax", ret_reg="eax")
-        return det.select_routine(cpu)
-
-
-_CACHE: dict[tuple[str, str, frozenset[str], str, bool], KernelTarget] = {}
-
-
-def kernel_target(src: Source, cpu: frozenset[str], *, era: str | None = None,
-                  assembler: str = "gas", count_insns: bool = False) -> KernelTarget:
-    """Detect the era of ``src`` (or use ``era``) and build its target, cached."""
-    det = detect(src.text, name=src.name, forced=era)
-    key = (hashlib.sha256(src.text.encode()).hexdigest(), det.era.key, cpu, assembler,
-           count_insns)
-    t = _CACHE.get(key)
-    if t is None or t.name != src.name:
-        t = _CACHE[key] = KernelTarget(src, det, cpu, assembler, count_insns)
-    return t
-
-
-# ---- command line ------------------------------------------------------------------------
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The kernel-input options shared by ``run`` and ``diff``."""
-    p.add_argument("--tree", metavar="DIR",
-                   help="a kernel git tree; files are read with git show REV:PATH (for diff, "
-                        "the variants are revisions)")
-    p.add_argument("--rev", metavar="REV", help="revision to read from --tree (run; default HEAD)")
-    p.add_argument("--file", metavar="PATH", default=None,
-                   help=f"file inside the tree (default {COPY_USER})")
-    p.add_argument("--patch", metavar="FILE", action="append", default=[],
-                   help="apply an mbox (like git am) or a plain diff (like git apply) first; "
-                        "repeat for a series, applied in order.  For diff, adds the last "
-                        "variant with the patches applied as one more variant")
-    if not p.prog.endswith(" diff"):
-        p.add_argument("--object", metavar="FILE.o", help="run a built relocatable object "
-                       "(kbuild .o) instead of assembling a source (for diff: name .o files "
-                       "as variants)")
-        p.add_argument("--vmlinux", metavar="FILE", help="run a linked kernel image with "
-                       "symbols (for diff: name variants vmlinux:FILE)")
-    p.add_argument("--assembler", default="gas", help="assembler backend: gas (default) "
-                   "or keystone")
-
-
-def uses_inputs(a: argparse.Namespace) -> bool:
-    return bool(getattr(a, "tree", None) or getattr(a, "patch", None))
-
-
-def source_for(spec: str | None, a: argparse.Namespace) -> Source:
-    """The source a variant spec names: a tree revision, ``debian:6.1``, or a file."""
-    tree = getattr(a, "tree", None)
-    path = getattr(a, "file", None) or COPY_USER
-    if tree:
-        if a.cmd == "run":
-            return read_rev(tree, getattr(a, "rev", None) or "HEAD", spec or path)
-        if spec is None:
-            raise UsageError("diff --tree needs revisions to compare (e.g. v5.9 v5.17 v6.4)")
-        return read_rev(tree, spec, path)
-    if getattr(a, "rev", None):
-        raise UsageError("--rev needs --tree DIR")
-    if spec is None:
-        raise UsageError(f"{a.cmd}: name a source (.S file, era key, or debian:VERSION)")
-    if spec.startswith("debian:"):
-        version = spec.split(":", 1)[1]
-        if version not in DEBIAN_VERSIONS:
-            raise UsageError(f"'{spec}': known Debian sources are "
-                             f"{', '.join('debian:' + v for v in DEBIAN_VERSIONS)}")
-        p = debian_file(version, getattr(a, "file", None) or COPY_USER)
-        s = read_file(str(p))
-        return Source(s.text, f"debian-{version}:{p.name}", str(p))
-    if not Path(spec).suffix and not Path(spec).exists():
-        raise UsageError(f"'{spec}' is neither an era ({', '.join(ERAS)}) nor a .S file")
-    return read_file(spec)
-
-
-def variant(spec: str | None, a: argparse.Namespace, cpu: frozenset[str], count: bool = False,
-            patches: list[str] | None = None) -> tuple[str, KernelTarget]:
-    """A labelled target for one variant spec (patches: those of ``--patch`` by default)."""
-    obj = getattr(a, "object", None) if a.cmd == "run" else None
-    lnk = getattr(a, "vmlinux", None) if a.cmd == "run" else None
-    if spec and spec.endswith(".o"):
-        obj = spec
-    elif spec and spec.startswith("vmlinux:"):
-        lnk = spec.split(":", 1)[1]
-    if obj or lnk:
-        if spec and a.cmd == "run" and (getattr(a, "object", None) or getattr(a, "vmlinux", None)):
-            raise UsageError("run: give either a source or --object/--vmlinux, not both")
-        if a.patch or getattr(a, "tree", None):
-            raise UsageError("--patch and --tree apply to sources, not to built objects")
-        from emu.build.objects import built_target
-        bt = built_target(obj or lnk, linked=bool(lnk), cpu=cpu, era=getattr(a, "era", None),
-                          routine=getattr(a, "routine", None), count_insns=count)
-        return f"{bt.name} ({bt.detection.era.key})", bt
-    src = source_for(spec, a)
-    src = apply_patches(src, a.patch if patches is None else patches)
-    t = kernel_target(src, cpu, era=getattr(a, "era", None),
-                      assembler=getattr(a, "assembler", "gas"), count_insns=count)
-    return f"{src.name} ({t.detection.era.key})", t
-
-
-# ---- get_user ----------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class GetUserResult:
-    """One call of a __get_user_N helper.
+class Spec:
+    """A source spec (see the module docstring).  Plain data: it pickles into sweep workers.
 
-    ``err`` is eax as a signed int (0 or -EFAULT), ``value`` rdx masked to the access size,
-    ``expected`` the user bytes at the address.  ``ok`` holds when the helper either read the
-    right value and returned 0, or returned -EFAULT with rdx cleared.
+    Attributes:
+        kind: one of ``KINDS``.
+        value: the era key, the path (file, object, vmlinux), the Debian version or the
+            revision.
+        tree: the kernel git tree of a ``rev`` spec.
+        file: the path inside the tree or the Debian package.
+        patches: patch files applied in order (text kinds).
+        era: ``--era``: the era whose rules apply instead of the detected one.
+        assembler: the backend (``gas`` or ``keystone``).
     """
 
-    name: str
-    state: State
-    err: int | None
-    value: int | None
-    expected: int
-    faults: tuple[Fault, ...]
-    message: str = ""
+    kind: str
+    value: str
+    tree: str | None = None
+    file: str | None = None
+    patches: tuple[str, ...] = ()
+    era: str | None = None
+    assembler: str = "gas"
 
     @property
-    def verdict(self) -> str:
-        if self.state is not State.RETURNED:
-            return self.state.value
-        if self.err == 0:
-            return "ok" if self.value == self.expected else "wrong_value"
-        if self.err == -EFAULT:
-            return "ok" if self.value == 0 else "efault_with_value"
-        return "bad_error_code"
+    def is_era(self) -> bool:
+        return self.kind == "era"
 
-    def to_json(self) -> dict[str, object]:
-        return {"routine": self.name, "state": self.state.value, "err": self.err,
-                "value": None if self.value is None else hex(self.value),
-                "expected": hex(self.expected), "verdict": self.verdict,
-                "message": self.message, "faults": [f.to_json() for f in self.faults]}
+    @property
+    def text(self) -> str:
+        """The spec as the user would type it as a variant (``A``, ``x.S``, ``v5.17``…)."""
+        if self.kind == "debian":
+            return f"debian:{self.value}" + (f":{self.file}" if self.file else "")
+        if self.kind == "rev":
+            return self.value if not self.file else f"{self.value}:{self.file}"
+        if self.kind == "vmlinux":
+            return f"vmlinux:{self.value}"
+        return self.value
+
+    def run_args(self) -> list[str]:
+        """``emu run`` arguments (before the case options) that name this source again."""
+        if self.kind == "rev":
+            args = ["--tree", str(self.tree), "--rev", self.value, self.file or COPY_USER]
+        elif self.kind == "era":
+            args = [self.value]
+        elif self.kind == "file":
+            args = [self.value]
+        elif self.kind == "debian":
+            args = [f"debian:{self.value}"] + (["--file", self.file] if self.file else [])
+        elif self.kind == "object":
+            args = ["--object", self.value]
+        else:
+            args = ["--vmlinux", self.value]
+        for p in self.patches:
+            args += ["--patch", p]
+        if self.assembler != "gas":
+            args += ["--assembler", self.assembler]
+        if self.era:
+            args += ["--era", self.era]
+        return args
+
+    def with_patches(self, patches: tuple[str, ...]) -> Spec:
+        return replace(self, patches=patches)
 
 
-def is_get_user(name: str) -> bool:
-    return name in GET_USER_SIZES
+def _is_era_key(text: str) -> bool:
+    return text.upper() in ERAS and not Path(text).suffix and not Path(text).exists()
 
 
-def run_get_user(t: Target, name: str, bufs: Buffers) -> GetUserResult:
-    """Call ``name`` with rax = the user source address of ``bufs`` (direction "from")."""
-    if bufs.direction != "from":
-        raise UsageError(f"{name} reads user memory: --direction must be 'from'")
-    size = GET_USER_SIZES[name]
-    if bufs.length < size:
-        raise UsageError(f"{name} reads {size} bytes: --len must be at least {size}")
-    entry = t.image.symbol(name).addr
-    raw = t.machine.run(Call(entry, (("rax", bufs.src),)), bufs, t.kernel)
-    o = outcome.build(raw, bufs, "eax", t.image.symbolize)
-    regs = dict(raw.regs)
-    src = raw.src_window[bufs.src_align:bufs.src_align + size]
-    err = value = None
-    if raw.state is State.RETURNED:
-        e = regs["rax"] & 0xFFFFFFFFFFFFFFFF
-        err = e - (1 << 64) if e >> 63 else e
-        value = regs["rdx"] & ((1 << (8 * size)) - 1)
-    return GetUserResult(name, raw.state, err, value, int.from_bytes(src, "little"),
-                         o.faults, raw.message)
+def parse_spec(text: str | None, *, tree: str | None = None, rev: str | None = None,
+               file: str | None = None, patches: tuple[str, ...] | list[str] = (),
+               era: str | None = None, assembler: str = "gas", obj: str | None = None,
+               vmlinux: str | None = None) -> Spec:
+    """What the user typed (a positional spec plus the source options) → a ``Spec``.
 
-
-def routine_for(t: Target, era: Era | None, name: str | None, cpu: frozenset[str]) -> Routine:
-    """The routine ``--routine NAME`` names, or the one the era's CPU selection calls."""
-    if isinstance(t, KernelTarget):
-        return t.routine_for(name, cpu)
+    Raises:
+        UsageError: a spec that names nothing, or options that do not apply to its kind.
+    """
+    patches = tuple(patches)
     if era is not None:
-        return era.routine(name) if name else era.select_routine(cpu)
-    if not name:
-        funcs = ", ".join(s.name for s in t.image.functions())
-        raise UsageError(f"{t.name}: --routine is required for a source file (functions: {funcs})")
-    t.image.symbol(name)
-    return Routine(name)
+        era = get_era(era).key
+    if assembler not in BACKENDS:
+        raise UsageError(f"unknown assembler '{assembler}' (known: {', '.join(BACKENDS)})")
+    built = obj or vmlinux
+    if obj and vmlinux:
+        raise UsageError("give --object or --vmlinux, not both")
+    if built and text:
+        raise UsageError("give either a source or --object/--vmlinux, not both")
+    if text and text.startswith("vmlinux:"):
+        built, vmlinux = text.split(":", 1)[1], text.split(":", 1)[1]
+    elif text and text.endswith(".o"):
+        built, obj = text, text
+    if built:
+        if patches or tree or rev or file:
+            raise UsageError("--patch, --tree, --rev and --file apply to sources, not to "
+                             "built objects")
+        if assembler != "gas":
+            raise UsageError("--assembler applies to sources, not to built objects")
+        return Spec("vmlinux" if vmlinux else "object", built, era=era)
+    if tree:
+        if rev:
+            return Spec("rev", rev, tree, text or file or COPY_USER, patches, era, assembler)
+        if not text:
+            raise UsageError("--tree needs a revision (e.g. v5.17, or v5.17:arch/x86/lib/"
+                             "getuser.S)")
+        r, _, path = text.partition(":")
+        if not r:
+            raise UsageError(f"'{text}': no revision before ':'")
+        return Spec("rev", r, tree, path or file or COPY_USER, patches, era, assembler)
+    if rev:
+        raise UsageError("--rev needs --tree DIR")
+    if not text:
+        raise UsageError("name a source: an era key (" + ", ".join(ERAS) + "), a .S file, "
+                         "debian:VERSION, a revision with --tree, a .o or vmlinux:FILE")
+    if text.startswith("debian:"):
+        _, version, *rest = text.split(":", 2)
+        if version not in DEBIAN_VERSIONS:
+            raise UsageError(f"'{text}': known Debian sources are "
+                             f"{', '.join('debian:' + v for v in DEBIAN_VERSIONS)}")
+        return Spec("debian", version, None, (rest[0] if rest else None) or file, patches, era,
+                    assembler)
+    if file:
+        raise UsageError("--file names a file inside --tree or a debian: source")
+    if _is_era_key(text):
+        key = get_era(text).key
+        if era is not None and era != key:
+            raise UsageError(f"--era {era} does not apply to the era key {key}: an era key "
+                             "uses its own rules (give a .S file to judge it by other rules)")
+        return Spec("era", key, patches=patches, era=None, assembler=assembler)
+    if not Path(text).suffix and not Path(text).exists():
+        raise UsageError(f"'{text}' is neither an era ({', '.join(ERAS)}), a .S file, "
+                         "debian:VERSION, nor (with --tree) a revision")
+    return Spec("file", text, patches=patches, era=era, assembler=assembler)
+
+
+def source_of(spec: Spec) -> Source:
+    """The source text a text spec names, with its patches applied."""
+    if spec.kind == "era":
+        era = get_era(spec.value)
+        src = read_file(era.path)
+    elif spec.kind == "file":
+        src = read_file(spec.value)
+    elif spec.kind == "debian":
+        p = debian_file(spec.value, spec.file or COPY_USER)
+        s = read_file(str(p))
+        src = Source(s.text, f"debian-{spec.value}:{p.name}", str(p))
+    elif spec.kind == "rev":
+        src = read_rev(str(spec.tree), spec.value, spec.file or COPY_USER)
+    else:
+        raise UsageError(f"{spec.text}: a built {spec.kind} has no source text")
+    return apply_patches(src, list(spec.patches))
+
+
+#: Built targets (objects and images) by (path, size, mtime, spec, CPU, ...): one Unicorn each.
+_BUILT: Bounded[tuple[object, ...], Target] = Bounded(16, "resolve.built")
+
+
+def resolve(spec: Spec, cpu: frozenset[str], *, count_insns: bool = False,
+            severity: Severity | None = None, routine: str | None = None) -> Target:
+    """Build (or reuse) the target a spec names, for ``cpu``.
+
+    Args:
+        spec: the source.
+        cpu: CPU features for the ALTERNATIVE sites.
+        count_insns: count instructions (``emu run --instructions``).
+        severity: #MC rules to judge by instead of the era's (``--mce-rules``).
+        routine: for built images, the routine whose extable entries must be kept.
+    """
+    if spec.kind in ("object", "vmlinux"):
+        from emu.build.objects import built_target
+        try:
+            st = os.stat(spec.value)
+            stamp: tuple[object, ...] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = ()
+        key = (spec, stamp, cpu, count_insns, severity, routine)
+        t = _BUILT.get(key)
+        if t is None:
+            t = _BUILT[key] = built_target(spec.value, linked=spec.kind == "vmlinux", cpu=cpu,
+                                           era=spec.era, routine=routine,
+                                           count_insns=count_insns, severity=severity)
+        return t
+    if spec.kind == "era" and not spec.patches and spec.assembler == "gas":
+        return era_target(get_era(spec.value), cpu, count_insns=count_insns, severity=severity)
+    forced = spec.era or (spec.value if spec.kind == "era" else None)
+    return source_target(source_of(spec), cpu, era=forced, assembler=spec.assembler,
+                         count_insns=count_insns, severity=severity)
+
+
+def source_target(src: Source, cpu: frozenset[str], *, era: str | None = None,
+                  assembler: str = "gas", count_insns: bool = False,
+                  severity: Severity | None = None) -> Target:
+    """The target of a kernel source text: its era detected (or ``era``), its routines
+    those the file defines, assembled once per (text, rules, CPU, backend)."""
+    det = detect(src.text, name=src.name, forced=era)
+    return get_target(src.text, src.name, Settings.of(det.era, severity), cpu, assembler,
+                      count_insns, catalog=det, era=det.era, detection=det)
+
+
+def label(spec: Spec, t: Target) -> str:
+    """How tables name a resolved variant: ``E v5.17 - v6.3`` or ``copy_user_64.S (E)``."""
+    if spec.kind == "era" and not spec.patches and t.era is not None:
+        return f"{t.era.key} {t.era.versions}"
+    era = t.era.key if t.era is not None else "?"
+    return f"{t.name} ({era})"
+
+
+def era_of(t: Target) -> Era:
+    """The era whose rules a target was built with (its record carries the caller model)."""
+    if t.era is None:
+        raise UsageError(f"{t.name}: no era is known for this target")
+    return t.era
+
+
+
+
+def era_for(spec: Spec) -> Era:
+    """The era whose rules a spec's source runs under, without assembling it."""
+    if spec.kind == "era":
+        return get_era(spec.era or spec.value)
+    if spec.kind in TEXT_KINDS:
+        src = source_of(spec)
+        return detect(src.text, name=src.name, forced=spec.era).era
+    t = resolve(spec, frozenset())
+    return era_of(t)

@@ -1,24 +1,31 @@
-"""A runnable target: one source assembled for one era and CPU, with its machine and kernel.
+"""A runnable target: one kernel image configured for one era's rules and one CPU.
 
-This is where the stages meet: source text → object (``assemble``) → ``Image`` → ``Machine``
-+ ``Kernel`` policy → ``Outcome``.  Targets are cached per (source text, era settings, CPU), so
-a diff or sweep assembles each variant once and reuses one Unicorn instance per target.
+This is where the stages meet: an ``Image`` (assembled from source text by a registered
+backend, or loaded from a built object) → ``Machine`` + ``Kernel`` policy → ``Outcome``.
+There is one way to make a target, ``Target(image, settings, cpu, ...)``; ``emu.build.resolve``
+turns every kind of source spec into one.  Assembled targets are cached per (source text, era
+settings, CPU, backend) in a bounded cache, so a diff or sweep assembles each variant once and
+reuses one Unicorn instance per target.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-from emu.kernel import outcome
 from emu.build.assemble import AsmConfig, get_assembler
-from emu.kernel.eras import ERAS, Era, Routine, cpu_name
-from emu.errors import UsageError
-from emu.kernel.extable import Encoding
+from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES
 from emu.build.elf import load_object
-from emu.kernel.image import Image
+from emu.caching import Bounded
 from emu.core.machine import Buffers, Call, Checkpoint, FastForward, Machine
+from emu.errors import UsageError
+from emu.kernel import outcome
+from emu.kernel.eras import Era, Routine, cpu_name
+from emu.kernel.extable import Encoding
+from emu.kernel.image import Image
 from emu.kernel.outcome import Outcome
 from emu.kernel.policy import Kernel, Severity
 
@@ -34,35 +41,111 @@ class Settings:
     severity: Severity
 
     @classmethod
-    def of(cls, era: Era) -> Settings:
-        return cls(era.encoding, era.ex_layout, era.severity)
+    def of(cls, era: Era, severity: Severity | None = None) -> Settings:
+        return cls(era.encoding, era.ex_layout, severity or era.severity)
 
+
+class Catalog(Protocol):
+    """Which routines a target offers and which one the kernel calls on a CPU
+    (an ``Era`` for a bundled source, a ``Detection`` for a real kernel file)."""
+
+    routines: tuple[Routine, ...]
+
+    def select_routine(self, cpu: frozenset[str]) -> Routine: ...
+
+
+# ---- assembler backends ------------------------------------------------------------------
+
+Backend = Callable[[str, str, Settings, frozenset[str]], Image]
+
+
+def _gas(text: str, name: str, s: Settings, cpu: frozenset[str]) -> Image:
+    obj = get_assembler("gas").assemble(text, AsmConfig(int(s.encoding), s.ex_layout, cpu), name)
+    return load_object(obj, encoding=s.encoding, layout_id=s.ex_layout, name=name)
+
+
+def _keystone(text: str, name: str, s: Settings, cpu: frozenset[str]) -> Image:
+    from emu.build.keystone import KeystoneAssembler
+    ks = KeystoneAssembler()
+    if not ks.available():
+        raise UsageError("--assembler keystone: the keystone-engine package is not installed "
+                         "(pip install keystone-engine)")
+    return ks.assemble_image(text, AsmConfig(int(s.encoding), s.ex_layout, cpu), name,
+                             encoding=s.encoding, layout_id=s.ex_layout)
+
+
+#: Source text → Image, by ``--assembler`` name.  GNU as is the reference.
+BACKENDS: dict[str, Backend] = {"gas": _gas, "keystone": _keystone}
+
+
+def assemble_image(text: str, name: str, settings: Settings, cpu: frozenset[str],
+                   assembler: str = "gas") -> Image:
+    """Assemble ``text`` with the named backend into an image at kernel addresses."""
+    backend = BACKENDS.get(assembler)
+    if backend is None:
+        raise UsageError(f"unknown assembler '{assembler}' (known: {', '.join(BACKENDS)})")
+    return backend(text, name, settings, cpu)
+
+
+# ---- the target --------------------------------------------------------------------------
 
 class Target:
-    """One assembled source on one CPU, ready to run cases.
+    """One image on one CPU under one era's rules, ready to run cases.
 
     Args:
-        text: the .S source.
-        name: its file name (for messages).
+        image: the code, symbols and exception table.
         settings: extable encoding, EX_TYPE layout, severity rules.
-        cpu: CPU features (REP_GOOD, ERMS, FSRM) for the ALTERNATIVE sites.
-        assembler: backend name.
+        cpu: CPU features (REP_GOOD, ERMS, FSRM) the ALTERNATIVE sites were resolved for.
+        name: label for messages (default: the image's name).
+        catalog: the routines on offer and the CPU's choice (an Era or a Detection).
         count_insns: count instructions (slower).
+        era: the era whose rules apply (for labels and the caller model).
     """
 
-    def __init__(self, text: str, name: str, settings: Settings, cpu: frozenset[str],
-                 assembler: str = "gas", count_insns: bool = False) -> None:
-        self.name = name
+    def __init__(self, image: Image, settings: Settings, cpu: frozenset[str], *,
+                 name: str | None = None, catalog: Catalog | None = None,
+                 count_insns: bool = False, era: Era | None = None,
+                 detection: Any = None) -> None:
+        self.image = image
+        self.name = name or image.name
         self.settings = settings
         self.cpu = cpu
-        obj = get_assembler(assembler).assemble(
-            text, AsmConfig(int(settings.encoding), settings.ex_layout, cpu), name)
-        self.image: Image = load_object(obj, encoding=settings.encoding,
-                                        layout_id=settings.ex_layout, name=name)
-        self.machine = Machine(self.image, count_insns=count_insns)
-        self.kernel = Kernel(self.image.extable, settings.severity, self.image.read)
-        self._ff: dict[tuple[object, ...], FastForward | None | object] = {}
-        self._calls: dict[tuple[object, ...], Call] = {}   # (routine, placement) → Call
+        self.catalog = catalog
+        self.era = era
+        self.detection = detection
+        self.machine = Machine(image, count_insns=count_insns)
+        self.kernel = Kernel(image.extable, settings.severity, image.read)
+        self._ff: Bounded[tuple[object, ...], Any] = Bounded(16, "target.recordings")
+        self._calls: Bounded[tuple[object, ...], Call] = Bounded(256, "target.calls")
+
+    def routine_for(self, name: str | None, cpu: frozenset[str] | None = None) -> Routine:
+        """The routine ``--routine NAME`` names, else the one the kernel calls on ``cpu``.
+
+        Raises:
+            ImageError: ``name`` is not a symbol of the image.
+            UsageError: no name and nothing says which routine the kernel would call.
+        """
+        cpu = self.cpu if cpu is None else cpu
+        cat = self.catalog
+        if name:
+            if isinstance(cat, Era):
+                return cat.routine(name)
+            self.image.symbol(name)
+            for r in (cat.routines if cat is not None else ()):
+                if r.name == name:
+                    return r
+            if name in GET_USER_SIZES:
+                return Routine(name, len_reg="rax", ret_reg="eax")
+            return KNOWN_ROUTINES.get(name) or Routine(name)
+        if cat is not None:
+            getters = getattr(cat, "get_user", ())
+            if not cat.routines and getters:
+                return Routine(getters[0], len_reg="rax", ret_reg="eax")
+            if cat.routines:
+                return cat.select_routine(cpu)
+        funcs = ", ".join(s.name for s in self.image.functions())
+        raise UsageError(f"{self.name}: --routine is required for a source file "
+                         f"(functions: {funcs})")
 
     def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None,
             fast_forward: bool = False) -> Outcome:
@@ -76,6 +159,9 @@ class Target:
                 before the first load that meets the fault (``Machine.record``); the
                 outcome is the same as a full run, which the tests check across eras.
         """
+        if routine.name in GET_USER_SIZES:
+            raise UsageError(f"{routine.name} is a get_user helper (address in rax, value in "
+                             "rdx): run it with `emu run`, not as a copy routine")
         call = self._call(routine, bufs)
         kwargs: dict[str, int] = {} if budget is None else {"budget": budget}
         start = self.checkpoint(routine, bufs, budget) if fast_forward else None
@@ -85,19 +171,12 @@ class Target:
     def _call(self, routine: Routine, bufs: Buffers) -> Call:
         key = (routine.name, routine.len_reg, routine.caller_stac, bufs.direction,
                bufs.length, bufs.src_align, bufs.dst_align)
-        try:
-            calls = self._calls
-        except AttributeError:           # subclasses that build their own image skip __init__
-            calls = self._calls = {}
-        call = calls.get(key)
+        call = self._calls.get(key)
         if call is None:
             entry = self.image.symbol(routine.name).addr
             regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length),
                     ("rax", 0))
-            call = Call(entry, regs, stac=routine.caller_stac)
-            if len(calls) >= 256:        # a sweep unit reuses a few placements; keep RSS flat
-                calls.clear()
-            calls[key] = call
+            call = self._calls[key] = Call(entry, regs, stac=routine.caller_stac)
         return call
 
     def checkpoint(self, routine: Routine, bufs: Buffers,
@@ -113,8 +192,6 @@ class Target:
         ff = self._ff.get(key, _MISSING)
         if ff is _MISSING:
             clean = Buffers(bufs.direction, bufs.length, bufs.src_align, bufs.dst_align)
-            if len(self._ff) >= 16:
-                self._ff.pop(next(iter(self._ff)))
             kwargs = {} if budget is None else {"budget": budget}
             ff = self._ff[key] = self.machine.record(self._call(routine, clean), clean,
                                                      self.kernel, **kwargs)
@@ -124,7 +201,9 @@ class Target:
         return f"{self.name} [{cpu_name(self.cpu)}]"
 
 
-_CACHE: dict[tuple[str, Settings, frozenset[str], str, bool], Target] = {}
+#: Assembled targets by (text digest, settings, CPU, backend, counting, catalog).  Each holds
+#: a Unicorn instance (~10 MB), so the bound keeps a long multi-variant sweep's RSS flat.
+_CACHE: Bounded[tuple[Any, ...], Target] = Bounded(48, "target.targets")
 
 
 def read_source(path: str) -> str:
@@ -134,24 +213,22 @@ def read_source(path: str) -> str:
 
 
 def get_target(text: str, name: str, settings: Settings, cpu: frozenset[str],
-               assembler: str = "gas", count_insns: bool = False) -> Target:
-    key = (hashlib.sha256(text.encode()).hexdigest(), settings, cpu, assembler, count_insns)
+               assembler: str = "gas", count_insns: bool = False, *,
+               catalog: Catalog | None = None, era: Era | None = None,
+               detection: Any = None) -> Target:
+    """The target of a source text, assembled once per (text, settings, CPU, backend)."""
+    key = (hashlib.sha256(text.encode()).hexdigest(), settings, cpu, assembler, count_insns,
+           catalog, era, name)
     t = _CACHE.get(key)
     if t is None:
-        t = _CACHE[key] = Target(text, name, settings, cpu, assembler, count_insns)
+        img = assemble_image(text, name, settings, cpu, assembler)
+        t = _CACHE[key] = Target(img, settings, cpu, name=name, catalog=catalog,
+                                 count_insns=count_insns, era=era, detection=detection)
     return t
 
 
-def era_target(era: Era, cpu: frozenset[str], *, count_insns: bool = False) -> Target:
+def era_target(era: Era, cpu: frozenset[str], *, count_insns: bool = False,
+               severity: Severity | None = None) -> Target:
     """The bundled source of an era, assembled for ``cpu``."""
-    return get_target(read_source(era.path), Path(era.path).name, Settings.of(era), cpu,
-                      count_insns=count_insns)
-
-
-def resolve_era(key: str | None) -> Era | None:
-    if key is None:
-        return None
-    era = ERAS.get(key.upper())
-    if era is None:
-        raise UsageError(f"unknown era '{key}' (known: {', '.join(ERAS)})")
-    return era
+    return get_target(read_source(era.path), Path(era.path).name, Settings.of(era, severity),
+                      cpu, count_insns=count_insns, catalog=era, era=era)

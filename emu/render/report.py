@@ -17,20 +17,29 @@ from rich.table import Table
 from emu.kernel.outcome import Outcome
 
 
-def case_options(c: Any) -> list[str]:
-    """The ``emu run`` options that reproduce a case.
+class _Bar:
+    """A rich progress bar with ETA on stderr (``execute``'s progress display)."""
 
-    ``c`` has the fields of a case: length, src_align, dst_align, poison, unmapped,
-    direction, cpu and routine (``sweep.Case`` and ``check.Case`` both do).
-    """
-    a = ["--len", str(c.length), "--src-align", hex(c.src_align), "--dst-align", hex(c.dst_align)]
-    if c.poison:
-        a += ["--poison", ",".join(hex(p) for p in c.poison)]
-    if c.unmapped:
-        a += ["--unmapped", ",".join(hex(p) for p in c.unmapped)]
-    if c.direction != "from":
-        a += ["--direction", c.direction]
-    return a + ["--cpu", c.cpu, "--routine", c.routine]
+    def __init__(self, total: int) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        self.bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("sweep", total=total)
+
+    def advance(self) -> None:
+        self.bar.advance(self.task)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def progress(total: int) -> _Bar:
+    """The sweep's progress display on a terminal."""
+    return _Bar(total)
 
 
 def dumps(obj: Any) -> str:
@@ -139,7 +148,7 @@ def fuzz_result(res: dict[str, Any], stream: IO[str]) -> None:
 
 
 def get_user_table(g: Any, title: str, stream: IO[str]) -> None:
-    """One __get_user_N call (``inputs.GetUserResult``): error code, value, faults."""
+    """One __get_user_N call (``emu.runs.getuser.GetUserResult``): error code, value, faults."""
     c = console(stream)
     t = Table(title=escape(title), show_header=False, title_justify="left")
     t.add_column("field", style="bold")

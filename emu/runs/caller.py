@@ -23,7 +23,7 @@ one on another page panics; without it (before 81065b35e248) a second one re-add
 callback_head and the task_work list loops forever.
 
 Each era's assumptions, including the choices made where kernel-facts says UNVERIFIED, are in
-``MODELS`` and are printed with every result.
+its record's ``write`` model (``emu.kernel.eras``) and are printed with every result.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ from emu.errors import UsageError
 from emu.kernel.extable import Encoding
 from emu.core.machine import Buffers, Halt, State
 from emu.kernel.policy import Severity
+from emu.kernel.writemodel import FaultIn, TaskWork, Touch, WriteModel
+from emu.build.resolve import Spec, resolve
 from emu.build.target import Settings, Target, get_target, read_source
 
 GETUSER = ASM_DIR / "getuser.S"
@@ -52,127 +54,6 @@ PANIC_TOO_MANY = "Kernel panic - not syncing: Too many consecutive machine check
 PANIC_OTHER_PAGE = "Kernel panic - not syncing: Consecutive machine checks to different user pages"
 
 
-class FaultIn(str, Enum):
-    """The extable type of the fault-in load (kernel-facts §4b getuser row, §8)."""
-
-    UACCESS = "uaccess"
-    DEFAULT = "default"
-    EFAULT_REG = "efault_reg"
-
-    @property
-    def routine(self) -> str:
-        return {"uaccess": "emu_fault_in_ua", "default": "emu_fault_in_default",
-                "efault_reg": "emu_fault_in_efault_reg"}[self.value]
-
-
-class Touch(str, Enum):
-    """Which bytes of the range the fault-in loads."""
-
-    FIRST_PAGES_LAST = "first byte, each later page start, last byte"   # fault_in_pages_readable
-    FIRST_PAGES = "first byte, then each later page start"             # fault_in_readable
-
-
-class TaskWork(str, Enum):
-    """What a COPYIN #MC queues for the return to user (kernel-facts §6d)."""
-
-    NONE = "none"
-    KILL_ME_MAYBE = "kill_me_maybe"
-    KILL_ME_NEVER = "kill_me_never"
-
-
-@dataclass(frozen=True)
-class WriteModel:
-    """One era's caller-level facts, and the assumptions made where the facts stop."""
-
-    era: str
-    severity: Severity
-    fault_in: FaultIn
-    touch: Touch
-    efault_if_any_missing: bool
-    task_work: TaskWork
-    mce_count: bool
-    assumptions: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"era": self.era, "mce_rules": self.severity.value,
-                "fault_in_fixup": self.fault_in.value, "fault_in_touches": self.touch.value,
-                "efault_when": ("any byte not faulted in" if self.efault_if_any_missing
-                                else "no byte faulted in"),
-                "task_work": self.task_work.value, "mce_count": self.mce_count,
-                "assumptions": list(self.assumptions)}
-
-
-_COMMON = (
-    "write(fd, buf, len) at a file position whose page offset is --dst-align; one iovec; "
-    "generic_perform_write() chunks are min(PAGE_SIZE - offset, remaining).",
-    "->write_end accepts a short copy (tmpfs-like shmem_write_end, as for the ras-tools "
-    "copyin test's mkstemp() file); a filesystem that rejects short copies of a !uptodate "
-    "page would only add one more copy of the prefix.",
-    "copied == 0 goes back to the fault-in with the same chunk (≤ 5.13: chunk shrunk to the "
-    "single segment, the same for one iovec; 5.14+: 'goto again').",
-    "--unmapped pages have no VMA: the fault-in fails on them with -EFAULT (a #PF on a "
-    "valid but absent page would just be served).",
-    "fatal_signal_pending() stays false inside the loop: task_work is not a signal.",
-)
-_PAGES_READABLE = ("fault_in_pages_readable() touches the first byte, each later page start "
-                   "and the last byte (kernel-facts §7a: UNVERIFIED); any failure → -EFAULT.")
-_READABLE = ("fault_in_readable() (5.16, Andreas Gruenbacher) touches the first byte and each "
-             "later page start and returns the bytes not faulted in; generic_perform_write() "
-             "fails with -EFAULT only if none was faulted in (that it uses unsafe_get_user() "
-             "is UNVERIFIED; emu uses a get_user style movzbl load).")
-
-MODELS: dict[str, WriteModel] = {
-    "A": WriteModel("A", Severity.V5_9, FaultIn.UACCESS, Touch.FIRST_PAGES_LAST, True,
-                    TaskWork.NONE, False, _COMMON + (
-        _PAGES_READABLE,
-        "≤ v5.9: a kernel-mode #MC recovers only at an ex_handler_fault entry, so an #MC in "
-        "copy_user or in __get_user panics; the panic text is the 6.4-era log wording "
-        "(whether ≤ v5.9 printed the same is UNVERIFIED, kernel-facts §6c).",
-        "The fault-in load carries _ASM_EXTABLE_UA (ex_handler_uaccess).")),
-    "B": WriteModel("B", Severity.V5_10, FaultIn.UACCESS, Touch.FIRST_PAGES_LAST, True,
-                    TaskWork.KILL_ME_MAYBE, False, _COMMON + (
-        _PAGES_READABLE,
-        "The rest of the Sept-2020 v1 series is applied (CPY entries, is_copy_from_user "
-        "severity, task_work kill_me_maybe); the follow-up is as in era C (UNVERIFIED for v1).",
-        "No mce_count (it is from 2021): a second COPYIN #MC before the return to user "
-        "re-adds the same callback_head (the infinite task_work loop of 81065b35e248).",
-        "The fault-in load carries _ASM_EXTABLE_UA.")),
-    "C": WriteModel("C", Severity.V5_10, FaultIn.UACCESS, Touch.FIRST_PAGES_LAST, True,
-                    TaskWork.KILL_ME_MAYBE, True, _COMMON + (
-        _PAGES_READABLE,
-        "Models v5.15 and 5.10-LTS from 5.10.68: mce_count is present (81065b35e248, "
-        "backported as 619d747c1850). --no-mce-count models 5.10.0-5.10.67 and 5.11-5.14.",
-        "kill_me_maybe: memory_failure() then SIGBUS BUS_MCEERR_AR at current->mce_vaddr, "
-        "the address the last is_copy_from_user() decoded.",
-        "The fault-in load carries _ASM_EXTABLE_UA.")),
-    "D": WriteModel("D", Severity.V5_16, FaultIn.UACCESS, Touch.FIRST_PAGES, False,
-                    TaskWork.KILL_ME_NEVER, True, _COMMON + (
-        _READABLE,
-        "The fault-in load carries EX_TYPE_UACCESS (v5.16 has no EFAULT_REG yet).",
-        "kill_me_never: mce_count = 0, 'Kernel accessed poison in user space', "
-        "memory_failure(pfn, 0); no signal.")),
-    "E": WriteModel("E", Severity.V5_17, FaultIn.UACCESS, Touch.FIRST_PAGES, False,
-                    TaskWork.KILL_ME_NEVER, True, _COMMON + (
-        _READABLE,
-        "CHOICE (kernel-facts §7b/§8 mark the exact fault-in path UNVERIFIED): the fault-in "
-        "load carries EX_TYPE_UACCESS, as getuser.S up to v6.3 and inline get_user built with "
-        "asm goto outputs.  --fault-in efault_reg selects the 5.17-6.14 EX_TYPE_EFAULT_REG "
-        "class (99641e094d6c / 4c132d1d844a; inline get_user without asm goto outputs, "
-        "UNVERIFIED), which the 5.17 severity rules do not recover: the 'copyin case: kernel "
-        "panic since v5.17' report.",
-        "kill_me_never; no signal.")),
-    "F": WriteModel("F", Severity.V5_17, FaultIn.UACCESS, Touch.FIRST_PAGES, False,
-                    TaskWork.KILL_ME_NEVER, True, _COMMON + (
-        _READABLE,
-        "Models v6.8-v6.14: 5.17 severity rules, fault-in load EX_TYPE_UACCESS (getuser.S "
-        "after the 2024 revert, lore 20240129063842.61584-1).  "
-        "--fault-in default models v6.4-v6.7 (b19b74bc99b1, EX_TYPE_DEFAULT: an #MC there "
-        "panics); --fault-in efault_reg the inline get_user class; --mce-rules 2025 the "
-        "is_copy_from_user-first rules of 1a15bb8303b6 (stable 6.12.23, ~v6.15).",
-        "kill_me_never; no signal.")),
-}
-
-
 def model_for(era: Era, *, mce_rules: Severity | None = None, fault_in: FaultIn | None = None,
               mce_count: bool | None = None) -> WriteModel:
     """The era's write(2) model, with the user's overrides (each one noted as an assumption).
@@ -180,7 +61,7 @@ def model_for(era: Era, *, mce_rules: Severity | None = None, fault_in: FaultIn 
     Raises:
         UsageError: an override the era cannot express (EFAULT_REG before v5.17).
     """
-    m = MODELS[era.key]
+    m = era.write
     notes: list[str] = []
     if fault_in is not None and fault_in is not m.fault_in:
         if fault_in is FaultIn.EFAULT_REG and era.encoding is not Encoding.DATA:
@@ -327,11 +208,14 @@ class WriteSim:
     """
 
     def __init__(self, era: Era, cpu: frozenset[str], model: WriteModel,
-                 routine: Routine | None = None, *, trace_code: bool = False) -> None:
+                 routine: Routine | None = None, *, trace_code: bool = False,
+                 source: Spec | None = None) -> None:
         self.era, self.cpu, self.model = era, cpu, model
-        self.routine = routine or era.select_routine(cpu)
         settings = Settings(era.encoding, era.ex_layout, model.severity)
-        self.copy_t = get_target(read_source(era.path), Path(era.path).name, settings, cpu)
+        if source is None:
+            source = Spec("era", era.key)
+        self.copy_t = resolve(source, cpu, severity=model.severity)
+        self.routine = routine or self.copy_t.routine_for(None, cpu)
         self.gu_t = get_target(read_source(str(GETUSER)), GETUSER.name, settings, frozenset())
         self.gu = Routine(model.fault_in.routine)
         self.trace_code = trace_code
@@ -576,11 +460,15 @@ class WriteSim:
 
 def simulate(era: Era, cpu: frozenset[str], bufs: Buffers, *, routine: Routine | None = None,
              mce_rules: Severity | None = None, fault_in: FaultIn | None = None,
-             mce_count: bool | None = None, trace_code: bool = False) -> WriteResult:
+             mce_count: bool | None = None, trace_code: bool = False,
+             source: Spec | None = None) -> WriteResult:
     """write(2) of ``bufs.length`` bytes from a user buffer at ``bufs.src_align``.
 
     ``bufs.dst_align`` is the file position's offset in its page; ``bufs.poison`` and
-    ``bufs.unmapped`` are offsets from the user buffer.
+    ``bufs.unmapped`` are offsets from the user buffer.  The copy routine comes from
+    ``source`` (any source spec: a real kernel file, a revision, a built object) when given,
+    else from the era's bundled source; ``era`` — the source's detected era — supplies the
+    caller-level semantics (its ``write`` model).
 
     Raises:
         UsageError: a to-user case, or an override the era cannot express.
@@ -591,7 +479,7 @@ def simulate(era: Era, cpu: frozenset[str], bufs: Buffers, *, routine: Routine |
     if bufs.length == 0:
         raise UsageError("--caller write needs --len > 0")
     model = model_for(era, mce_rules=mce_rules, fault_in=fault_in, mce_count=mce_count)
-    sim = WriteSim(era, cpu, model, routine, trace_code=trace_code)
+    sim = WriteSim(era, cpu, model, routine, trace_code=trace_code, source=source)
     return sim.run(bufs.length, bufs.src_align, bufs.dst_align, bufs.poison, bufs.unmapped)
 
 

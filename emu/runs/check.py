@@ -51,26 +51,25 @@ lets each side use its own detection (for distant revisions).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import shlex
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from emu.runs import map as umap
-from emu.render import report
-from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES, detect
-from emu.kernel.eras import ERAS, CPUS, Routine
-from emu.errors import InputError, UsageError
-from emu.build.resolve import GetUserResult, run_get_user
+from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES
+from emu.build.resolve import Spec, resolve, source_of
+from emu.caching import Bounded
 from emu.core.machine import Buffers, State
+from emu.errors import InputError, UsageError
+from emu.kernel.eras import CPUS, ERAS, Routine, get_era
 from emu.kernel.outcome import Outcome
-from emu.build.sources import COPY_USER, Source, apply_patches, read_file, read_rev
+from emu.runs import map as umap
+from emu.runs.getuser import GetUserResult, run_get_user
+from emu.runs.repro import case_options
 
 MATRIX_VERSION = "std-1"
 SNAPSHOT_FORMAT = "emu-check-snapshot"
@@ -137,7 +136,7 @@ class MCase:
 
     def args(self) -> list[str]:
         """The ``emu run`` options of this case."""
-        return report.case_options(self)
+        return case_options(self)
 
     def minimality(self) -> tuple[int, ...]:
         return (self.length, len(self.poison) + len(self.unmapped), self.src_align,
@@ -246,11 +245,13 @@ def compact_get_user(g: GetUserResult) -> dict[str, Any]:
 
 @dataclass
 class Side:
-    """OLD or NEW: a source text, how to name it in a reproducer, and its targets."""
+    """OLD or NEW: the source spec, how to name it in a reproducer, and its results.
+
+    A side loaded from a snapshot has no spec (only NEW can be re-run).
+    """
 
     label: str
-    source: Source
-    run_prefix: list[str]          # emu run ... up to (not including) --era
+    spec: Spec | None
     era: str = ""
     detected: str = ""
     routines: dict[str, Routine] = field(default_factory=dict)
@@ -260,49 +261,40 @@ class Side:
     panic_at: dict[str, str] = field(default_factory=dict)   # case key -> where the #MC panicked
     distinct_runs: int = 0
 
+    @property
+    def run_prefix(self) -> list[str]:
+        """``emu run`` and the source arguments, up to (not including) ``--era``."""
+        if self.spec is None:
+            return []
+        return ["emu", "run", *replace(self.spec, era=None).run_args()]
+
     def command(self, c: MCase) -> str:
         return shlex.join([*self.run_prefix, "--era", self.era, *c.args()])
 
 
-def _era_key(spec: str) -> str | None:
-    if Path(spec).suffix or Path(spec).exists():
-        return None
-    return spec.upper() if spec.upper() in ERAS else None
+def side_of(spec: Spec) -> Side:
+    """A source spec → a Side (the source is read now, so a bad spec fails before any run).
+
+    An era key is checked as its bundled file, so its reproducer can carry any ``--era``.
+    """
+    if spec.kind == "era":
+        era = get_era(spec.value)
+        path = era.path
+        rel = os.path.relpath(path)
+        spec = replace(spec, kind="file", value=rel if not rel.startswith("..") else path)
+        if not spec.patches:
+            return Side(f"era {era.key}:{Path(path).name}", spec)
+    if spec.kind in ("object", "vmlinux"):
+        if not Path(spec.value).is_file():
+            raise InputError(f"{spec.value}: no such file")
+        return Side(Path(spec.value).name, spec)
+    return Side(source_of(spec).name, spec)
 
 
-def resolve(spec: str, a: argparse.Namespace, patches: list[str]) -> Side:
-    """A source spec (revision with --tree, era key, .S file, debian:VERSION) → a Side."""
-    tree = getattr(a, "tree", None)
-    path = getattr(a, "file", None) or COPY_USER
-    prefix: list[str]
-    if tree:
-        src = read_rev(tree, spec, path)
-        prefix = ["emu", "run", "--tree", tree, "--rev", spec, path]
-    elif _era_key(spec):
-        era = ERAS[_era_key(spec)]  # type: ignore[index]
-        src = read_file(era.path)
-        src = Source(src.text, f"era {era.key}:{Path(era.path).name}", era.path)
-        rel = os.path.relpath(era.path)
-        prefix = ["emu", "run", rel if not rel.startswith("..") else era.path]
-    elif spec.startswith("debian:"):
-        from emu.build import resolve as inputs
-        ns = argparse.Namespace(tree=None, rev=None, file=getattr(a, "file", None),
-                                cmd="check")
-        src = inputs.source_for(spec, ns)
-        prefix = ["emu", "run", spec]
-        if getattr(a, "file", None):
-            prefix += ["--file", a.file]
-    else:
-        if not Path(spec).suffix and not Path(spec).exists():
-            raise UsageError(f"'{spec}' is neither an era ({', '.join(ERAS)}), a .S file, nor "
-                             "(with --tree) a revision")
-        src = read_file(spec)
-        prefix = ["emu", "run", spec]
-    if patches:
-        src = apply_patches(src, patches)
-        for p in patches:
-            prefix += ["--patch", p]
-    return Side(src.name, src, prefix)
+def detected_era(side: Side) -> str:
+    """The era the side's file shows (``--era`` aside)."""
+    assert side.spec is not None
+    return resolve(replace(side.spec, era=None), CPUS["none"]).era.key  # type: ignore[union-attr]
 
 
 # ---- running ------------------------------------------------------------------------------
@@ -321,7 +313,10 @@ def _fingerprint(t: Any) -> str:
     return h.hexdigest()
 
 
-_MEMO: dict[tuple[str, str], dict[str, tuple[dict[str, Any], str | None]]] = {}
+#: Outcomes per (image fingerprint, routine): a CPU path or side with an identical image
+#: reuses them.  Bounded: a range check over many revisions would otherwise keep them all.
+_MEMO: Bounded[tuple[str, str], dict[str, tuple[dict[str, Any], str | None]]] = Bounded(
+    64, "check.outcomes")
 
 
 def _panic_site(o: Outcome | GetUserResult) -> str | None:
@@ -332,8 +327,9 @@ def _panic_site(o: Outcome | GetUserResult) -> str | None:
 
 
 def _targets(side: Side, cpus: tuple[str, ...]) -> dict[str, Any]:
-    from emu.build.resolve import kernel_target
-    return {c: kernel_target(side.source, CPUS[c], era=side.era) for c in cpus}
+    assert side.spec is not None
+    spec = replace(side.spec, era=side.era)
+    return {c: resolve(spec, CPUS[c]) for c in cpus}
 
 
 def prepare(side: Side, era: str, names: list[str]) -> None:
@@ -343,7 +339,7 @@ def prepare(side: Side, era: str, names: list[str]) -> None:
         EmuError: the source does not assemble, or a ``--routine`` is not defined.
     """
     side.era = era
-    side.detected = detect(side.source.text, name=side.source.name).era.key
+    side.detected = detected_era(side)
     t = _targets(side, ("none",))["none"]
     side.functions = tuple(s.name for s in t.image.functions())
     known = {r.name: r for r in t.detection.routines}
@@ -605,7 +601,7 @@ def load_snapshot(path: str) -> Side:
                          f"this emu runs {MATRIX_VERSION}; record it again with emu snapshot "
                          "--force")
     try:
-        side = Side(d["source"], Source("", d["source"], path), [], era=d["era"],
+        side = Side(d["source"], None, era=d["era"],
                     detected=d["detected_era"])
         for n, (lr, rr, st) in d["conventions"].items():
             side.routines[n] = Routine(n, lr, rr, st)
@@ -619,48 +615,6 @@ def load_snapshot(path: str) -> Side:
     if d["era"] not in ERAS:
         raise InputError(f"{path}: unknown era '{d['era']}' in snapshot")
     return side
-
-
-def write_atomic(path: str, text: str, force: bool, what: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory.
-
-    Without ``force`` an existing file is never replaced (the final step is a hard link,
-    which fails if the name exists).
-
-    Raises:
-        UsageError: the file exists and ``force`` is not set.
-        InputError: the directory cannot be written.
-    """
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"{path}: is a directory ({what})")
-    if p.exists() and not force:
-        raise UsageError(f"{path} exists; use --force to replace it ({what})")
-    d = p.parent if str(p.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=d)
-    except OSError as e:
-        raise InputError(f"{path}: cannot write: {e.strerror}") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if force:
-            os.replace(tmp, p)
-        else:
-            try:
-                os.link(tmp, p)
-            except FileExistsError:
-                raise UsageError(f"{path} exists; use --force to replace it ({what})") from None
-            except OSError as e:
-                raise InputError(f"{path}: cannot write: {e.strerror}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---- the commands -------------------------------------------------------------------------
@@ -679,14 +633,15 @@ def _allow(values: list[str]) -> set[str]:
     return out
 
 
-def _rules(a: argparse.Namespace, old: Side) -> str:
-    if a.era is None:
-        return detect(old.source.text, name=old.source.name).era.key
-    if a.era.lower() == "each":
+def rules_for(era: str | None, old: Side) -> str:
+    """The era key both sides are judged by: ``era`` (a key, or "each"), else OLD's own."""
+    if era is None:
+        return old.era or detected_era(old)
+    if era.lower() == "each":
         return "each"
-    if a.era.upper() not in ERAS:
-        raise UsageError(f"unknown --era '{a.era}' (known: {', '.join(ERAS)}, each)")
-    return a.era.upper()
+    if era.upper() not in ERAS:
+        raise UsageError(f"unknown --era '{era}' (known: {', '.join(ERAS)}, each)")
+    return era.upper()
 
 
 @dataclass
@@ -715,60 +670,38 @@ def _side_json(s: Side) -> dict[str, Any]:
             "routines": sorted(s.routines)}
 
 
-def _check_outputs(a: argparse.Namespace) -> None:
-    if a.ktap and a.json:
-        raise UsageError("--ktap and --json both write to stdout; choose one")
-    if a.junit:
-        inputs = {str(Path(x).resolve()) for x in (a.old, a.new, a.against) if x} | {
-            str(Path(x).resolve()) for x in a.patch}
-        if str(Path(a.junit).resolve()) in inputs:
-            raise UsageError(f"{a.junit}: --junit would overwrite an input")
-        p = Path(a.junit)
-        if p.is_dir():
-            raise UsageError(f"{a.junit}: is a directory (--junit)")
-        if p.exists() and not a.force:
-            try:
-                head = p.read_bytes()[:4096]
-            except OSError as e:
-                raise InputError(f"{a.junit}: cannot read: {e.strerror} (--junit)") from None
-            if b"<testsuites" not in head and b"<testsuite" not in head:
-                raise UsageError(f"{a.junit} exists and is not a JUnit report; use --force to "
-                                 "replace it")
+def run_check(old_spec: Spec | None, new_spec: Spec, *, against: str | None = None,
+              era: str | None = None, routines: list[str] | tuple[str, ...] = (),
+              allow: set[str] | frozenset[str] = frozenset()) -> Result:
+    """Run the matrix on OLD (or load the snapshot ``against``) and NEW, and compare.
 
-
-def run_check(a: argparse.Namespace) -> Result:
-    """Resolve OLD/NEW (or the snapshot), run the matrix on both and compare."""
-    allow = _allow(a.allow)
-    _check_outputs(a)
-    if a.against:
-        if a.new is not None:
-            raise UsageError("check --against SNAPSHOT takes one source (NEW), not two")
-        if a.old is None:
-            raise UsageError("check --against SNAPSHOT: name the NEW source")
-        old = load_snapshot(a.against)
-        new = resolve(a.old, a, a.patch)
-        era = old.era if a.era is None else _rules(a, old)
-        if era == "each":
-            era = detect(new.source.text, name=new.source.name).era.key
-        prepare(new, era, a.routine)
+    Args:
+        old_spec: OLD's source (None with ``against``).
+        new_spec: NEW's source.
+        against: a snapshot file standing for OLD.
+        era: an era key for both sides, "each" (each side its own), or None (OLD's).
+        routines: only these routines (default: every routine emu can call in the files).
+        allow: classes accepted as intended.
+    """
+    names = list(routines)
+    if against:
+        old = load_snapshot(against)
+        new = side_of(new_spec)
+        rules = old.era if era is None else rules_for(era, old)
+        prepare(new, detected_era(new) if rules == "each" else rules, names)
     else:
-        if a.old is None:
-            raise UsageError("check: name OLD and NEW (or NEW with --against SNAPSHOT)")
-        if a.new is None and not a.patch:
-            raise UsageError("check: name NEW too, or give --patch to compare OLD with OLD "
-                             "plus the patches")
-        old = resolve(a.old, a, [])
-        new = resolve(a.new if a.new is not None else a.old, a, a.patch)
-        era = _rules(a, old)
-        prepare(old, era if era != "each" else detect(old.source.text).era.key, a.routine)
-        prepare(new, era if era != "each" else detect(new.source.text).era.key, a.routine)
-    if a.routine:
-        missing = [n for n in a.routine if n not in old.routines and n not in new.routines]
+        assert old_spec is not None
+        old, new = side_of(old_spec), side_of(new_spec)
+        rules = rules_for(era, old)
+        prepare(old, rules if rules != "each" else detected_era(old), names)
+        prepare(new, rules if rules != "each" else detected_era(new), names)
+    if names:
+        missing = [n for n in names if n not in old.routines and n not in new.routines]
         if missing:
             raise UsageError(f"--routine {', '.join(missing)}: defined in neither OLD nor NEW "
                              f"(NEW functions: {', '.join(new.functions) or 'none'})")
     common = [r for r in old.routines if r in new.routines]
-    if not a.against:
+    if not against:
         run_side(old, common)
     run_side(new, common)
     if not common and not set(old.routines) ^ set(new.routines) and not any(
@@ -776,86 +709,20 @@ def run_check(a: argparse.Namespace) -> Result:
         raise UsageError(f"{new.label}: nothing to compare: no routine emu knows how to call "
                          "and no instruction that touches user memory (name routines with "
                          f"--routine; functions: {', '.join(new.functions) or 'none'})")
-    return Result(old, new, compare(old, new, allow), common)
+    return Result(old, new, compare(old, new, set(allow)), common)
 
 
-def run_snapshot(a: argparse.Namespace) -> Side:
-    side = resolve(a.source, a, a.patch)
-    era = (detect(side.source.text, name=side.source.name).era.key if a.era is None
-           else a.era.upper())
-    if era not in ERAS:
-        raise UsageError(f"unknown --era '{a.era}' (known: {', '.join(ERAS)})")
-    prepare(side, era, a.routine)
+def run_snapshot(spec: Spec, *, era: str | None = None,
+                 routines: list[str] | tuple[str, ...] = ()) -> Side:
+    """Run the matrix on one source, for ``emu snapshot``."""
+    side = side_of(spec)
+    rules = detected_era(side) if era is None else era.upper()
+    if rules not in ERAS:
+        raise UsageError(f"unknown --era '{era}' (known: {', '.join(ERAS)})")
+    prepare(side, rules, list(routines))
     run_side(side, list(side.routines))
     if not side.routines and not any(side.accesses.values()):
         raise UsageError(f"{side.label}: nothing to record: no routine emu knows how to call "
                          "and no instruction that touches user memory (name routines with "
                          f"--routine; functions: {', '.join(side.functions) or 'none'})")
     return side
-
-
-def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tree", metavar="DIR",
-                   help="a git tree: sources are revisions of --file in it")
-    p.add_argument("--file", metavar="PATH", default=None,
-                   help=f"file inside the tree (default {COPY_USER})")
-    p.add_argument("--patch", metavar="FILE", action="append", default=[],
-                   help="apply an mbox or diff to NEW (repeatable, in order); with --patch, "
-                        "NEW defaults to OLD")
-    p.add_argument("--era", help="era rules for both sides (default: OLD's detected era; "
-                   "'each': each side its own)")
-    p.add_argument("--routine", action="append", default=[],
-                   help="only these routines (repeatable; default: every routine emu knows "
-                        "how to call in the file)")
-
-
-def add_check_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("old", nargs="?", metavar="OLD",
-                   help="old source: a revision (with --tree), an era key, a .S file")
-    p.add_argument("new", nargs="?", metavar="NEW", help="new source, same forms")
-    p.add_argument("--against", metavar="SNAPSHOT",
-                   help="compare NEW (the one positional) with a snapshot from emu snapshot")
-    add_source_arguments(p)
-    p.add_argument("--allow", action="append", default=[], metavar="CLASS",
-                   help=f"accept an intended change of this class (repeatable): "
-                        f"{', '.join(CLASSES)}")
-    p.add_argument("--ktap", action="store_true", help="print KTAP v1 (as kselftest/kunit)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
-    p.add_argument("--force", action="store_true",
-                   help="let --junit replace a file that is not a JUnit report")
-
-
-def add_snapshot_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE",
-                   help="a revision (with --tree), an era key or a .S file")
-    p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="snapshot file to write (never replaced without --force)")
-    p.add_argument("--force", action="store_true", help="replace an existing snapshot")
-    add_source_arguments(p)
-
-
-def cmd_check(a: argparse.Namespace, out: IO[str]) -> int:
-    from emu.render import ci as checkreport
-    res = run_check(a)
-    if a.junit:
-        write_atomic(a.junit, checkreport.junit(res), True, "--junit")
-    if a.json:
-        from emu.render.report import dumps
-        out.write(dumps(res.to_json()))
-    elif a.ktap:
-        out.write(checkreport.ktap(res))
-    else:
-        checkreport.terminal(res, out)
-    return res.exit_code
-
-
-def cmd_snapshot(a: argparse.Namespace, out: IO[str]) -> int:
-    target = Path(a.output)
-    if target.exists() and not a.force:   # fail before the matrix runs
-        raise UsageError(f"{a.output} exists; use --force to replace it")
-    side = run_snapshot(a)
-    write_atomic(a.output, dumps_snapshot(side), a.force, "snapshot")
-    out.write(f"snapshot: {side.label} (era {side.era} rules), {len(side.routines)} routine(s), "
-              f"{len(side.results)} cases ({side.distinct_runs} distinct runs) -> {a.output}\n")
-    return 0

@@ -28,7 +28,8 @@ from emu.kernel.eras import parse_cpu
 from emu.errors import InputError, UsageError
 from emu.core.machine import State
 from emu.kernel.outcome import VIOLATIONS
-from emu.runs.sweep import FAULT_KINDS, Case, Grid, Runner
+from emu.runs.faults import Where, get_kind
+from emu.runs.sweep import Case, Grid, Runner
 
 #: Names ``--want`` accepts besides the violation names.
 STATES = tuple(s.value for s in State if s is not State.RETURNED)
@@ -99,22 +100,12 @@ def cases(grid: Grid, max_len: int, fixed_len: bool, fixed_align: bool) -> Any:
             sa = draw(st.integers(0, min(L.PAGE - 1, L.MAX_SPAN - n)))
             da = draw(st.integers(0, min(L.PAGE - 1, L.MAX_SPAN - n)))
         off = draw(st.sampled_from(grid.offsets) if grid.offsets else st.integers(0, n - 1))
-        user_align = sa if direction == "from" else da
-        poison: tuple[int, ...] = ()
-        unmapped: tuple[int, ...] = ()
-        if kind == "mc":
-            poison = (off,)
-        elif kind == "mc2":
-            nxt = (sa + off) // L.LINE * L.LINE + L.LINE - sa
-            poison = (off, nxt) if nxt < n else (off,)
-        elif kind in ("pf", "pf2"):
-            nxt = (user_align + off) // L.PAGE * L.PAGE + L.PAGE - user_align
-            unmapped = (off, nxt) if kind == "pf2" and nxt < n else (off,)
-        else:
-            nxt = (user_align + off) // L.PAGE * L.PAGE + L.PAGE - user_align
-            poison, unmapped = (off,), ((nxt,) if nxt < n else ())
+        where = Where(n, sa, sa if direction == "from" else da)
+        placed = get_kind(kind).place(off, where, partial=True)
+        assert placed is not None
+        poison, unmapped = placed
         return Case(v.spec, routine.name, cpu, direction, n, sa, da, kind, off, poison,
-                    unmapped, v.rules)
+                    unmapped, v.rules, v.source)
 
     return draw_case()
 
@@ -141,7 +132,7 @@ def search(grid: Grid, *, want: frozenset[str], max_len: int = 8192, examples: i
     if not 1 <= max_len <= L.MAX_SPAN:
         raise UsageError(f"--max-len must be within 1..{L.MAX_SPAN}")
     for k in grid.kinds:
-        assert k in FAULT_KINDS
+        get_kind(k)
     runner = Runner()
     state: dict[str, Any] = {"tried": 0}
 

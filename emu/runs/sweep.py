@@ -43,23 +43,19 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from emu.build.resolve import Spec, parse_spec, resolve, source_of
+from emu.caching import Bounded
 from emu.core import layout as L
-from emu.render import report
-from emu.kernel.eras import ERAS, Era, Routine, cpu_name, parse_cpu
-from emu.errors import EmuError, InputError, UsageError
 from emu.core.machine import Buffers, State
+from emu.errors import EmuError, InputError, UsageError
+from emu.kernel.eras import Era, Routine, cpu_name, get_era, parse_cpu
 from emu.kernel.outcome import BENIGN_FOR_COPY_FROM_USER, VIOLATIONS, Outcome
+from emu.runs.faults import KINDS, placements
+from emu.runs.repro import case_options
 
 #: Outcome classes, from best to worst (the heatmap colours follow this order).
 CLASSES: tuple[str, ...] = ("ok", "benign", "violation", "smap_violation",
                             "oops", "hang", "panic", "tool_error")
-FAULT_KINDS: dict[str, str] = {
-    "mc": "one #MC: the source line holding the offset is poisoned",
-    "mc2": "two #MC: that line and the next one are poisoned",
-    "pf": "one #PF: the user page holding the offset is not present (one case per page)",
-    "pf2": "two #PF: that user page and the next one are not present",
-    "mc+pf": "#MC on the line holding the offset and #PF on the next user page",
-}
 #: Test hooks: a worker kills itself (SIGKILL) or raises on the case with this id.
 CRASH_ENV = "EMU_SWEEP_CRASH"
 RAISE_ENV = "EMU_SWEEP_RAISE"
@@ -84,6 +80,12 @@ class Case:
     poison: tuple[int, ...]
     unmapped: tuple[int, ...]
     era: str | None = None
+    #: The variant's source spec (not part of the id or the record: ``variant`` names it).
+    spec: Spec | None = None
+
+    @property
+    def source(self) -> Spec:
+        return self.spec if self.spec is not None else parse_spec(self.variant, era=self.era)
 
     @property
     def id(self) -> str:
@@ -107,10 +109,7 @@ class Case:
 
     def command(self) -> str:
         """The ``emu run`` command line that reproduces this case."""
-        parts = ["emu", "run", self.variant]
-        if self.era:
-            parts += ["--era", self.era]
-        return " ".join(parts + report.case_options(self))
+        return " ".join(["emu", "run", *self.source.run_args(), *case_options(self)])
 
     def to_json(self) -> dict[str, Any]:
         return {"variant": self.variant, "routine": self.routine, "cpu": self.cpu,
@@ -121,7 +120,8 @@ class Case:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Case:
-        return cls(**{**d, "poison": tuple(d["poison"]), "unmapped": tuple(d["unmapped"])})
+        return cls(**{**d, "poison": tuple(d["poison"]), "unmapped": tuple(d["unmapped"]),
+                      "spec": None})
 
     def minimality(self) -> tuple[int, ...]:
         """Sort key: smaller means a simpler reproducer."""
@@ -131,29 +131,46 @@ class Case:
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """A variant as the sweep sees it: an era key, or a .S file with the era rules it uses."""
+    """A variant as the sweep sees it: its source spec and the routines it offers.
+
+    ``spec`` is the variant as typed (the ``variant`` field of its cases); ``catalog`` is the
+    era (era keys) or the file's detection, which names its routines and the CPU's choice.
+    """
 
     spec: str
-    era: Era | None
-    rules: str | None = None
+    source: Spec
+    catalog: Any
+
+    @property
+    def era(self) -> Era | None:
+        return get_era(self.source.value) if self.source.kind == "era" else None
+
+    @property
+    def rules(self) -> str | None:
+        return self.source.era
 
     @property
     def label(self) -> str:
-        return self.era.key if self.era else Path(self.spec).name
+        return self.source.value if self.source.kind == "era" else Path(self.spec).name
 
 
-def parse_variant(spec: str, rules: str | None) -> Variant:
-    """An era key (A–F) or a path to a .S file (checked readable here, assembled in workers)."""
-    if not Path(spec).suffix:
-        era = ERAS.get(spec.upper())
-        if era is None:
-            raise UsageError(f"'{spec}' is neither an era ({', '.join(ERAS)}) nor a .S file")
-        return Variant(era.key, era)
-    from emu.build.target import read_source
-    read_source(spec)
-    if rules is not None and rules.upper() not in ERAS:
-        raise UsageError(f"unknown era '{rules}' (known: {', '.join(ERAS)})")
-    return Variant(spec, None, rules.upper() if rules else None)
+def variant_of(spec: Spec) -> Variant:
+    """A spec → a sweep variant; the source is read (and a built file loaded) here, once,
+    so a bad variant fails before any worker starts."""
+    if spec.kind == "era" and not spec.patches:
+        return Variant(spec.text, spec, get_era(spec.value))
+    if spec.kind in ("object", "vmlinux"):
+        return Variant(spec.text, spec, resolve(spec, frozenset()).catalog)
+    from emu.build.detect import detect
+    src = source_of(spec)
+    return Variant(spec.text, spec, detect(src.text, name=src.name,
+                                           forced=spec.era or (spec.value if spec.kind == "era"
+                                                               else None)))
+
+
+def parse_variant(text: str, rules: str | None) -> Variant:
+    """A variant as typed (era key, .S file, debian:…, .o, vmlinux:…) with ``--era`` rules."""
+    return variant_of(parse_spec(text, era=rules))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,15 +192,16 @@ class Grid:
         if not self.variants:
             raise UsageError("sweep: no variants")
         for k in self.kinds:
-            if k not in FAULT_KINDS:
-                raise UsageError(f"unknown fault kind '{k}' (known: {', '.join(FAULT_KINDS)})")
+            if k not in KINDS:
+                raise UsageError(f"unknown fault kind '{k}' (known: {', '.join(KINDS)})")
         if self.step < 1:
             raise UsageError(f"--step must be at least 1, not {self.step}")
         for c in self.cpus:
             parse_cpu(c)
         for v in self.variants:
-            if v.era is None and not self.routines:
-                raise UsageError(f"{v.spec}: --routine is required for a source file")
+            if not self.routines and not v.catalog.routines:
+                raise UsageError(f"{v.spec}: no copy routine emu knows how to call in it; "
+                                 "name one with --routine")
             for r in self.routines:
                 if v.era is not None and r != "all":
                     v.era.routine(r)
@@ -194,13 +212,15 @@ class Grid:
                                      f"{L.MAX_SPAN}-byte buffer window (alignment < {L.PAGE})")
 
     def routines_for(self, v: Variant, cpu: frozenset[str]) -> list[Routine]:
-        if v.era is None:
-            return [Routine(r) for r in self.routines]
+        cat = v.catalog
         if not self.routines:
-            return [v.era.select_routine(cpu)]
+            return [cat.select_routine(cpu)]
         if "all" in self.routines:
-            return list(v.era.routines)
-        return [v.era.routine(r) for r in self.routines]
+            return list(cat.routines)
+        if v.era is not None:
+            return [v.era.routine(r) for r in self.routines]
+        known = {r.name: r for r in cat.routines}
+        return [known.get(r) or Routine(r) for r in self.routines]
 
     def cases(self) -> Iterator[Case]:
         """Every case, in a fixed order (offsets innermost)."""
@@ -213,10 +233,11 @@ class Grid:
                             for sa in self.src_aligns:
                                 for da in self.dst_aligns:
                                     for k in self.kinds:
-                                        for off, poison, unmapped in _faults(
+                                        for off, poison, unmapped in placements(
                                                 k, n, sa, da, d, self.step, self.offsets):
                                             yield Case(v.spec, r.name, cpu_name(cpu), d, n, sa,
-                                                       da, k, off, poison, unmapped, v.rules)
+                                                       da, k, off, poison, unmapped, v.rules,
+                                                       v.source)
 
     def to_json(self) -> dict[str, Any]:
         return {"variants": [v.spec for v in self.variants], "routines": list(self.routines),
@@ -224,36 +245,6 @@ class Grid:
                 "lengths": list(self.lengths), "src_aligns": list(self.src_aligns),
                 "dst_aligns": list(self.dst_aligns), "kinds": list(self.kinds),
                 "step": self.step, "offsets": list(self.offsets)}
-
-
-def _faults(kind: str, n: int, sa: int, da: int, direction: str, step: int,
-            offsets: Sequence[int]) -> Iterator[tuple[int, tuple[int, ...], tuple[int, ...]]]:
-    user_align = sa if direction == "from" else da
-    pages = [max(0, p - user_align) for p in range(0, user_align + n, L.PAGE)
-             if max(0, p - user_align) < n]
-
-    def next_page(off: int) -> int | None:
-        nxt = (user_align + off) // L.PAGE * L.PAGE + L.PAGE - user_align
-        return nxt if nxt < n else None
-
-    if kind in ("pf", "pf2"):
-        for p in [o for o in offsets if 0 <= o < n] if offsets else pages:
-            if kind == "pf":
-                yield p, (), (p,)
-            elif (nxt := next_page(p)) is not None:
-                yield p, (), (p, nxt)
-        return
-    for off in (o for o in offsets if 0 <= o < n) if offsets else range(0, n, step):
-        if kind == "mc":
-            yield off, (off,), ()
-        elif kind == "mc2":
-            line_end = (sa + off) // L.LINE * L.LINE + L.LINE - sa
-            if line_end < n:
-                yield off, (off, line_end), ()
-        elif kind == "mc+pf":
-            nxt = next_page(off)
-            if nxt is not None:
-                yield off, (off,), (nxt,)
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -313,22 +304,15 @@ class Runner:
     """Runs cases in this process, caching Targets and outcomes of identical machine inputs."""
 
     def __init__(self) -> None:
-        self._memo: dict[tuple[Any, ...], Outcome] = {}
+        self._memo: Bounded[tuple[Any, ...], Outcome] = Bounded(4096, "sweep.outcomes")
         self.runs = 0
         self._crash = os.environ.get(CRASH_ENV)
         self._raise = os.environ.get(RAISE_ENV)
 
     def target_and_routine(self, case: Case) -> tuple[Any, Routine]:
-        from emu.build.target import Settings, era_target, get_target, read_source
-        cpu = parse_cpu(case.cpu)
-        era = ERAS.get(case.variant) if not Path(case.variant).suffix else None
-        if era is not None:
-            return era_target(era, cpu), era.routine(case.routine)
-        rules = ERAS[case.era] if case.era else ERAS["E"]
-        t = get_target(read_source(case.variant), Path(case.variant).name,
-                       Settings.of(rules), cpu)
-        t.image.symbol(case.routine)
-        return t, Routine(case.routine)
+        """The case's target (through the one resolver) and its routine."""
+        t = resolve(case.source, parse_cpu(case.cpu), routine=case.routine)
+        return t, t.routine_for(case.routine)
 
     def outcome(self, case: Case) -> tuple[Outcome, bool]:
         """Run (or reuse) one case; returns the outcome and whether it was reused."""
@@ -344,8 +328,6 @@ class Runner:
         t, r = self.target_and_routine(case)
         o = t.run(r, b, fast_forward=True)  # same outcome as a full run, see Machine.record
         self.runs += 1
-        if len(self._memo) > 4096:
-            self._memo.clear()
         self._memo[key] = o
         return o, False
 
@@ -576,7 +558,7 @@ def summarize(grid: Grid, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def execute(grid: Grid, results: Results, *, jobs: int, max_cases: int | None = None,
-            progress: bool = False) -> dict[str, Any]:
+            progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Run the cases of ``grid`` that ``results`` does not have yet, then summarise the grid.
 
     Args:
@@ -584,29 +566,19 @@ def execute(grid: Grid, results: Results, *, jobs: int, max_cases: int | None = 
         results: the results file (records already there are not redone).
         jobs: worker processes; 1 runs in this process.
         max_cases: stop after this many new cases (the rest is left for ``--resume``).
-        progress: show a rich progress bar with ETA on stderr.
+        progress: ``progress(total)`` makes a display with ``advance()`` and ``close()``
+            (the CLI passes ``emu.render.report.progress``); None shows nothing.
     """
     cases = list(grid.cases())
     todo = [c for c in cases if c.id not in results.records]
     if max_cases is not None:
         todo = todo[:max(0, max_cases)]
-    bar: Any = None
-    task: Any = None
-    if progress and todo:
-        from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                       TextColumn("ETA"), TimeRemainingColumn(),
-                       console=Console(stderr=True), transient=True)
-        bar.start()
-        task = bar.add_task("sweep", total=len(todo))
+    bar = progress(len(todo)) if progress is not None and todo else None
 
     def on_record(rec: dict[str, Any]) -> None:
         results.add(rec)
         if bar is not None:
-            bar.advance(task)
+            bar.advance()
 
     interrupted = False
     try:
@@ -618,7 +590,7 @@ def execute(grid: Grid, results: Results, *, jobs: int, max_cases: int | None = 
         interrupted = True   # Ctrl-C: every finished case is on disk; summarise those
     finally:
         if bar is not None:
-            bar.stop()
+            bar.close()
         results.close()
     done = [results.records[c.id] for c in cases if c.id in results.records]
     summary = summarize(grid, done)

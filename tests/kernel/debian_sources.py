@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from emu.errors import InputError
-from emu.build.resolve import KernelTarget, kernel_target
+from emu.build.resolve import source_target as kernel_target
+from emu.build.target import Target as KernelTarget
 from emu.build.sources import Source, debian_file, read_file
 
 

@@ -19,7 +19,7 @@ import pytest
 from emu.build.assemble import AsmConfig, GasAssembler
 from emu.cli.main import main
 from emu.kernel.eras import ERAS
-from emu.build.resolve import run_get_user
+from emu.runs.getuser import run_get_user
 from emu.core.machine import Buffers
 from emu.build.objects import built_target
 
@@ -169,7 +169,7 @@ def _kbuild_object(text: str, era, out: Path) -> Path:  # type: ignore[no-untype
 @pytest.mark.parametrize("which", ["debian-6.12", "era-F"])
 def test_altinstructions_are_patched_for_the_cpu(tmp_path: Path, which: str, cpu: str) -> None:
     from emu.kernel.eras import CPUS
-    from emu.build.resolve import kernel_target
+    from emu.build.resolve import source_target as kernel_target
     from emu.build.sources import Source
     text = (debian("6.12").read_text() if which == "debian-6.12"
             else (ROOT / "asm" / "era-F.S").read_text())

@@ -207,7 +207,7 @@ def test_copy_mc_returns_the_exact_remainder(version: str, routine: str, align: 
                                         ("__get_user_4", 4), ("__get_user_8", 8),
                                         ("__get_user_nocheck_8", 8)])
 def test_get_user_reads_or_returns_efault(version: str, name: str, size: int) -> None:
-    from emu.build.resolve import run_get_user
+    from emu.runs.getuser import run_get_user
     t = debian_target(version, "getuser.S")
     ok = run_get_user(t, name, Buffers(length=size, src_align=0x7E0))
     assert (ok.err, ok.verdict) == (0, "ok") and ok.value == ok.expected != 0

@@ -73,11 +73,12 @@ class Variant:
     def load(self) -> tuple[Target, str, tuple[Routine, ...]]:
         """The emu target, its source text and the routines to call."""
         if self.spec.startswith("debian:"):
-            from tests.kernel.debian_sources import debian_target
-            t = debian_target(self.spec.split(":", 1)[1], self.file, cpu=CPUS[self.cpu])
+            from tests.kernel.debian_sources import debian_source, debian_target
+            version = self.spec.split(":", 1)[1]
+            t = debian_target(version, self.file, cpu=CPUS[self.cpu])
             routines = tuple(t.detection.routines) + tuple(
                 Routine(n, len_reg="rax", ret_reg="eax") for n in t.detection.get_user)
-            return t, t.source.text, routines
+            return t, debian_source(version, self.file).text, routines
         era = ERAS[self.spec]
         return era_target(era, CPUS[self.cpu]), read_source(era.path), era.routines
 

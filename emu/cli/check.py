@@ -1,0 +1,138 @@
+"""``emu check OLD NEW`` and ``emu snapshot``: the CI regression check (``emu.runs.check``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import IO
+
+from emu.build.resolve import Spec
+from emu.cli import common
+from emu.errors import InputError, UsageError
+from emu.render import ci, report
+from emu.runs import check
+from emu.runs.check import CLASSES, dumps_snapshot
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    ck = sub.add_parser("check", help="CI regression check: run the standard matrix on OLD "
+                        "and NEW and report behavioural changes by class (exit 1 on a "
+                        "regression)")
+    ck.add_argument("old", nargs="?", metavar="OLD", help="old source: " + common.SPEC_HELP)
+    ck.add_argument("new", nargs="?", metavar="NEW", help="new source, same forms")
+    ck.add_argument("--against", metavar="SNAPSHOT",
+                    help="compare NEW (the one positional) with a snapshot from emu snapshot")
+    _source_args(ck)
+    ck.add_argument("--allow", action="append", default=[], metavar="CLASS",
+                    help=f"accept an intended change of this class (repeatable): "
+                         f"{', '.join(CLASSES)}")
+    ck.add_argument("--ktap", action="store_true", help="print KTAP v1 (as kselftest/kunit)")
+    ck.add_argument("--json", action="store_true", help="print JSON")
+    ck.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    ck.add_argument("--force", action="store_true",
+                    help="let --junit replace a file that is not a JUnit report")
+    ck.set_defaults(func=cmd_check)
+
+    sn = sub.add_parser("snapshot", help="record the standard matrix outcome of a source "
+                        "for emu check --against")
+    sn.add_argument("source", metavar="SOURCE", help=common.SPEC_HELP)
+    sn.add_argument("-o", "--output", required=True, metavar="FILE",
+                    help="snapshot file to write (never replaced without --force)")
+    sn.add_argument("--force", action="store_true", help="replace an existing snapshot")
+    _source_args(sn)
+    sn.set_defaults(func=cmd_snapshot)
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    common.source_args(p, era_help="era rules for both sides (default: OLD's detected era; "
+                       "'each': each side its own)")
+    p.add_argument("--routine", action="append", default=[],
+                   help="only these routines (repeatable; default: every routine emu knows "
+                        "how to call in the file)")
+
+
+def _spec(a: argparse.Namespace, text: str | None, patches: bool) -> Spec:
+    # --era here is the comparison's rule choice (a key or "each"), read by run_check.
+    return common.spec(a, text, patches=patches, use_era=False, several=True)
+
+
+def _allow(values: list[str]) -> set[str]:
+    out: set[str] = set()
+    for v in values:
+        for name in (x.strip() for x in v.split(",")):
+            if not name:
+                continue
+            if name not in CLASSES:
+                raise UsageError(f"--allow: unknown class '{name}' (classes: "
+                                 f"{', '.join(CLASSES)})")
+            out.add(name)
+    return out
+
+
+def _check_outputs(a: argparse.Namespace) -> None:
+    if a.ktap and a.json:
+        raise UsageError("--ktap and --json both write to stdout; choose one")
+    if a.junit:
+        inputs = {str(Path(x).resolve()) for x in (a.old, a.new, a.against) if x} | {
+            str(Path(x).resolve()) for x in a.patch}
+        if str(Path(a.junit).resolve()) in inputs:
+            raise UsageError(f"{a.junit}: --junit would overwrite an input")
+        p = Path(a.junit)
+        if p.is_dir():
+            raise UsageError(f"{a.junit}: is a directory (--junit)")
+        if p.exists() and not p.is_file():
+            raise UsageError(f"{a.junit}: not a regular file; emu replaces only regular files "
+                             "(--junit)")
+        if p.exists() and not a.force:
+            try:
+                head = p.read_bytes()[:4096]
+            except OSError as e:
+                raise InputError(f"{a.junit}: cannot read: {e.strerror} (--junit)") from None
+            if b"<testsuites" not in head and b"<testsuite" not in head:
+                raise UsageError(f"{a.junit} exists and is not a JUnit report; use --force to "
+                                 "replace it")
+
+
+def cmd_check(a: argparse.Namespace, out: IO[str]) -> int:
+    allow = _allow(a.allow)
+    _check_outputs(a)
+    if a.against:
+        if a.new is not None:
+            raise UsageError("check --against SNAPSHOT takes one source (NEW), not two")
+        if a.old is None and not (a.object or a.vmlinux):
+            raise UsageError("check --against SNAPSHOT: name the NEW source")
+        res = check.run_check(None, _spec(a, a.old, True), against=a.against, era=a.era,
+                              routines=a.routine, allow=allow)
+    else:
+        if a.old is None:
+            raise UsageError("check: name OLD and NEW (or NEW with --against SNAPSHOT)")
+        if a.new is None and not a.patch:
+            raise UsageError("check: name NEW too, or give --patch to compare OLD with OLD "
+                             "plus the patches")
+        res = check.run_check(_spec(a, a.old, False),
+                              _spec(a, a.new if a.new is not None else a.old, True),
+                              era=a.era, routines=a.routine, allow=allow)
+    if a.junit:
+        common.write_atomic(a.junit, ci.junit(res), True, "--junit")
+    if a.json:
+        out.write(report.dumps(res.to_json()))
+    elif a.ktap:
+        out.write(ci.ktap(res))
+    else:
+        ci.terminal(res, out)
+    return res.exit_code
+
+
+def cmd_snapshot(a: argparse.Namespace, out: IO[str]) -> int:
+    target = Path(a.output)
+    if target.is_dir():
+        raise UsageError(f"{a.output}: is a directory (snapshot -o names a file)")
+    if target.exists() and not target.is_file():
+        raise UsageError(f"{a.output}: not a regular file; emu replaces only regular files")
+    if target.exists() and not a.force:   # fail before the matrix runs
+        raise UsageError(f"{a.output} exists; use --force to replace it")
+    side = check.run_snapshot(_spec(a, a.source, True), era=a.era, routines=a.routine)
+    common.write_atomic(a.output, dumps_snapshot(side), a.force, "snapshot")
+    out.write(f"snapshot: {side.label} (era {side.era} rules), {len(side.routines)} routine(s), "
+              f"{len(side.results)} cases ({side.distinct_runs} distinct runs) -> {a.output}\n")
+    return 0

@@ -1,0 +1,113 @@
+"""``emu run``, ``emu diff`` and ``emu eras``: one case, one scenario across variants."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import IO
+
+from emu.build.resolve import label, resolve
+from emu.cli import common
+from emu.cli import policy
+from emu.core.machine import State
+from emu.errors import UsageError
+from emu.kernel.eras import ERAS, cpu_name, parse_cpu
+from emu.render import report
+from emu.runs.getuser import is_get_user, run_get_user
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    r = sub.add_parser("run", help="run one case and print its outcome")
+    r.add_argument("source", nargs="?", help=common.SPEC_HELP + "; with --tree --rev REV, "
+                   "a path in the tree")
+    r.add_argument("--instructions", action="store_true", help="count instructions")
+    common.case_args(r)
+    common.source_args(r)
+    policy.caller_args(r)
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("diff", help="run one scenario across variants and compare")
+    d.add_argument("variants", nargs="*", help=f"{common.SPEC_HELP} (default: every era); "
+                   "with --patch the last one is added again with the series applied")
+    common.case_args(d)
+    common.source_args(d, era_help="era rules for kernel-file variants (default: detected "
+                       "from each file)")
+    policy.caller_args(d)
+    d.set_defaults(func=cmd_diff)
+
+    e = sub.add_parser("eras", help="list the era catalog")
+    e.set_defaults(func=cmd_eras)
+
+
+def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
+    if a.caller:
+        return policy.cmd_run_caller(a, out)
+    policy.no_caller_options(a)
+    cpu = parse_cpu(a.cpu)
+    sev = common.rules(a.mce_rules)
+    spec = common.spec(a, a.source)
+    t = resolve(spec, cpu, count_insns=a.instructions, severity=sev, routine=a.routine)
+    name = label(spec, t)
+    routine = t.routine_for(a.routine, cpu)
+    rules = {"mce_rules": sev.value} if sev else {}
+    if is_get_user(routine.name):
+        g = run_get_user(t, routine.name, common.buffers(a))
+        if a.json:
+            out.write(report.dumps({"variant": name, "cpu": cpu_name(cpu), **rules,
+                                    **g.to_json()}))
+        else:
+            report.get_user_table(g, f"{name}: {routine.name}", out)
+        return 0
+    o = t.run(routine, common.buffers(a))
+    if a.json:
+        out.write(report.dumps({"variant": name, "routine": routine.name, "cpu": cpu_name(cpu),
+                                **rules, **o.to_json()}))
+    else:
+        extra = f", #MC rules {sev.value}" if sev else ""
+        report.run_table(o, f"{name}: {routine.name} [cpu {cpu_name(cpu)}{extra}]", out)
+    if o.state is State.HANG:
+        # A routine that never returns (or whose fixup faults forever) is a broken input:
+        # the outcome is printed above, and the exit code says the input is at fault.
+        print(f"emu: error: {routine.name}: {o.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
+    if a.caller:
+        return policy.cmd_diff_caller(a, out)
+    policy.no_caller_options(a)
+    cpu = parse_cpu(a.cpu)
+    sev = common.rules(a.mce_rules)
+    bufs = common.buffers(a)
+    specs = common.specs(a, a.variants, patches=False)
+    if a.patch:   # the last variant once more, with the patch series applied
+        specs.append(specs[-1].with_patches(tuple(a.patch)))
+    rows = []
+    for spec in specs:
+        t = resolve(spec, cpu, severity=sev, routine=a.routine)
+        routine = t.routine_for(a.routine, cpu)
+        name = label(spec, t) + (f" (#MC {sev.value})" if sev else "")
+        rows.append((name, routine.name, t.run(routine, bufs)))
+    if a.json:
+        out.write(report.dumps({"cpu": cpu_name(cpu), "case": _case_json(a),
+                                **({"mce_rules": sev.value} if sev else {}), "rows": [
+            {"variant": v, "routine": r, **o.to_json()} for v, r, o in rows]}))
+    else:
+        title = (f"copy_{a.direction}_user len={bufs.length} src+{bufs.src_align:#x} "
+                 f"dst+{bufs.dst_align:#x} poison={common.fmt_offsets(bufs.poison)} "
+                 f"unmapped={common.fmt_offsets(bufs.unmapped)} cpu={cpu_name(cpu)}")
+        report.diff_table(rows, title, out)
+    return 0
+
+
+def _case_json(a: argparse.Namespace) -> dict[str, object]:
+    return {"direction": a.direction, "length": a.length, "src_align": a.src_align,
+            "dst_align": a.dst_align, "poison": list(a.poison), "unmapped": list(a.unmapped)}
+
+
+def cmd_eras(a: argparse.Namespace, out: IO[str]) -> int:
+    for e in ERAS.values():
+        out.write(f"{e.key}  {e.versions:<14} {e.title}  [asm/{e.source}; "
+                  f"{e.encoding.name.lower()} extable; #MC rules {e.severity.value}]\n")
+    return 0

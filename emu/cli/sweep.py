@@ -1,0 +1,138 @@
+"""``emu sweep`` and ``emu fuzz``: the grid of cases, run on every core or searched."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import IO
+
+from emu.cli import common
+from emu.errors import UsageError
+from emu.kernel.eras import CPUS
+from emu.render import report
+from emu.runs.faults import KINDS, parse_kinds
+from emu.runs.sweep import Grid, parse_ints, variant_of
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sw = sub.add_parser("sweep", help="run a grid of cases on every core and summarise the "
+                        "contract violations per variant")
+    sw.add_argument("variants", nargs="*", help=f"{common.SPEC_HELP} (default: every era)")
+    _grid_args(sw)
+    sw.add_argument("--step", default="byte",
+                    help="poison offset step: byte (default), line, or a number")
+    sw.add_argument("--results", help="JSON-lines results file, written as cases finish")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue the --results file: only cases it lacks are run")
+    sw.add_argument("--max-cases", type=common.positive, help="stop after this many new cases")
+    sw.add_argument("--jobs", type=common.positive, default=None,
+                    help="worker processes (default: cores)")
+    sw.add_argument("--plot", help="write a heatmap PNG (one panel per variant)")
+    sw.add_argument("--html", help="write a self-contained HTML report")
+    sw.add_argument("--metric", choices=("class", "violation", "error"), default="class",
+                    help="heatmap colour: outcome class, worst violation name, or "
+                    "returned - exact remainder")
+    sw.add_argument("--y", dest="y_axis", choices=("auto", "length", "src_align", "dst_align"),
+                    default="auto", help="heatmap rows (default: the first swept of these)")
+    sw.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sw.set_defaults(func=cmd_sweep)
+
+    fz = sub.add_parser("fuzz", help="search the sweep space with Hypothesis and shrink "
+                        "the first failure to a minimal emu run command")
+    fz.add_argument("variants", nargs="*", help=f"{common.SPEC_HELP} (default: every era)")
+    _grid_args(fz)
+    fz.add_argument("--max-len", type=common.to_int, default=8192, help="largest length tried")
+    fz.add_argument("--want", default="any",
+                    help="failure classes to look for: violation names, states (panic, oops, "
+                    "hang, smap_violation), 'violation' or 'any' (comma list)")
+    fz.add_argument("--examples", type=common.positive, default=500,
+                    help="cases to try before giving up")
+    fz.add_argument("--seed", type=common.to_int, default=0,
+                    help="random seed (same seed, same run)")
+    fz.add_argument("--save", help="directory to save the shrunk case as a JSON fixture")
+    fz.add_argument("--json", action="store_true", help="print the result as JSON")
+    fz.set_defaults(func=cmd_fuzz)
+
+
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    common.source_args(p, era_help="era rules for kernel-file variants (default: detected "
+                       "from each file)")
+    p.add_argument("--routine", action="append", default=[],
+                   help="routine (repeatable; 'all' = every routine of the variant; "
+                   "default: the CPU's choice)")
+    p.add_argument("--len", dest="length", default=None,
+                   help="lengths: a list like 64,100..200/4 (sweep default 4096; fuzz "
+                   "default: any up to --max-len)")
+    p.add_argument("--src-align", default=None,
+                   help="source alignments, a list (sweep default 0; fuzz default: any)")
+    p.add_argument("--dst-align", default=None,
+                   help="destination alignments, a list (sweep default 0; fuzz default: any)")
+    p.add_argument("--poison", default=None,
+                   help="only these fault offsets (a list; default: every offset)")
+    p.add_argument("--faults", default="mc",
+                   help=f"fault kinds: {', '.join(KINDS)} or all (comma list; default mc)")
+    p.add_argument("--direction", choices=("from", "to", "both"), default="from")
+    p.add_argument("--cpu", action="append", default=[],
+                   help="CPU path (repeatable: none, rep_good, erms, fsrm, a feature list, "
+                   "or all; default none)")
+
+
+def _grid(a: argparse.Namespace, step: int = 1) -> Grid:
+    cpus = [c for spec in (a.cpu or ["none"]) for c in (CPUS if spec == "all" else [spec])]
+    return Grid(variants=tuple(variant_of(s) for s in common.specs(a, a.variants)),
+                routines=tuple(a.routine), cpus=tuple(dict.fromkeys(cpus)),
+                directions=("from", "to") if a.direction == "both" else (a.direction,),
+                lengths=parse_ints(a.length or "4096"), src_aligns=parse_ints(a.src_align or "0"),
+                dst_aligns=parse_ints(a.dst_align or "0"), kinds=parse_kinds(a.faults),
+                step=step, offsets=parse_ints(a.poison) if a.poison else ())
+
+
+def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
+    from emu.runs.sweep import Results, execute
+    step = {"byte": 1, "line": 64}.get(a.step)
+    if step is None:
+        try:
+            step = int(a.step, 0)
+        except ValueError:
+            raise UsageError(f"--step must be byte, line or a number, not '{a.step}'") from None
+    grid = _grid(a, step)
+    for opt in (a.plot, a.html):
+        if opt and a.results and Path(opt).resolve() == Path(a.results).resolve():
+            raise UsageError(f"{opt}: the picture would overwrite the results file")
+    results = Results(a.results, a.resume)
+    jobs = a.jobs if a.jobs is not None else (os.cpu_count() or 1)
+    summary = execute(grid, results, jobs=jobs, max_cases=a.max_cases,
+                      progress=report.progress if not a.json and sys.stderr.isatty() else None)
+    if a.plot or a.html:
+        from emu.render import plot
+        recs = [results.records[c.id] for c in grid.cases() if c.id in results.records]
+        if a.plot:
+            plot.write_png(grid, recs, a.plot, metric=a.metric, y_axis=a.y_axis)
+        if a.html:
+            plot.write_html(grid, recs, summary, a.html, metric=a.metric, y_axis=a.y_axis)
+    if a.json:
+        out.write(report.dumps(summary))
+    else:
+        report.sweep_summary(summary, out)
+    if summary.get("interrupted"):
+        hint = f"; continue with --results {a.results} --resume" if a.results else ""
+        print(f"emu: interrupted: summary of the finished cases above, {summary['pending']} "
+              f"pending{hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_fuzz(a: argparse.Namespace, out: IO[str]) -> int:
+    from emu.runs import fuzz
+    grid = _grid(a)
+    found = fuzz.search(grid, want=fuzz.parse_want(a.want), max_len=a.max_len,
+                        examples=a.examples, seed=a.seed, fixed_len=a.length is not None,
+                        fixed_align=a.src_align is not None or a.dst_align is not None)
+    path = fuzz.save(found, a.save) if found is not None and a.save else None
+    if a.json:
+        out.write(report.dumps(fuzz.to_json(found, path)))
+    else:
+        report.fuzz_result(fuzz.to_json(found, path), out)
+    return 1 if found is not None else 0
