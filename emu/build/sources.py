@@ -31,8 +31,9 @@ COPY_USER = "arch/x86/lib/copy_user_64.S"
 #: Files scripts/linux-sources extracts from each Debian package.
 DEBIAN_FILES = ("arch/x86/lib/copy_user_64.S", "arch/x86/lib/copy_mc_64.S",
                 "arch/x86/lib/getuser.S")
-#: Debian package versions (linux-source-X) and the era each one is (kernel-facts §3).
-DEBIAN_VERSIONS = {"6.1": "E", "6.12": "F"}
+#: Debian package versions (linux-source-X) scripts/linux-sources extracts; their eras are
+#: detected from the files like any other source.
+DEBIAN_VERSIONS = ("6.1", "6.12")
 
 
 @dataclass(frozen=True, slots=True)
