@@ -20,6 +20,10 @@ class InputError(EmuError):
     """A file or revision the user named cannot be read or is not what it should be."""
 
 
+class OutputError(EmuError):
+    """emu cannot write its output (a full disk, a closed standard output)."""
+
+
 class AssembleError(EmuError):
     """The assembler rejected a source, or is not installed."""
 

@@ -4,9 +4,11 @@ Each subcommand family lives in its own module (``run``, ``policy``, ``sweep``, 
 with one convention: ``register(sub)`` adds its parsers and sets ``func``; every source goes
 through ``emu.build.resolve`` (``cli.common.spec``).
 
-Exit codes: 0 success, 1 a check found a difference, 2 usage or input error, 130
-interrupted, 141 the reader of stdout went away.  Every ``EmuError`` becomes one line on
-stderr (``--traceback`` shows the stack).
+Exit codes: 0 success, 1 a check found a difference, 2 usage or input error (and an output
+that cannot be written: a full disk, a closed standard output), 130 interrupted, 141 the
+reader of stdout went away before emu finished writing (``emu check | head -1``: whatever the
+check found; when everything fit in the pipe before the reader left, the command's own code).
+Every ``EmuError`` becomes one line on stderr (``--traceback`` shows the stack).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from typing import IO
 
 from emu.cli import check, policy, run, sweep
-from emu.errors import EmuError, UsageError
+from emu.errors import EmuError, OutputError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,25 +39,76 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Out:
+    """stdout for the commands: a write that fails (ENOSPC, EIO) is an ``OutputError``;
+    a reader that went away stays a ``BrokenPipeError``."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(f"cannot write the output: {e.strerror or e}") from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(f"cannot write the output: {e.strerror or e}") from None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
+def _error(message: str) -> None:
+    if sys.stderr is not None:
+        print(f"emu: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
-    out = out or sys.stdout
     argv = sys.argv[1:] if argv is None else argv
     traceback = "--traceback" in argv
+    if out is None and sys.stdout is None:    # started with stdout closed (>&-)
+        _error("standard output is closed; redirect it (to a file or /dev/null)")
+        return 2
+    stream = _Out(out or sys.stdout)
     try:
         args = build_parser().parse_args(argv)
-        return args.func(args, out)  # type: ignore[no-any-return]
+        code = args.func(args, stream)
+        stream.flush()
+        return code  # type: ignore[no-any-return]
+    except OutputError as e:
+        if traceback:
+            raise
+        _silence_stdout()
+        _error(str(e))
+        return 2
     except EmuError as e:
         if traceback:
             raise
-        print(f"emu: error: {e}", file=sys.stderr)
+        _error(str(e))
         return 2
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # `emu ... | head`: the reader has gone; stop quietly, as other Unix tools do.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _silence_stdout()
         return 141
 
 
