@@ -16,7 +16,7 @@ from emu.kernel import outcome
 from emu.kernel.eras import Routine
 from emu.core.machine import Buffers, Call, CpuView, FaultEvent, FaultKind, FaultRecord, Resolution
 from emu.kernel.outcome import Outcome
-from emu.kernel.policy import is_copy_from_user
+from emu.kernel.decode import is_copy_from_user
 from emu.build.target import Target
 
 #: Longest instruction trace kept per fault for ``explain`` (rep iterations collapse to one).
