@@ -44,7 +44,6 @@ class Traced:
     records: tuple[FaultRecord, ...] = field(repr=False)
     mc: tuple[McInfo | None, ...] = ()
     paths: tuple[tuple[int, ...], ...] = ()
-    entry_path: tuple[int, ...] = ()
     entry_count: int = 0
 
 
