@@ -105,7 +105,7 @@ class Machine:
         # The same by id(call) (the Call is kept so that its id is not reused).
         self._entry_by_call: dict[int, tuple[RegBatch, list[int], Call]] = {}
         self._layout: str | None = None
-        self._pte_cache: Bounded[frozenset[int], list[bytes]] = Bounded(256, "machine PTE tables")
+        self._pte_cache: Bounded[frozenset[int], list[bytes]] = Bounded(256, "machine.pte_tables")
         # Window pages that may not hold their initial contents, with the contents they do
         # hold: (window physical base, page index) → bytes.  Every other window page holds
         # its initial contents.  A run leaves the pages it dirtied here, and the next run
@@ -139,7 +139,7 @@ class Machine:
         self._read_cb = HOOK_MEM_ACCESS_CFUNC(self._read_entry)
         self._record_cb = HOOK_MEM_ACCESS_CFUNC(self._record_entry)
         self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
-        self._insn_cache: Bounded[tuple[int, int], int] = Bounded(4096, "machine block sizes")
+        self._insn_cache: Bounded[tuple[int, int], int] = Bounded(4096, "machine.block_sizes")
         # Registers a redirect writes → their batch register write and values.
         self._redirects: dict[tuple[object, ...], tuple[RegBatch, list[int]]] = {}
         self._insns = 0

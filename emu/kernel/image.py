@@ -52,7 +52,7 @@ class Image:
     stubs: dict[str, int] = field(default_factory=dict, repr=False)
     #: ``symbolize`` memo: address → name.  The only state that changes after construction;
     #: it never changes what any method returns.
-    _names: Bounded[int, str] = field(default_factory=lambda: Bounded(4096, "image symbol names"),
+    _names: Bounded[int, str] = field(default_factory=lambda: Bounded(4096, "image.names"),
                                       init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -304,7 +304,7 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
 #: kind value, where, handler, fixup, fixup_where, action, note, FaultKind).  The resolution is kept so that
 #: its id is not reused while the entry lives; resolutions the kernel memoises make this a
 #: lookup per fault instead of two symbol look-ups, a type name and the action.
-_TEMPLATES: Bounded[tuple[int, int], tuple[Any, ...]] = Bounded(4096, "fault templates")
+_TEMPLATES: Bounded[tuple[int, int], tuple[Any, ...]] = Bounded(4096, "outcome.templates")
 
 
 def _fault(r: FaultRecord, src: int, user: int, length: int, symbolize: Any) -> Fault:

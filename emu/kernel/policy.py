@@ -97,9 +97,9 @@ class Kernel:
         #: Resolutions that depend only on the faulting instruction (and, for #MC, on the
         #: is_copy_from_user verdict): (rip, kind value, copyin) → Resolution.  The handlers are
         #: pure functions of those except for fixup types that read registers (_READS_REGISTERS).
-        self._done: Bounded[tuple[int, str, bool], Resolution] = Bounded(4096, "kernel resolutions")
+        self._done: Bounded[tuple[int, str, bool], Resolution] = Bounded(4096, "policy.resolutions")
         #: Per faulting instruction: its extable entry and its decoded load (``decode.decode``).
-        self._sites: Bounded[int, list[Any]] = Bounded(4096, "kernel fault sites")
+        self._sites: Bounded[int, list[Any]] = Bounded(4096, "policy.sites")
 
     def __repr__(self) -> str:
         return f"Kernel(severity={self.severity.value}, {len(self.extable)} extable entries)"

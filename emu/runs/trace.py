@@ -96,5 +96,5 @@ def run(target: Target, routine: Routine, bufs: Buffers, regs: tuple[tuple[str, 
     for i, m in enumerate(marks):
         end = marks[i + 1] if i + 1 < len(marks) else len(executed)
         paths.append(tuple(executed[m:end][:PATH_LIMIT + 1]))
-    head = tuple(executed[:marks[0]] if marks else executed)
-    return Traced(o, raw.faults, tuple(mcs), tuple(paths), head[-PATH_LIMIT:], len(head))
+    entry_count = marks[0] if marks else len(executed)
+    return Traced(o, raw.faults, tuple(mcs), tuple(paths), entry_count)
