@@ -98,8 +98,6 @@ def test_the_era_catalog_does_not_load_the_emulator() -> None:
     assert _loaded_after("import emu.kernel.eras", ("unicorn", "capstone", "elftools", "rich")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="emu/runs/sweep.py still imports emu.render.report and "
-                   "rich (its progress bar); the CLI rework moves them out (issue 13)")
 def test_a_sweep_does_not_load_the_terminal_renderer() -> None:
     assert _loaded_after("import emu.runs.sweep", ("rich", "matplotlib")) == []
 
