@@ -22,9 +22,12 @@ demo: install
 	$(EMU) diff $(SEED) --cpu erms
 
 # pytest exits 5 when it collects nothing; make treats that as the failure it is.
+# lint-imports checks the import contracts in pyproject.toml (docs/architecture.md) first: a
+# broken contract fails the build before any test runs.
 # scripts/linux-sources installs Debian's linux-source-6.1 / -6.12 (once) and extracts the
 # x86 user-copy files the tests/kernel suite reads, into a cache outside the repository.
 test: install
+	$(VENV)/bin/lint-imports
 	scripts/linux-sources
 	$(PY) -m pytest -q -m "not slow"
 

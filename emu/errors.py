@@ -39,7 +39,3 @@ class EmulationError(EmuError):
         super().__init__(message)
         self.pc = pc
         self.errno = errno
-
-
-class FixtureError(EmuError):
-    """A golden table or fixture file is missing or malformed."""

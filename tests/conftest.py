@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from emu.kernel.extable import Encoding
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 from emu.build.target import Settings, Target, get_target, read_source
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -73,9 +73,9 @@ class GasAssembler:
                 raise AssembleError(f"GNU as not found: '{self.gcc}' is not on PATH "
                                     "(install it with: apt-get install gcc binutils)")
             out = subprocess.run([self.gcc, "-print-prog-name=as"], capture_output=True,
-                                 text=True, env=_c_env()).stdout.strip() or "as"
+                                 text=True, env=c_locale_env()).stdout.strip() or "as"
             ver = subprocess.run([out, "--version"], capture_output=True, text=True,
-                                 env=_c_env()).stdout.splitlines()
+                                 env=c_locale_env()).stdout.splitlines()
             self._version = (ver[0] if ver else "unknown") + " / " + self.gcc
         return self._version
 
@@ -106,7 +106,7 @@ class GasAssembler:
             cmd = [self.gcc, "-c", "-x", "assembler-with-cpp", "-nostdinc",
                    "-I", str(INCLUDE_DIR), *_FLAGS, *config.defines(), "-o", str(obj), str(src)]
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=_c_env())
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=c_locale_env())
             except OSError as e:
                 raise AssembleError(f"cannot run {self.gcc}: {e.strerror} "
                                     "(install it with: apt-get install gcc binutils)") from e
@@ -121,7 +121,8 @@ class GasAssembler:
         return data
 
 
-def _c_env() -> dict[str, str]:
+def c_locale_env() -> dict[str, str]:
+    """The environment for an external tool: ours, with ``LC_ALL=C`` (stable messages)."""
     env = dict(os.environ)
     env["LC_ALL"] = "C"
     return env

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.core import layout as L
-from emu.build.assemble import INCLUDE_DIR, AsmConfig, _c_env
+from emu.build.assemble import AsmConfig, c_locale_env
 from emu.errors import AssembleError
+from emu.paths import INCLUDE_DIR
 from emu.kernel.extable import Encoding, Extable, decode
 from emu.kernel.image import Image, Section, Symbol
 
@@ -398,7 +399,7 @@ class KeystoneAssembler:
                    str(INCLUDE_DIR), "-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64",
                    "-DCONFIG_64BIT", *config.defines(), str(src)]
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=_c_env())
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=c_locale_env())
             except OSError as e:
                 raise AssembleError(f"cannot run the C preprocessor {self.gcc}: {e.strerror}"
                                     ) from e

@@ -33,7 +33,7 @@ from emu.errors import ImageError, InputError
 from emu.kernel.eras import ERAS, Era, ImageMarks, default_era, get_era, sniff
 from emu.kernel.extable import Encoding
 from emu.kernel.image import Image
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 
 
 #: X86_FEATURE_* numbers (32 * word + bit) of what emu selects, as in asm/emu_kernel.h.

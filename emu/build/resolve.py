@@ -37,7 +37,7 @@ from emu.build.target import BACKENDS, Settings, Target, era_target, get_target
 from emu.caching import Bounded
 from emu.errors import UsageError
 from emu.kernel.eras import ERAS, Era, Routine, get_era
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 
 #: Every kind of source spec (the CLI's subcommand × spec-kind test iterates these).
 KINDS = ("era", "file", "debian", "rev", "object", "vmlinux")

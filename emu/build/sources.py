@@ -28,9 +28,6 @@ from emu.errors import InputError
 
 #: The default file in a kernel tree.
 COPY_USER = "arch/x86/lib/copy_user_64.S"
-#: Files scripts/linux-sources extracts from each Debian package.
-DEBIAN_FILES = ("arch/x86/lib/copy_user_64.S", "arch/x86/lib/copy_mc_64.S",
-                "arch/x86/lib/getuser.S")
 #: Debian package versions (linux-source-X) scripts/linux-sources extracts; their eras are
 #: detected from the files like any other source.
 DEBIAN_VERSIONS = ("6.1", "6.12")

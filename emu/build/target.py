@@ -27,7 +27,8 @@ from emu.kernel.eras import Era, Routine, cpu_name
 from emu.kernel.extable import Encoding
 from emu.kernel.image import Image
 from emu.kernel.outcome import Outcome
-from emu.kernel.policy import Kernel, Severity
+from emu.kernel.policy import Kernel
+from emu.kernel.severity import Severity
 
 _MISSING = object()
 

@@ -19,7 +19,7 @@ from emu.build.sources import COPY_USER
 from emu.core.machine import Buffers
 from emu.errors import InputError, UsageError
 from emu.kernel.eras import ERAS
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 
 
 def to_int(text: str) -> int:

@@ -31,6 +31,7 @@ from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_IN
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
 
+from emu.caching import Bounded
 from emu.core import layout as L
 from emu.errors import EmulationError, UsageError
 from emu.core.engine import Engine, RegBatch
@@ -104,7 +105,7 @@ class Machine:
         # The same by id(call) (the Call is kept so that its id is not reused).
         self._entry_by_call: dict[int, tuple[RegBatch, list[int], Call]] = {}
         self._layout: str | None = None
-        self._pte_cache: dict[frozenset[int], list[bytes]] = {}
+        self._pte_cache: Bounded[frozenset[int], list[bytes]] = Bounded(256, "machine.pte_tables")
         # Window pages that may not hold their initial contents, with the contents they do
         # hold: (window physical base, page index) → bytes.  Every other window page holds
         # its initial contents.  A run leaves the pages it dirtied here, and the next run
@@ -138,7 +139,7 @@ class Machine:
         self._read_cb = HOOK_MEM_ACCESS_CFUNC(self._read_entry)
         self._record_cb = HOOK_MEM_ACCESS_CFUNC(self._record_entry)
         self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
-        self._insn_cache: dict[tuple[int, int], int] = {}
+        self._insn_cache: Bounded[tuple[int, int], int] = Bounded(4096, "machine.block_sizes")
         # Registers a redirect writes → their batch register write and values.
         self._redirects: dict[tuple[object, ...], tuple[RegBatch, list[int]]] = {}
         self._insns = 0
@@ -510,8 +511,6 @@ class Machine:
                                            | (0 if base + i * L.PAGE in absent else PTE_P))
                                for i in range(WINDOW_PAGES))
                       for base, _ in self._window_ptes]
-            if len(self._pte_cache) > 256:
-                self._pte_cache.clear()
             self._pte_cache[absent] = cached
         return cached
 

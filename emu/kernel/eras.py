@@ -21,7 +21,7 @@ from typing import Any
 from emu.errors import UsageError
 from emu.kernel import writemodel as wm
 from emu.kernel.extable import Encoding, ExType
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 from emu.paths import ASM_DIR
 
 

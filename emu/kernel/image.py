@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from emu.caching import Bounded
 from emu.errors import ImageError
 from emu.kernel.extable import Encoding, Extable
 
@@ -49,7 +50,10 @@ class Image:
     extable: Extable = field(repr=False)
     encoding: Encoding
     stubs: dict[str, int] = field(default_factory=dict, repr=False)
-    _names: dict[int, str] = field(default_factory=dict, repr=False, compare=False)
+    #: ``symbolize`` memo: address → name.  The only state that changes after construction;
+    #: it never changes what any method returns.
+    _names: Bounded[int, str] = field(default_factory=lambda: Bounded(4096, "image.names"),
+                                      init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Every entry must point into loaded code, and no instruction may have two entries."""

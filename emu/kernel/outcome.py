@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from emu.caching import Bounded
 from emu.core import layout as L
 from emu.kernel.extable import ExtableEntry
 from emu.core.machine import (Buffers, FaultKind, FaultRecord, Halt, RawRun, Redirect, State,
@@ -303,7 +304,7 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
 #: kind value, where, handler, fixup, fixup_where, action, note, FaultKind).  The resolution is kept so that
 #: its id is not reused while the entry lives; resolutions the kernel memoises make this a
 #: lookup per fault instead of two symbol look-ups, a type name and the action.
-_TEMPLATES: dict[tuple[int, int], tuple[Any, ...]] = {}
+_TEMPLATES: Bounded[tuple[int, int], tuple[Any, ...]] = Bounded(4096, "outcome.templates")
 
 
 def _fault(r: FaultRecord, src: int, user: int, length: int, symbolize: Any) -> Fault:
@@ -314,8 +315,6 @@ def _fault(r: FaultRecord, src: int, user: int, length: int, symbolize: Any) -> 
     t = _TEMPLATES.get(key)
     if t is None or t[0] is not res or t[1] != symbolize or t[9] is not ev.kind:
         t = _template(ev.kind, ev.rip, res, symbolize)
-        if len(_TEMPLATES) >= 4096:
-            _TEMPLATES.clear()
         _TEMPLATES[key] = t
     base = src if ev.kind is FaultKind.MC else user
     address = ev.address

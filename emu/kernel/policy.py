@@ -11,25 +11,15 @@ decision is then the era's severity rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
-from enum import Enum
-from functools import lru_cache
 
-from emu.core import layout as L
+from emu.caching import Bounded
 from emu.errors import EmulationError
 from emu.kernel.extable import EX_FLAG_CLEAR_AX, EX_FLAG_CLEAR_DX, REG_NAMES, Extable, ExtableEntry, ExType
 from emu.core.machine import TRAPNR, CpuView, FaultEvent, FaultKind, Halt, Redirect, Resolution, State
-
-
-class Severity(str, Enum):
-    """Which severity.c rules grade a kernel-mode #MC (kernel-facts §6a)."""
-
-    V5_9 = "v5.9"      # only ex_handler_fault entries recover (a05d54c41ecf)
-    V5_10 = "v5.10"    # + uaccess/copy handlers when is_copy_from_user (300638101329)
-    V5_16 = "v5.16"    # switch on EX_TYPE: UACCESS/COPY + copy-from-user, *_MCE_SAFE (2cadf5248b93)
-    V5_17 = "v5.17"    # as 5.16; EFAULT_REG/DEFAULT fixups are not recoverable (to v6.14)
-    V2025 = "2025"     # is_copy_from_user first, whatever the type (1a15bb8303b6)
+from emu.kernel.decode import decode, source_of
+from emu.kernel.severity import Severity
 
 
 PANIC_MC = ("Kernel panic - not syncing: Fatal local machine check "
@@ -39,86 +29,7 @@ PANIC_NO_FIXUP = "Kernel panic - not syncing: Failed kernel mode recovery"
 #: Fixup types whose register changes depend on the registers at the fault (``Kernel.apply``).
 _READS_REGISTERS = frozenset({ExType.POP_REG, ExType.UCOPY_LEN})
 
-#: MOV loads and MOVZX (kernel opcode packing), and MOVS (kernel-facts §6b).
-_LOADS = (0x8A, 0x8B, 0xB60F, 0xB70F)
-_MOVS = (0xA4, 0xA5)
 _UNDECODED = object()
-
-
-@lru_cache(maxsize=1)
-def _capstone():  # type: ignore[no-untyped-def]
-    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-    md = Cs(CS_ARCH_X86, CS_MODE_64)
-    md.detail = True
-    return md
-
-
-def is_copy_from_user(code: bytes, rip: int, cpu: CpuView) -> tuple[bool, int | None]:
-    """The kernel's is_copy_from_user(): is the instruction at ``rip`` a load from user memory?
-
-    Returns:
-        (verdict, source address or None if the instruction is not a MOV/MOVZX/MOVS load).
-    """
-    return _source_of(_decode(code, rip), cpu)
-
-
-def _source_of(shape: str | tuple[str, str, int, int] | None,
-               cpu: CpuView) -> tuple[bool, int | None]:
-    """``is_copy_from_user`` for an instruction already decoded by ``_decode``."""
-    if shape is None:
-        return False, None
-    if shape == "movs":
-        addr = cpu.reg("rsi")
-    else:
-        base, index, scale, disp = shape
-        addr = disp
-        if base:
-            addr += cpu.reg(base)
-        if index:
-            addr += cpu.reg(index) * scale
-    addr &= 0xFFFFFFFFFFFFFFFF
-    return addr < L.TASK_SIZE_MAX, addr
-
-
-@lru_cache(maxsize=4096)
-def _decode(code: bytes, rip: int) -> str | tuple[str, str, int, int] | None:
-    """Decode once per instruction: "movs", (base, index, scale, disp) of a load, or None."""
-    from capstone import x86_const as C
-    insn = next(_capstone().disasm(code, rip, 1), None)
-    if insn is None:
-        return None
-    value = 0
-    for i, b in enumerate(x for x in insn.opcode if x):
-        value |= b << (8 * i)
-    if value in _MOVS:
-        return "movs"
-    if value not in _LOADS:
-        return None
-    mems = [op for op in insn.operands if op.type == C.X86_OP_MEM]
-    if not mems:
-        return None
-    m = mems[0].mem
-    if m.segment in (C.X86_REG_GS, C.X86_REG_FS):
-        return None  # per-CPU data: a kernel address
-    disp = m.disp
-    base = ""
-    if m.base == C.X86_REG_RIP:
-        disp += insn.address + insn.size
-    elif m.base:
-        base = _reg64(insn.reg_name(m.base))
-    index = _reg64(insn.reg_name(m.index)) if m.index else ""
-    return base, index, m.scale, disp
-
-
-def _reg64(name: str) -> str:
-    name = name.lower()
-    if name in REG_NAMES:
-        return name
-    if name.startswith("e"):
-        return "r" + name[1:]
-    if name.startswith("r") and name[-1] in "dwb":
-        return name[:-1]
-    return name
 
 
 def grade(severity: Severity, entry: ExtableEntry | None, copyin: bool) -> tuple[bool, str]:
@@ -164,9 +75,11 @@ def grade(severity: Severity, entry: ExtableEntry | None, copyin: bool) -> tuple
     return False, "not a copy from user and not an MCE-safe fixup"
 
 
-@dataclass(frozen=True)
 class Kernel:
     """The kernel side of one era: its exception table, handler semantics and severity.
+
+    The three inputs never change after construction; the two memos below grow as faults are
+    handled (each bounded, ``emu.caching.Bounded``), so a ``Kernel`` is mutable and unhashable.
 
     Args:
         extable: the image's exception table.
@@ -174,31 +87,34 @@ class Kernel:
         code: reads instruction bytes (for is_copy_from_user).
     """
 
-    extable: Extable
-    severity: Severity
-    code: object  # Callable[[int, int], bytes]
-    #: Resolutions that depend only on the faulting instruction (and, for #MC, on the
-    #: is_copy_from_user verdict): (rip, kind value, copyin) → Resolution.  The handlers are pure
-    #: functions of those except for fixup types that read registers (_READS_REGISTERS).
-    _done: dict[tuple[int, str, bool], Resolution] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
-    #: Per faulting instruction: its extable entry and its decoded load (``_decode``).
-    _sites: dict[int, list[Any]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
+    __slots__ = ("extable", "severity", "code", "_done", "_sites")
+
+    def __init__(self, extable: Extable, severity: Severity,
+                 code: Callable[[int, int], bytes]) -> None:
+        self.extable = extable
+        self.severity = severity
+        self.code = code
+        #: Resolutions that depend only on the faulting instruction (and, for #MC, on the
+        #: is_copy_from_user verdict): (rip, kind value, copyin) → Resolution.  The handlers are
+        #: pure functions of those except for fixup types that read registers (_READS_REGISTERS).
+        self._done: Bounded[tuple[int, str, bool], Resolution] = Bounded(4096, "policy.resolutions")
+        #: Per faulting instruction: its extable entry and its decoded load (``decode.decode``).
+        self._sites: Bounded[int, list[Any]] = Bounded(4096, "policy.sites")
+
+    def __repr__(self) -> str:
+        return f"Kernel(severity={self.severity.value}, {len(self.extable)} extable entries)"
 
     def __call__(self, cpu: CpuView, event: FaultEvent) -> Resolution:
         rip = event.rip
         site = self._sites.get(rip)
         if site is None:
-            if len(self._sites) >= 4096:
-                self._sites.clear()
             site = self._sites[rip] = [self.extable.search(rip), _UNDECODED]
         entry = site[0]
         copyin = False
         if event.kind is FaultKind.MC:
             if site[1] is _UNDECODED:          # decoded on the first #MC only
-                site[1] = _decode(self.code(rip, 16), rip)  # type: ignore[operator]
-            copyin = _source_of(site[1], cpu)[0]
+                site[1] = decode(self.code(rip, 16), rip)
+            copyin = source_of(site[1], cpu)[0]
         elif entry is None:
             return self._no_entry(event)
         key = (rip, event.kind._value_, copyin)     # the value: an Enum hashes slowly

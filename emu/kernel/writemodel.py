@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 
 
 class FaultIn(str, Enum):

@@ -41,7 +41,6 @@ CLASS_COLOURS: dict[str, str] = {
     "smap_violation": "#9467bd", "oops": "#8c564b", "hang": "#7f7f7f", "panic": "#d62728",
     "tool_error": "#000000",
 }
-RANK = {c: i for i, c in enumerate(CLASSES)}
 #: ``metric="violation"``: labels from best to worst, with their colours.
 LABEL_COLOURS: dict[str, str] = {
     "ok": "#2ca02c", "modified_past_reported": "#ffdd57", "claimed_nothing": "#bcbd22",

@@ -40,7 +40,7 @@ from emu.kernel.eras import Era, Routine, cpu_name
 from emu.errors import UsageError
 from emu.kernel.extable import Encoding
 from emu.core.machine import Buffers, Halt, State
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 from emu.kernel.writemodel import FaultIn, TaskWork, Touch, WriteModel
 from emu.build.resolve import Spec, resolve
 from emu.build.target import Settings, Target, get_target, read_source

@@ -25,7 +25,9 @@ from typing import Any
 
 from emu.kernel.extable import ExtableEntry
 from emu.kernel.image import Image
-from emu.kernel.policy import _LOADS, _MOVS, Severity, grade
+from emu.kernel.decode import LOADS, MOVS, opcode_value
+from emu.kernel.policy import grade
+from emu.kernel.severity import Severity
 
 _SKIP_PREFIXES = ("lea", "nop", "prefetch", "clflush", "clwb", "clde")
 
@@ -64,13 +66,6 @@ class Access:
                 "insn": self.text, "access": self.access, "pointer": self.pointer,
                 "extable": self.entry_type, "fixup": self.fixup, "copyin": self.copyin,
                 "mc": self.mc, "why": self.why}
-
-
-def _opcode_value(insn) -> int:  # type: ignore[no-untyped-def]
-    value = 0
-    for i, b in enumerate(x for x in insn.opcode if x):
-        value |= b << (8 * i)
-    return value
 
 
 def build(image: Image, severity: Severity, functions: list[str] | None = None
@@ -116,8 +111,8 @@ def build(image: Image, severity: Severity, functions: list[str] | None = None
                 reads, writes = False, True   # capstone 5 marks movnti's operand as read
             access = "load+store" if reads and writes else "load" if reads else "store"
             entry = image.extable.search(insn.address)
-            value = _opcode_value(insn)
-            copyin = reads and (value in _MOVS or (value in _LOADS and not writes))
+            value = opcode_value(insn)
+            copyin = reads and (value in MOVS or (value in LOADS and not writes))
             if reads:
                 recov, why = grade(severity, entry, copyin)
                 if recov and entry is None:

@@ -305,7 +305,6 @@ class Runner:
 
     def __init__(self) -> None:
         self._memo: Bounded[tuple[Any, ...], Outcome] = Bounded(4096, "sweep.outcomes")
-        self.runs = 0
         self._crash = os.environ.get(CRASH_ENV)
         self._raise = os.environ.get(RAISE_ENV)
 
@@ -327,7 +326,6 @@ class Runner:
             return hit, True
         t, r = self.target_and_routine(case)
         o = t.run(r, b, fast_forward=True)  # same outcome as a full run, see Machine.record
-        self.runs += 1
         self._memo[key] = o
         return o, False
 

@@ -16,7 +16,7 @@ from emu.kernel import outcome
 from emu.kernel.eras import Routine
 from emu.core.machine import Buffers, Call, CpuView, FaultEvent, FaultKind, FaultRecord, Resolution
 from emu.kernel.outcome import Outcome
-from emu.kernel.policy import is_copy_from_user
+from emu.kernel.decode import is_copy_from_user
 from emu.build.target import Target
 
 #: Longest instruction trace kept per fault for ``explain`` (rep iterations collapse to one).
@@ -44,7 +44,6 @@ class Traced:
     records: tuple[FaultRecord, ...] = field(repr=False)
     mc: tuple[McInfo | None, ...] = ()
     paths: tuple[tuple[int, ...], ...] = ()
-    entry_path: tuple[int, ...] = ()
     entry_count: int = 0
 
 
@@ -97,5 +96,5 @@ def run(target: Target, routine: Routine, bufs: Buffers, regs: tuple[tuple[str, 
     for i, m in enumerate(marks):
         end = marks[i + 1] if i + 1 < len(marks) else len(executed)
         paths.append(tuple(executed[m:end][:PATH_LIMIT + 1]))
-    head = tuple(executed[:marks[0]] if marks else executed)
-    return Traced(o, raw.faults, tuple(mcs), tuple(paths), head[-PATH_LIMIT:], len(head))
+    entry_count = marks[0] if marks else len(executed)
+    return Traced(o, raw.faults, tuple(mcs), tuple(paths), entry_count)

@@ -17,7 +17,7 @@ import pytest
 from emu.runs import map as umap
 from emu.cli.main import main
 from emu.kernel.eras import ERAS
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 from emu.build.target import Settings, get_target, read_source
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures"

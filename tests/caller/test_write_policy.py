@@ -13,7 +13,8 @@ from emu.runs.caller import FaultIn, PANIC_OTHER_PAGE, simulate
 from emu.cli.main import main
 from emu.kernel.eras import CPUS, ERAS
 from emu.core.machine import Buffers
-from emu.kernel.policy import PANIC_MC, Severity
+from emu.kernel.policy import PANIC_MC
+from emu.kernel.severity import Severity
 
 SEED = Buffers(length=4096, src_align=0x7E0, poison=(0x960,))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from emu.kernel.eras import Routine
 from emu.kernel.extable import Encoding
 from emu.core.machine import Buffers, State
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 from emu.build.target import Settings, get_target
 
 SRC = """#include <linux/linkage.h>

@@ -131,7 +131,7 @@ def test_redirect_to_the_fixup_continues_the_same_run(demo: Target) -> None:
 def test_trap_number_is_written_by_fault_type_handlers() -> None:
     from tests.conftest import demo_target
     from emu.kernel.extable import Encoding
-    from emu.kernel.policy import Severity
+    from emu.kernel.severity import Severity
     t = demo_target(Encoding.HANDLER, Severity.V5_9, 516)
     raw = raw_run(t, "demo_trapnr", Buffers(length=100, poison=(50,)))
     assert raw.state is State.RETURNED              # ≤ v5.9: ex_handler_fault recovers

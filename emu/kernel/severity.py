@@ -1,0 +1,20 @@
+"""Which kernel's severity.c rules grade a kernel-mode machine check.
+
+Follows kernel-facts.md §6a (arch/x86/kernel/cpu/mce/severity.c, per version).  A data module:
+``emu.kernel.eras`` names one ``Severity`` per era and ``emu.kernel.policy`` applies it, so
+reading the era catalog does not load the emulator.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Severity(str, Enum):
+    """Which severity.c rules grade a kernel-mode #MC (kernel-facts §6a)."""
+
+    V5_9 = "v5.9"      # only ex_handler_fault entries recover (a05d54c41ecf)
+    V5_10 = "v5.10"    # + uaccess/copy handlers when is_copy_from_user (300638101329)
+    V5_16 = "v5.16"    # switch on EX_TYPE: UACCESS/COPY + copy-from-user, *_MCE_SAFE (2cadf5248b93)
+    V5_17 = "v5.17"    # as 5.16; EFAULT_REG/DEFAULT fixups are not recoverable (to v6.14)
+    V2025 = "2025"     # is_copy_from_user first, whatever the type (1a15bb8303b6)
