@@ -35,7 +35,7 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 def demo_target(encoding: Encoding = Encoding.DATA, severity: Severity = Severity.V5_17,
                 layout: int = 517) -> Target:
     return get_target(read_source(str(EXAMPLES)), EXAMPLES.name,
-                      Settings(encoding, layout, severity), frozenset())
+                      Settings(encoding, layout, severity), frozenset({"SMAP"}))
 
 
 @pytest.fixture(scope="session")

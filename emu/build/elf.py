@@ -10,8 +10,13 @@ symbol (≤ v5.15) or data (v5.16+), see ``extable.py``.
 from __future__ import annotations
 
 import io
+import mmap
+import os
+import pickle
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.constants import SH_FLAGS
@@ -20,7 +25,7 @@ from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
 from emu.core import layout
-from emu.errors import ImageError
+from emu.errors import ImageError, InputError
 from emu.kernel.extable import Encoding, Extable, ExtableEntry, decode
 from emu.kernel.image import Image, Section, Symbol
 
@@ -210,8 +215,8 @@ def _entry(raw: bytes, off: int, relocs: dict[int, tuple[int, int, str]], encodi
 
 # ---- linked kernels (vmlinux) ------------------------------------------------------------
 
-def load_linked(data: bytes, *, encoding: Encoding, layout_id: int, name: str = "vmlinux",
-                keep: tuple[str, ...] = ()) -> Image:
+def load_linked(data: bytes | LinkedFile, *, encoding: Encoding, layout_id: int,
+                name: str = "vmlinux", keep: tuple[str, ...] = ()) -> Image:
     """Load a linked x86-64 kernel image (ET_EXEC with a symbol table, e.g. ``vmlinux``).
 
     In a linked image the ``__ex_table`` words are already resolved, each relative to its own
@@ -222,14 +227,22 @@ def load_linked(data: bytes, *, encoding: Encoding, layout_id: int, name: str = 
     defines, plus the fixups of the extable entries whose faulting instruction lies inside
     them ("selected by address range").  With ``keep`` empty, every allocated section is
     loaded.  The window is moved to ``layout.TEXT_BASE`` as a whole (one offset for code,
-    symbols and entries), which keeps every relative reference inside it valid.
+    symbols and entries), which keeps every relative reference inside it valid.  The image's
+    ``origin`` is the window's original address (``Image.origin``), so callers can map
+    addresses back to the file.
+
+    Args:
+        data: the file's bytes, or an open ``LinkedFile`` (mmap; only the window is read).
 
     Raises:
         ImageError: not an x86-64 ET_EXEC with symbols, none of ``keep`` is defined, or the
             window does not fit the emulated text area.
     """
-    return _parse(data, name, "file",
-                  lambda elf: _load_linked(elf, encoding, layout_id, name, keep))
+    lf = data if isinstance(data, LinkedFile) else LinkedFile(data, name)
+    try:
+        return _load_linked(lf, encoding, layout_id, name, keep)
+    except (struct.error, ValueError, KeyError, IndexError) as e:
+        raise ImageError(f"{name}: corrupt ELF file: {e}") from e
 
 
 def _parse(data: bytes, name: str, what: str, load: Callable[[ELFFile], Image]) -> Image:
@@ -242,61 +255,57 @@ def _parse(data: bytes, name: str, what: str, load: Callable[[ELFFile], Image]) 
         raise ImageError(f"{name}: corrupt ELF {what}: {e}") from e
 
 
-def _load_linked(elf: ELFFile, encoding: Encoding, layout_id: int, name: str,
-                 keep: tuple[str, ...]) -> Image:
-    if elf.header["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
-        raise ImageError(f"{name}: ELF for {elf.header['e_machine']}, not x86-64")
-    if elf.header["e_type"] != "ET_EXEC":
-        raise ImageError(f"{name}: {elf.header['e_type']} is not a linked kernel image "
-                         "(use --object for a .o)")
-    symtab = elf.get_section_by_name(".symtab")
-    if not isinstance(symtab, SymbolTableSection):
-        raise ImageError(f"{name}: no symbol table (a stripped image cannot be used)")
-    syms: list[tuple[str, int, int, str, bool]] = []
-    for sym in symtab.iter_symbols():
-        if sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS") or not sym.name:
-            continue
-        kind = sym["st_info"]["type"]
-        if kind in ("STT_SECTION", "STT_FILE"):
-            continue
-        syms.append((sym.name, int(sym["st_value"]), int(sym["st_size"]),
-                     {"STT_FUNC": "func", "STT_OBJECT": "object"}.get(kind, "notype"),
-                     sym["st_info"]["bind"] != "STB_LOCAL"))
-    by_addr: dict[int, list[str]] = {}
-    for n, a, *_ in syms:
-        by_addr.setdefault(a, []).append(n)
+def linked_extable(lf: LinkedFile, encoding: Encoding) -> list[tuple[int, int, int, str | None]]:
+    """The raw ``__ex_table`` of a linked image: (insn, fixup, third word, handler name).
 
+    Raises:
+        ImageError: a size that is not a multiple of 12, an unsorted table, or (handler
+            encoding) a third word that points at no symbol.
+    """
+    name = lf.name
+    ex = lf.section(EXTABLE)
+    out: list[tuple[int, int, int, str | None]] = []
+    if ex is None or not ex.size:
+        return out
+    raw = lf.data(ex)
+    base = ex.addr
+    if len(raw) % 12:
+        raise ImageError(f"{name}: __ex_table size {len(raw)} is not a multiple of 12")
+    by_addr: dict[int, list[str]] | None = None
+    if encoding is Encoding.HANDLER:
+        by_addr = {}
+        for n, a, *_ in lf.symbols():
+            by_addr.setdefault(a, []).append(n)
+    for off in range(0, len(raw), 12):
+        i, f, third = struct.unpack_from("<iiI", raw, off)
+        insn, fixup = base + off + i, base + off + 4 + f
+        handler = None
+        if by_addr is not None:
+            target = base + off + 8 + struct.unpack_from("<i", raw, off + 8)[0]
+            names = by_addr.get(target, [])
+            handler = next((n for n in names if n.startswith("ex_handler_")),
+                           names[0] if names else None)
+            if handler is None:
+                raise ImageError(f"{name}: __ex_table entry {off // 12} (insn {insn:#x}) "
+                                 f"points at {target:#x}, which no symbol names; is this "
+                                 "image really in the handler-pointer encoding (<= v5.15)?")
+            third = 0
+        if out and insn < out[-1][0]:
+            raise ImageError(f"{name}: __ex_table is not sorted: entry {off // 12} (insn "
+                             f"{insn:#x}) comes after {out[-1][0]:#x}; the "
+                             "kernel's binary search would miss entries")
+        out.append((insn, fixup, third, handler))
+    return out
+
+
+def _load_linked(lf: LinkedFile, encoding: Encoding, layout_id: int, name: str,
+                 keep: tuple[str, ...]) -> Image:
+    syms = lf.symbols()
     # 1. The exception table, resolved field by field.
-    raw_entries: list[tuple[int, int, int, str | None]] = []
-    ex = elf.get_section_by_name(EXTABLE)
-    if ex is not None and ex["sh_size"]:
-        raw = ex.data()
-        base = int(ex["sh_addr"])
-        if len(raw) % 12:
-            raise ImageError(f"{name}: __ex_table size {len(raw)} is not a multiple of 12")
-        for off in range(0, len(raw), 12):
-            i, f, third = struct.unpack_from("<iiI", raw, off)
-            insn, fixup = base + off + i, base + off + 4 + f
-            handler = None
-            if encoding is Encoding.HANDLER:
-                target = base + off + 8 + struct.unpack_from("<i", raw, off + 8)[0]
-                names = by_addr.get(target, [])
-                handler = next((n for n in names if n.startswith("ex_handler_")),
-                               names[0] if names else None)
-                if handler is None:
-                    raise ImageError(f"{name}: __ex_table entry {off // 12} (insn {insn:#x}) "
-                                     f"points at {target:#x}, which no symbol names; is this "
-                                     "image really in the handler-pointer encoding (<= v5.15)?")
-                third = 0
-            if raw_entries and insn < raw_entries[-1][0]:
-                raise ImageError(f"{name}: __ex_table is not sorted: entry {off // 12} (insn "
-                                 f"{insn:#x}) comes after {raw_entries[-1][0]:#x}; the "
-                                 "kernel's binary search would miss entries")
-            raw_entries.append((insn, fixup, third, handler))
+    raw_entries = linked_extable(lf, encoding)
 
     # 2. The window to load.
-    secs = [s for s in elf.iter_sections()
-            if s["sh_flags"] & SH_FLAGS.SHF_ALLOC and s["sh_size"] and s.name != EXTABLE]
+    secs = [s for s in lf.sections if s.alloc and s.size and s.name != EXTABLE]
     if keep:
         ranges = [(a, a + max(size, 1)) for n, a, size, k, _ in syms if n in keep]
         if not ranges:
@@ -307,8 +316,8 @@ def _load_linked(elf: ELFFile, encoding: Encoding, layout_id: int, name: str,
         lo = min([r[0] for r in ranges] + [e[1] for e in inside])
         hi = max([r[1] for r in ranges] + [e[1] + 256 for e in inside])
     else:
-        lo = min(int(s["sh_addr"]) for s in secs)
-        hi = max(int(s["sh_addr"]) + int(s["sh_size"]) for s in secs)
+        lo = min(s.addr for s in secs)
+        hi = max(s.addr + s.size for s in secs)
     lo &= ~(layout.PAGE - 1)
     if hi - lo > layout.TEXT_LIMIT:
         raise ImageError(f"{name}: the code to load spans {hi - lo} bytes ({lo:#x}..{hi:#x}); "
@@ -318,13 +327,14 @@ def _load_linked(elf: ELFFile, encoding: Encoding, layout_id: int, name: str,
 
     sections: list[Section] = []
     for s in secs:
-        a, size = int(s["sh_addr"]), int(s["sh_size"])
-        a0, a1 = max(a, lo), min(a + size, hi)
+        a0, a1 = max(s.addr, lo), min(s.addr + s.size, hi)
         if a0 >= a1:
             continue
-        body = bytes(size) if s["sh_type"] == "SHT_NOBITS" else s.data()
-        sections.append(Section(s.name, a0 + delta, body[a0 - a:a1 - a],
-                                bool(s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)))
+        if s.type == SHT_NOBITS:
+            body = bytes(a1 - a0)
+        else:
+            body = bytes(lf.buf[s.offset + a0 - s.addr:s.offset + a1 - s.addr])
+        sections.append(Section(s.name, a0 + delta, body, s.executable))
     symbols: dict[str, Symbol] = {}
     for n, a, size, k, glob in syms:
         if lo <= a < hi:
@@ -333,4 +343,219 @@ def _load_linked(elf: ELFFile, encoding: Encoding, layout_id: int, name: str,
                 symbols[n] = Symbol(n, a + delta, size, k, glob)
     entries = [decode(encoding, layout_id, i + delta, f + delta, third, handler=h)
                for i, f, third, h in raw_entries if lo <= i < hi and lo <= f < hi]
-    return Image(name, tuple(sections), symbols, Extable(entries), encoding, {})
+    return Image(name, tuple(sections), symbols, Extable(entries), encoding, {}, origin=lo)
+
+
+# ---- linked kernels read through mmap (a real distribution vmlinux) ----------------------
+#
+# A debug vmlinux is 350-650 MB, nearly all DWARF.  Everything emu needs lives in a few
+# allocated sections (a window of .text, __ex_table, .altinstructions, .altinstr_replacement,
+# .return_sites, .retpoline_sites, .notes, .rodata for linux_banner) and in .symtab/.strtab.
+# ``LinkedFile`` maps the file and reads only those byte ranges (the page cache brings in what
+# is touched, nothing else); the parsed symbol table is cached on disk keyed by the GNU
+# build-id (``.notes``, NT_GNU_BUILD_ID), so a second run does not read .symtab at all.
+# The ELF64 layouts are those of the System V gABI (Elf64_Ehdr, Elf64_Shdr, Elf64_Sym,
+# Elf64_Nhdr); pyelftools is not used here because it reads whole sections into memory.
+
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+_SYM = struct.Struct("<IBBHQQ")
+SHT_NOBITS = 8
+SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
+STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 1, 2, 3, 4
+STB_LOCAL = 0
+NT_GNU_BUILD_ID = 3
+#: Bump when the cached symbol format changes.
+SYMCACHE_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SectionHeader:
+    """One Elf64_Shdr, with its name resolved."""
+
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+
+    @property
+    def alloc(self) -> bool:
+        return bool(self.flags & SHF_ALLOC)
+
+    @property
+    def executable(self) -> bool:
+        return bool(self.flags & SHF_EXECINSTR)
+
+
+#: (name, address, size, kind, global) — kind "func", "object" or "notype".
+LinkedSymbol = tuple[str, int, int, str, bool]
+
+
+class LinkedFile:
+    """A linked x86-64 kernel image (ET_EXEC) read lazily through mmap.
+
+    Args:
+        source: a path (mapped read-only) or the file's bytes.
+        name: used in error messages.
+        cache_dir: where parsed symbol tables are kept by build-id (None: no cache).
+
+    Raises:
+        InputError: the path cannot be opened.
+        ImageError: not an x86-64 ET_EXEC ELF64, or a malformed header / section table.
+    """
+
+    def __init__(self, source: str | bytes, name: str, cache_dir: Path | None = None) -> None:
+        self.name = name
+        self.cache_dir = cache_dir
+        self._file = None
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self.buf: mmap.mmap | bytes = bytes(source)
+        else:
+            try:
+                self._file = open(source, "rb")  # noqa: SIM115 - closed in close()
+                self.buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            except FileNotFoundError:
+                raise InputError(f"{source}: no such file (--vmlinux)") from None
+            except (OSError, ValueError) as e:
+                raise InputError(f"{source}: cannot read (--vmlinux): {e}") from None
+        self._symbols: list[LinkedSymbol] | None = None
+        try:
+            self._header()
+        except struct.error as e:
+            raise ImageError(f"{name}: corrupt ELF file: {e}") from None
+
+    def close(self) -> None:
+        if isinstance(self.buf, mmap.mmap):
+            self.buf.close()
+        if self._file is not None:
+            self._file.close()
+
+    # -- headers ---------------------------------------------------------------------------
+
+    def _header(self) -> None:
+        b = self.buf
+        if len(b) < 64 or b[:4] != b"\x7fELF":
+            raise ImageError(f"{self.name}: not a valid ELF file: bad magic")
+        if b[4] != 2 or b[5] != 1:
+            raise ImageError(f"{self.name}: not a little-endian ELF64 file")
+        e_type, e_machine = struct.unpack_from("<HH", b, 16)
+        if e_machine != 62:
+            raise ImageError(f"{self.name}: ELF for machine {e_machine}, not x86-64")
+        if e_type != 2:
+            kind = {1: "ET_REL", 3: "ET_DYN", 4: "ET_CORE"}.get(e_type, f"type {e_type}")
+            raise ImageError(f"{self.name}: {kind} is not a linked kernel image "
+                             "(use --object for a .o)")
+        shoff, = struct.unpack_from("<Q", b, 40)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 58)
+        if shentsize != _SHDR.size or shoff + shnum * shentsize > len(b) or shstrndx >= shnum:
+            raise ImageError(f"{self.name}: corrupt ELF file: bad section header table")
+        raw = [_SHDR.unpack_from(b, shoff + i * shentsize) for i in range(shnum)]
+        strtab = raw[shstrndx]
+        names = bytes(b[strtab[4]:strtab[4] + strtab[5]])
+        self.sections: list[SectionHeader] = []
+        for (nm, typ, flags, addr, off, size, *_rest) in raw:
+            end = names.find(b"\0", nm)
+            self.sections.append(SectionHeader(names[nm:end].decode("latin-1"), typ, flags,
+                                               addr, off, size))
+        self._links = [r[6] for r in raw]
+        self._by_name = {s.name: s for s in self.sections}
+
+    def section(self, name: str) -> SectionHeader | None:
+        return self._by_name.get(name)
+
+    def data(self, sec: SectionHeader) -> bytes:
+        """A section's bytes (zeros for NOBITS)."""
+        if sec.type == SHT_NOBITS:
+            return bytes(sec.size)
+        if sec.offset + sec.size > len(self.buf):
+            raise ImageError(f"{self.name}: section {sec.name} lies past the end of the file "
+                             "(truncated?)")
+        return bytes(self.buf[sec.offset:sec.offset + sec.size])
+
+    def read(self, addr: int, size: int) -> bytes:
+        """``size`` bytes at a kernel address, from the allocated section holding them."""
+        for s in self.sections:
+            if s.alloc and s.addr <= addr and addr + size <= s.addr + s.size:
+                if s.type == SHT_NOBITS:
+                    return bytes(size)
+                off = s.offset + addr - s.addr
+                return bytes(self.buf[off:off + size])
+        raise ImageError(f"{self.name}: {addr:#x}+{size} is not inside one allocated section")
+
+    def build_id(self) -> str | None:
+        """The GNU build-id (hex) from the allocated note sections, or None."""
+        for s in self.sections:
+            if s.type != 7 or not s.size:      # SHT_NOTE
+                continue
+            d = self.data(s)
+            off = 0
+            while off + 12 <= len(d):
+                namesz, descsz, ntype = struct.unpack_from("<III", d, off)
+                nm_end = off + 12 + ((namesz + 3) & ~3)
+                desc = d[nm_end:nm_end + descsz]
+                if ntype == NT_GNU_BUILD_ID and d[off + 12:off + 12 + namesz].rstrip(b"\0") == b"GNU":
+                    return desc.hex()
+                off = nm_end + ((descsz + 3) & ~3)
+        return None
+
+    # -- symbols ---------------------------------------------------------------------------
+
+    def symbols(self) -> list[LinkedSymbol]:
+        """Defined, named function/object/notype symbols (cached by build-id).
+
+        Raises:
+            ImageError: no .symtab (a stripped image cannot be used).
+        """
+        if self._symbols is not None:
+            return self._symbols
+        cached = self._cache_path()
+        if cached is not None and cached.is_file():
+            try:
+                with cached.open("rb") as f:
+                    fmt, syms = pickle.load(f)
+                if fmt == SYMCACHE_FORMAT:
+                    self._symbols = syms
+                    return syms
+            except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError):
+                pass                                 # a torn or foreign file: parse again
+        self._symbols = self._parse_symbols()
+        if cached is not None:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+                with tmp.open("wb") as f:
+                    pickle.dump((SYMCACHE_FORMAT, self._symbols), f, protocol=5)
+                os.replace(tmp, cached)
+            except OSError:
+                pass                                 # a read-only cache only costs time
+        return self._symbols
+
+    def _cache_path(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        bid = self.build_id()
+        return None if bid is None else self.cache_dir / f"{bid}.symbols"
+
+    def _parse_symbols(self) -> list[LinkedSymbol]:
+        symtab = self.section(".symtab")
+        if symtab is None:
+            raise ImageError(f"{self.name}: no symbol table (a stripped image cannot be used)")
+        link = self._links[self.sections.index(symtab)]
+        if link >= len(self.sections):
+            raise ImageError(f"{self.name}: .symtab links to no string table")
+        strtab = self.data(self.sections[link])
+        raw = self.data(symtab)
+        if len(raw) % _SYM.size:
+            raise ImageError(f"{self.name}: .symtab size is not a multiple of {_SYM.size}")
+        kinds = {STT_FUNC: "func", STT_OBJECT: "object"}
+        out: list[LinkedSymbol] = []
+        find = strtab.find
+        for nm, info, _other, shndx, value, size in _SYM.iter_unpack(raw):
+            typ = info & 0xF
+            if not nm or shndx == 0 or shndx >= 0xFF00 or typ in (STT_SECTION, STT_FILE):
+                continue
+            end = find(b"\0", nm)
+            out.append((strtab[nm:end].decode("latin-1"), value, size, kinds.get(typ, "notype"),
+                        (info >> 4) != STB_LOCAL))
+        return out

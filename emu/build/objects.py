@@ -17,6 +17,10 @@ NOPs, and a leading rel32 call/jmp is re-aimed.  Records use the v6.3+ layout (s
 s32 replacement, u32 feature|flags, u8 site length, u8 replacement length; UNVERIFIED for
 other releases); another size is refused.  A linked image is run as linked: its window
 does not include ``.altinstructions``.
+A linked image (a real vmlinux) is read through mmap (``elf.LinkedFile``, symbols cached by
+build-id) and its window gets the boot-time passes of ``boot.patch`` (alternatives, return
+sites, retpolines) for the CPU, with the feature numbers of the kernel version its
+``linux_banner`` names.  SMAP is enforced exactly when the CPU has it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES, Detection
-from emu.build.elf import load_linked, load_object
+from emu.build import boot
+from emu.build.elf import LinkedFile, load_linked, load_object
+from emu.kernel.cpus import KernelVersion, parse_banner
 from emu.build.target import Settings, Target
 from emu.errors import ImageError, InputError
 from emu.kernel.eras import ERAS, Era, ImageMarks, default_era, get_era, sniff
@@ -57,7 +63,7 @@ def apply_alternatives(img: Image, cpu: frozenset[str]) -> tuple[Image, int]:
         raise ImageError(f"{img.name}: .altinstructions is {len(alt.data)} bytes, not a "
                          f"multiple of the {ALT_RECORD}-byte record emu reads (v6.3+ layout)")
     have = {FEATURE_BITS[f] for f in cpu if f in FEATURE_BITS}
-    have |= {FEATURE_BITS["ALWAYS"], FEATURE_BITS["SMAP"]}
+    have |= {FEATURE_BITS["ALWAYS"]}
     code = {s.name: bytearray(s.data) for s in img.sections}
     owner = {s.name: s for s in img.sections}
 
@@ -128,7 +134,7 @@ def _detection(image: Image, era: Era, evidence: list[str], forced: bool) -> Det
                      tuple(n for n in syms if n in GET_USER_SIZES), tuple(evidence), forced)
 
 
-def _load(loader, data: bytes, name: str, era: Era, keep: tuple[str, ...]) -> Image:  # type: ignore[no-untyped-def]
+def _load(loader, data, name: str, era: Era, keep: tuple[str, ...]) -> Image:  # type: ignore[no-untyped-def]
     if loader is load_object:
         return load_object(data, encoding=era.encoding, layout_id=era.ex_layout, name=name)
     return load_linked(data, encoding=era.encoding, layout_id=era.ex_layout, name=name,
@@ -147,9 +153,11 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
         InputError: the file cannot be read.
         ImageError: it is not a usable object / linked image in either encoding.
     """
-    what = "--vmlinux" if linked else "--object"
-    data = _read(path, what)
     name = Path(path).name
+    if linked:
+        data: object = open_linked(path)
+    else:
+        data = _read(path, "--object")
     loader = load_linked if linked else load_object
     keep: tuple[str, ...] = (routine,) if routine else tuple(KNOWN_ROUTINES) + tuple(
         GET_USER_SIZES)
@@ -170,9 +178,45 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
     chosen, evidence = _era_of(img, era)
     if (chosen.encoding, chosen.ex_layout) != (guess.encoding, guess.ex_layout):
         img = _load(loader, data, name, chosen, keep)
-    img, patched = apply_alternatives(img, cpu)
-    if patched or any(s.name == ".altinstructions" for s in img.sections):
-        evidence = [*evidence, f"{patched} ALTERNATIVE site(s) patched for this CPU"]
+    version = None
+    if isinstance(data, LinkedFile):
+        version = kernel_version(data)
+        img, rep = boot.patch(img, data, version, cpu)
+        evidence = [*evidence, *rep.evidence()]
+    else:
+        img, patched = apply_alternatives(img, cpu)
+        if patched or any(s.name == ".altinstructions" for s in img.sections):
+            evidence = [*evidence, f"{patched} ALTERNATIVE site(s) patched for this CPU"]
     det = _detection(img, chosen, evidence, era is not None)
-    return Target(img, Settings.of(chosen, severity), cpu, catalog=det, era=chosen,
-                  detection=det, count_insns=count_insns)
+    t = Target(img, Settings.of(chosen, severity), cpu, catalog=det, era=chosen,
+               detection=det, count_insns=count_insns)
+    t.version = version          # type: ignore[attr-defined]  # the image's linux_banner
+    return t
+
+
+def vmlinux_cache_dir() -> Path:
+    """Where parsed vmlinux symbol tables are kept, by build-id."""
+    from emu.build.assemble import cache_dir
+    return cache_dir() / "vmlinux"
+
+
+def open_linked(path: str) -> LinkedFile:
+    """Map a vmlinux (symbols cached by build-id in ``vmlinux_cache_dir``).
+
+    Raises:
+        InputError: the file cannot be opened.
+        ImageError: not a linked x86-64 ELF image.
+    """
+    return LinkedFile(path, Path(path).name, vmlinux_cache_dir())
+
+
+def kernel_version(lf: LinkedFile) -> KernelVersion | None:
+    """The image's ``linux_banner`` ("Linux version ..."), parsed; None without one."""
+    for n, a, size, _k, _g in lf.symbols():
+        if n == "linux_banner":
+            try:
+                raw = lf.read(a, max(min(size, 512), 1))
+            except ImageError:
+                return None
+            return parse_banner(raw.split(b"\0", 1)[0].decode("latin-1"))
+    return None

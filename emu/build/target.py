@@ -114,7 +114,7 @@ class Target:
         self.catalog = catalog
         self.era = era
         self.detection = detection
-        self.machine = Machine(image, count_insns=count_insns)
+        self.machine = Machine(image, count_insns=count_insns, smap="SMAP" in cpu)
         self.kernel = Kernel(image.extable, settings.severity, image.read)
         self._ff: Bounded[tuple[object, ...], Any] = Bounded(16, "target.recordings")
         self._calls: Bounded[tuple[object, ...], Call] = Bounded(256, "target.calls")

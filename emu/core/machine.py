@@ -11,8 +11,9 @@ each fault does.  See unicorn-notes.md for the mechanisms:
 * #MC: one ``UC_HOOK_MEM_READ`` per poisoned 64-byte line over the *physical* range
   [line-7, line+63] with a real-overlap test (§1, "Recommended hook").  The hook fires before
   the load completes: the destination register and the rep counters are architectural.
-* SMAP: CR4.SMAP is set and user pages have U=1, so a user access with EFLAGS.AC clear raises
-  a #PF on a present page, which is reported as ``State.SMAP_VIOLATION``.
+* SMAP: when the CPU has it (``smap=True``), CR4.SMAP is set and user pages have U=1, so a
+  user access with EFLAGS.AC clear raises a #PF on a present page, which is reported as
+  ``State.SMAP_VIOLATION``.  Without it CR4.SMAP is clear and AC does not matter.
 
 Invariants the hooks keep: a hook either redirects (writes registers and RIP, emulation goes
 on in the same ``emu_start``) or halts (records the state and calls ``emu_stop``); it never
@@ -78,11 +79,13 @@ class Machine:
     Args:
         image: the code to run.
         count_insns: count executed instructions with a block hook (slower; ``emu run``).
+        smap: the CPU has SMAP: CR4.SMAP is set (user accesses need EFLAGS.AC).
     """
 
-    def __init__(self, image: Code, *, count_insns: bool = False) -> None:
+    def __init__(self, image: Code, *, count_insns: bool = False, smap: bool = True) -> None:
         self.image = image
         self.count_insns = count_insns
+        self.smap = smap
         try:
             self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
             # Skylake-Server so that stac/clac execute (unicorn-notes §4).
@@ -194,7 +197,7 @@ class Machine:
         uc = self.uc
         uc.reg_write(X.UC_X86_REG_CR3, self._pml4)
         uc.msr_write(0xC0000080, (1 << 8) | (1 << 10))             # EFER.LME | LMA
-        uc.reg_write(X.UC_X86_REG_CR4, (1 << 5) | (1 << 21))       # PAE | SMAP
+        uc.reg_write(X.UC_X86_REG_CR4, (1 << 5) | ((1 << 21) if self.smap else 0))  # PAE | SMAP
         uc.reg_write(X.UC_X86_REG_CR0, (1 << 31) | (1 << 16) | 1)  # PG | WP | PE
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
 

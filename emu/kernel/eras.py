@@ -20,6 +20,7 @@ from typing import Any
 
 from emu.errors import UsageError
 from emu.kernel import writemodel as wm
+from emu.kernel.cpus import FEATURES, MODELS, PRESETS
 from emu.kernel.extable import Encoding, ExType
 from emu.kernel.severity import Severity
 from emu.paths import ASM_DIR
@@ -308,34 +309,43 @@ def sniff(kind: str, marks: SourceMarks | ImageMarks) -> tuple[Era, str] | None:
     return era, evidence
 
 
-#: CPU presets for --cpu; a comma list of feature names is accepted too.
-CPUS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "rep_good": frozenset({"REP_GOOD"}),
-    "erms": frozenset({"REP_GOOD", "ERMS"}),
-    "fsrm": frozenset({"REP_GOOD", "ERMS", "FSRM"}),
-}
-FEATURES = ("REP_GOOD", "ERMS", "FSRM")
+#: CPU presets for --cpu that ``--cpu all`` sweeps (the pre-issue-14 presets: SMAP machines
+#: with these copy features); real server models are in ``emu.kernel.cpus.MODELS``.
+CPUS: dict[str, frozenset[str]] = dict(PRESETS)
 
 
 def parse_cpu(text: str) -> frozenset[str]:
-    """``--cpu`` value → feature set: a preset name or a comma list of features."""
+    """``--cpu`` value → feature set: a preset, a server model (``emu.kernel.cpus``), or a
+    comma list of features.  A list keeps the old meaning of an SMAP machine unless it
+    names NOSMAP."""
     key = text.strip().lower()
     if key in CPUS:
         return CPUS[key]
+    if key in MODELS:
+        return MODELS[key].features
     feats = {f.strip().upper() for f in text.split(",") if f.strip()}
     if not feats:
         raise UsageError(f"--cpu '{text}' names no CPU (presets: {', '.join(CPUS)}; "
-                         f"features: {', '.join(FEATURES)})")
-    bad = feats - set(FEATURES)
+                         f"models: {', '.join(MODELS)}; features: {', '.join(FEATURES)})")
+    bad = feats - set(FEATURES) - {"NOSMAP"}
     if bad:
         raise UsageError(f"unknown CPU feature {', '.join(sorted(bad))} (presets: "
-                         f"{', '.join(CPUS)}; features: {', '.join(FEATURES)})")
-    return frozenset(feats)
+                         f"{', '.join(CPUS)}; models: {', '.join(MODELS)}; features: "
+                         f"{', '.join(FEATURES)}, NOSMAP)")
+    if "NOSMAP" in feats:
+        return frozenset(feats - {"NOSMAP", "SMAP"})
+    return frozenset(feats | {"SMAP"})
 
 
 def cpu_name(cpu: frozenset[str]) -> str:
     for name, feats in CPUS.items():
         if feats == cpu:
             return name
-    return ",".join(f for f in FEATURES if f in cpu)
+    for m in MODELS.values():
+        if m.features == cpu:
+            return m.name
+    names = [f for f in FEATURES if f in cpu]
+    if "SMAP" not in cpu:
+        names.append("NOSMAP")
+    return ",".join(names)
+

@@ -50,6 +50,9 @@ class Image:
     extable: Extable = field(repr=False)
     encoding: Encoding
     stubs: dict[str, int] = field(default_factory=dict, repr=False)
+    #: For a window of a linked image: the original address that sits at the first loaded
+    #: byte's page (``layout.TEXT_BASE``); 0 for an assembled or relocatable input.
+    origin: int = 0
     #: ``symbolize`` memo: address → name.  The only state that changes after construction;
     #: it never changes what any method returns.
     _names: Bounded[int, str] = field(default_factory=lambda: Bounded(4096, "image.names"),
