@@ -26,15 +26,20 @@ demo: install
 # broken contract fails the build before any test runs.
 # scripts/linux-sources installs Debian's linux-source-6.1 / -6.12 (once) and extracts the
 # x86 user-copy files the tests/kernel suite reads, into a cache outside the repository.
+# scripts/linux-dbg downloads Debian's 6.1 / 6.12 debug vmlinux (once, ~1 GB each) for the
+# real-image tests (tests/kernel/test_real_vmlinux.py), into a cache outside the repository.
 test: install
 	$(VENV)/bin/lint-imports
 	scripts/linux-sources
+	scripts/linux-dbg
 	$(PY) -m pytest -q -m "not slow"
 
 # Speed is measured here, never asserted in tests: emu's harness against a bare Unicorn loop
 # on the same machine code, and fast-forward against full re-execution.
 bench: install
 	$(PY) bench/bench.py
+	scripts/linux-dbg
+	$(PY) bench/bench_vmlinux.py
 
 # The full catalog sweep: every era x routine x lengths 0..128 and 4096 x 8x8 alignments x
 # every offset x {#MC, #PF}; prints wall time, cases/s and the largest worker RSS.

@@ -9,12 +9,14 @@ the caller semantics from its (detected) era's record.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import IO
 
 from emu.build.resolve import Spec, era_for, label, resolve
 from emu.cli import common
 from emu.errors import UsageError
 from emu.kernel.eras import cpu_name, parse_cpu
+from emu.kernel.policy import Severity
 from emu.kernel.writemodel import FaultIn
 from emu.render import explain, report
 from emu.runs import caller, trace
@@ -69,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="only this function (repeatable; default: every function)")
     m.add_argument("--json", action="store_true", help="print JSON")
     common.source_args(m)
+    m.add_argument("--user-only", action="store_true",
+                   help="census (--vmlinux FILE without --routine): only user accesses")
     m.set_defaults(func=cmd_map)
 
 
@@ -148,7 +152,12 @@ def cmd_explain(a: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_map(a: argparse.Namespace, out: IO[str]) -> int:
-    """``emu map SOURCE`` or ``emu map --diff A B``."""
+    """``emu map SOURCE`` or ``emu map --diff A B``; with a vmlinux and no --routine, the
+    whole-image census (``--vmlinux FILE``, or ``--diff vmlinux:A vmlinux:B``)."""
+    images = ([a.vmlinux] if a.vmlinux and not a.diff else
+              [t.split(":", 1)[1] for t in (a.diff or []) if t.startswith("vmlinux:")])
+    if images and not a.routine and (not a.diff or len(images) == 2):
+        return _census(a, images, common.rules(a.mce_rules), out)
     cpu = parse_cpu(a.cpu)
     sev = common.rules(a.mce_rules)
     funcs = a.routine or None
@@ -185,4 +194,43 @@ def cmd_map(a: argparse.Namespace, out: IO[str]) -> int:
         return 0
     explain.map_table(rows, f"map: {name} [#MC rules {used.value}, cpu {cpu_name(cpu)}; "
                       "#MC verdicts assume copy_from_user]", out)
+    return 0
+
+
+def _census(a: argparse.Namespace, images: list[str], rules: Severity | None,
+            out: IO[str]) -> int:
+    """``emu map --vmlinux FILE`` (the census) and ``--diff vmlinux:A vmlinux:B``."""
+    from emu.build.objects import kernel_version, open_linked
+    from emu.render import census as rcensus
+    from emu.runs import census
+    if a.source or a.object:
+        raise UsageError("emu map --vmlinux: the census covers the whole image; give no "
+                         "other source")
+    diff = len(images) == 2
+    sides = []
+    for path in images:
+        lf = open_linked(path)
+        version = kernel_version(lf)
+        sites, used = census.census(lf, version, rules)
+        if a.user_only:
+            sites = [s for s in sites if s.user]
+        label = f"{Path(path).name} ({version.describe() if version else 'version unknown'})"
+        sides.append((label, sites, used))
+    if diff:
+        (la, sa, ra), (lb, sb, rb) = sides
+        changes = census.diff(sa, sb)
+        if a.json:
+            out.write(report.dumps({"a": {"image": la, "rules": ra.name, "how": ra.how},
+                                    "b": {"image": lb, "rules": rb.name, "how": rb.how},
+                                    "changes": [c.to_json() for c in changes]}))
+        else:
+            rcensus.diff_text(la, ra, lb, rb, changes, out)
+        return 1 if any(c.flag == "#MC here now panics" for c in changes) else 0
+    label, sites, used = sides[0]
+    if a.json:
+        out.write(report.dumps({"image": label, "rules": used.name, "how": used.how,
+                                "summary": census.summary(sites),
+                                "sites": [s.to_json() for s in sites]}))
+    else:
+        rcensus.text(label, used, sites, census.summary(sites), out)
     return 0

@@ -134,7 +134,8 @@ def parse_banner(text: str) -> KernelVersion | None:
     if v is None:
         return None
     distro = ""
-    d = re.search(r"\b(Debian|Ubuntu|SUSE|Red Hat)\s+(\S+)", text)
+    tail = text.split(" #", 1)[1] if " #" in text else ""      # after the compiler part
+    d = re.search(r"\b(Debian|Ubuntu|SUSE|Red Hat)\s+([^\s)]+)", tail)
     if d:
         distro = f"{d[1]} {d[2]}"
     return KernelVersion(m[1], (int(v[1]), int(v[2])), text.strip(), distro)
