@@ -162,8 +162,11 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
     keep: tuple[str, ...] = (routine,) if routine else tuple(KNOWN_ROUTINES) + tuple(
         GET_USER_SIZES)
     first_error: ImageError | None = None
-    guesses = [next(e for e in ERAS.values() if e.encoding is enc)
-               for enc in (Encoding.HANDLER, Encoding.DATA)]
+    version = kernel_version(data) if isinstance(data, LinkedFile) else None
+    order = (Encoding.HANDLER, Encoding.DATA)
+    if version is not None and version.version >= (5, 16):
+        order = (Encoding.DATA, Encoding.HANDLER)    # the banner says: no handler pointers
+    guesses = [next(e for e in ERAS.values() if e.encoding is enc) for enc in order]
     for guess in guesses:                     # handler encoding, then data encoding
         try:
             img = _load(loader, data, name, guess, keep)
@@ -178,9 +181,7 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
     chosen, evidence = _era_of(img, era)
     if (chosen.encoding, chosen.ex_layout) != (guess.encoding, guess.ex_layout):
         img = _load(loader, data, name, chosen, keep)
-    version = None
     if isinstance(data, LinkedFile):
-        version = kernel_version(data)
         img, rep = boot.patch(img, data, version, cpu)
         evidence = [*evidence, *rep.evidence()]
     else:
