@@ -60,7 +60,7 @@ class BootReport:
 
 
 @lru_cache(maxsize=1)
-def _cs():  # type: ignore[no-untyped-def]
+def capstone_x86():  # type: ignore[no-untyped-def]
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
     md = Cs(CS_ARCH_X86, CS_MODE_64)
     md.detail = True
@@ -109,7 +109,7 @@ def _relocate(repl: bytes, src: int, dst: int, name: str) -> bytes:
     call / jmp only, and the kernel's replacements obey that)."""
     from capstone import x86_const as C
     out = bytearray(repl)
-    for insn in _cs().disasm(repl, src):
+    for insn in capstone_x86().disasm(repl, src):
         imms = [op.imm for op in insn.operands if op.type == C.X86_OP_IMM]
         if not (insn.group(C.X86_GRP_JUMP) or insn.group(C.X86_GRP_CALL)) or not imms:
             continue

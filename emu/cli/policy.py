@@ -16,7 +16,7 @@ from emu.build.resolve import Spec, era_for, label, resolve
 from emu.cli import common
 from emu.errors import UsageError
 from emu.kernel.eras import cpu_name, parse_cpu
-from emu.kernel.policy import Severity
+from emu.kernel.severity import Severity
 from emu.kernel.writemodel import FaultIn
 from emu.render import explain, report
 from emu.runs import caller, trace

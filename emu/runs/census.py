@@ -32,6 +32,7 @@ import bisect
 import struct
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from emu.build import boot
@@ -42,7 +43,9 @@ from emu.errors import ImageError
 from emu.kernel.cpus import KernelVersion
 from emu.kernel.extable import Encoding, Extable, ExType, decode
 from emu.kernel.image import Section
-from emu.kernel.policy import _LOADS, _MOVS, Kernel, Severity, grade
+from emu.kernel.decode import LOADS as _LOADS, MOVS as _MOVS
+from emu.kernel.policy import Kernel, grade
+from emu.kernel.severity import Severity
 
 USER_TYPES = frozenset({ExType.UACCESS, ExType.COPY, ExType.IMM_REG, ExType.UCOPY_LEN,
                         ExType.FAULT_SGX})
@@ -56,6 +59,15 @@ _KIND = {ExType.RDMSR: "msr", ExType.WRMSR: "msr", ExType.RDMSR_SAFE: "msr",
 #: UAPI struct mce offsets (arch/x86/include/uapi/asm/mce.h; the layout is ABI).
 MCE_MCGSTATUS, MCE_IP, MCE_CS, MCE_KFLAGS, MCE_SIZE = 0x18, 0x20, 0x40, 0x78, 0x80
 IN_KERNEL_RECOV = 3
+
+
+@lru_cache(maxsize=1)
+def _att():  # type: ignore[no-untyped-def]
+    from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    md.syntax = CS_OPT_SYNTAX_ATT
+    return md
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +123,7 @@ class _ImageRules:
     """error_context() of the image, run under the emulator (see the module docstring)."""
 
     def __init__(self, lf: LinkedFile, version: KernelVersion | None) -> None:
-        from emu.build.boot import _cs
+        from emu.build.boot import capstone_x86
         from capstone import x86_const as C
         syms = {n: a for n, a, *_ in lf.symbols()
                 if n in ("error_context", "ex_get_fixup_type", "is_copy_from_user")}
@@ -123,7 +135,7 @@ class _ImageRules:
         fn = img.symbol("error_context")
         delta = layout.TEXT_BASE - img.origin
         self.calls: dict[str, int] = {}
-        for insn in _cs().disasm(img.read(fn.addr, fn.size), fn.addr):
+        for insn in capstone_x86().disasm(img.read(fn.addr, fn.size), fn.addr):
             if insn.bytes[0] == 0xE8 and insn.size == 5:
                 target = (insn.operands[0].imm & 0xFFFFFFFFFFFFFFFF) - delta
                 for n in ("ex_get_fixup_type", "is_copy_from_user"):
@@ -160,7 +172,7 @@ class _ImageRules:
         struct.pack_into("<Q", mce, MCE_MCGSTATUS, 0x7)          # RIPV | EIPV | MCIP
         struct.pack_into("<Q", mce, MCE_IP, self.entry)
         secs.append(Section(".emu.mce", self.mce, bytes(mce), False))
-        img = replace(self.img, sections=tuple(secs), _names={})
+        img = replace(self.img, sections=tuple(secs))
         m = Machine(img, smap=False)
         raw = m.run(Call(self.entry, (("rdi", self.mce), ("rsi", 0))), Buffers(length=1),
                     Kernel(Extable([]), Severity.V5_17, img.read))
@@ -196,7 +208,6 @@ def census(lf: LinkedFile, version: KernelVersion | None,
     """
     from capstone import CS_AC_READ, CS_AC_WRITE
     from capstone import x86_const as C
-    from emu.runs.map import _cs
     enc, lay = _encoding(version)
     raw = linked_extable(lf, enc)
     funcs = sorted((a, n, size) for n, a, size, k, _ in lf.symbols() if k == "func" or
@@ -226,7 +237,7 @@ def census(lf: LinkedFile, version: KernelVersion | None,
             sev = _table_rules(version)
             rules = Rules(sev.value, f"documented version table ({e})")
             mce_rules = sev
-    md = _cs()
+    md = _att()
     sites: list[Site] = []
     for insn_addr, fixup, third, handler in raw:
         entry = decode(enc, lay, insn_addr, fixup, third, handler=handler)
