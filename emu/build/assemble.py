@@ -51,8 +51,11 @@ class AsmConfig:
 #: in the symbol table so reports can name them.
 _FLAGS = ["-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64", "-DCONFIG_64BIT", "-Wa,-L"]
 
-_GAS_LINE = re.compile(r"^(?P<file>[^:\s]+):(?P<line>\d+):(?:\d+:)? (?:Error|error|Fatal error|"
-                       r"fatal error): (?P<msg>.*)$")
+#: What follows "FILE:" in a gas or cpp diagnostic: the line, a column for cpp, the message.
+_GAS_REST = re.compile(r"^(?P<line>\d+):(?:\d+:)? (?:Error|error|Fatal error|fatal error): "
+                       r"(?P<msg>.*)$")
+#: Another file named in a diagnostic (a kernel header): "PATH:LINE..." with no ':' in PATH.
+_OTHER_FILE = re.compile(r"^(?P<file>[^:\s]+):(?=\d)")
 
 
 class GasAssembler:
@@ -98,9 +101,9 @@ class GasAssembler:
         if cached.is_file():
             return cached.read_bytes()
         with tempfile.TemporaryDirectory(prefix="emu-as-") as tmp:
-            src = Path(tmp) / Path(name).name
-            if not src.name.endswith(".S"):
-                src = src.with_suffix(".S")
+            # A fixed temporary name: the user's name may hold ':' (REV:path, debian:N:path)
+            # or '+' (a patch series), which would make gas's "FILE:LINE:" ambiguous.
+            src = Path(tmp) / "input.S"
             src.write_text(source)
             obj = Path(tmp) / "out.o"
             cmd = [self.gcc, "-c", "-x", "assembler-with-cpp", "-nostdinc",
@@ -111,7 +114,7 @@ class GasAssembler:
                 raise AssembleError(f"cannot run {self.gcc}: {e.strerror} "
                                     "(install it with: apt-get install gcc binutils)") from e
             if proc.returncode != 0:
-                raise AssembleError(explain_error(_first_error(proc.stderr, src.name, name),
+                raise AssembleError(explain_error(_first_error(proc.stderr, src, name),
                                                   source))
             data = obj.read_bytes()
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -142,13 +145,21 @@ def _headers_digest() -> str:
     return _HEADERS_DIGEST
 
 
-def _first_error(stderr: str, tmpname: str, name: str) -> str:
-    for line in stderr.splitlines():
-        m = _GAS_LINE.match(line.strip())
+def _first_error(stderr: str, src: Path, name: str) -> str:
+    """The first error of gas/cpp's output as ``SOURCE:LINE: message``, with the temporary
+    file replaced by the user's name for the source (whatever characters that name holds)."""
+    prefix = f"{src}:"
+    for line in (ln.strip() for ln in stderr.splitlines()):
+        if line.startswith(prefix):
+            where, rest = name, line[len(prefix):]
+        elif (o := _OTHER_FILE.match(line)) is not None:
+            where, rest = o["file"], line[o.end():]
+        else:
+            continue
+        m = _GAS_REST.match(rest)
         if m:
-            where = name if Path(m["file"]).name == tmpname else m["file"]
             return f"{where}:{m['line']}: {m['msg']}"
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    lines = [ln.replace(str(src), name) for ln in stderr.splitlines() if ln.strip()]
     return f"{name}: " + (lines[-1].strip() if lines else "assembler failed")
 
 
