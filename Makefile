@@ -10,7 +10,7 @@ SEED   := --len 4096 --src-align 0x7e0 --poison 0x960
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,plot,fuzz]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -39,3 +39,8 @@ class EmulationError(EmuError):
         super().__init__(message)
         self.pc = pc
         self.errno = errno
+
+
+class MissingExtra(EmuError):
+    """An optional feature needs a package that is not installed; the message names the
+    pip extra that brings it (``pip install 'mce-emu[plot]'``)."""

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="emu", description="Run x86-64 kernel user-copy routines under Unicorn "
                 "with injected page faults and machine checks.")
     p.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--version", action="store_true",
+                   help="print emu's version and those of Unicorn, capstone and keystone")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     run.register(sub)
     policy.register(sub)
@@ -80,6 +82,25 @@ def _error(message: str) -> None:
         print(f"emu: error: {message}", file=sys.stderr)
 
 
+def version_text() -> str:
+    """``emu --version``: emu's version, then the engines' (from the installed metadata)."""
+    from importlib import metadata
+
+    import emu
+
+    def dist(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+    try:
+        mine = metadata.version("mce-emu")
+    except metadata.PackageNotFoundError:
+        mine = emu.__version__
+    return (f"emu {mine}\nunicorn {dist('unicorn')}\ncapstone {dist('capstone')}\n"
+            f"keystone {dist('keystone-engine')}\n")
+
+
 def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     traceback = "--traceback" in argv
@@ -87,6 +108,9 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
         _error("standard output is closed; redirect it (to a file or /dev/null)")
         return 2
     stream = _Out(out or sys.stdout)
+    if argv[:1] == ["--version"]:
+        stream.write(version_text())
+        return 0
     try:
         args = build_parser().parse_args(argv)
         code = args.func(args, stream)

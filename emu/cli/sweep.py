@@ -89,6 +89,17 @@ def _grid(a: argparse.Namespace, step: int = 1) -> Grid:
                 step=step, offsets=parse_ints(a.poison) if a.poison else ())
 
 
+def _extra(module: str, extra: str, feature: str) -> None:
+    """Check that an optional dependency imports, or raise the one-line pip hint."""
+    import importlib
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        from emu.errors import MissingExtra
+        raise MissingExtra(f"{feature} needs {e.name or module}, which is not installed: "
+                           f"pip install 'mce-emu[{extra}]'") from None
+
+
 def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
     from emu.runs.sweep import Results, execute
     step = {"byte": 1, "line": 64}.get(a.step)
@@ -98,6 +109,8 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
         except ValueError:
             raise UsageError(f"--step must be byte, line or a number, not '{a.step}'") from None
     grid = _grid(a, step)
+    if a.plot or a.html:
+        _extra("emu.render.plot", "plot", "--plot" if a.plot else "--html")
     for opt in (a.plot, a.html):
         if opt and a.results and Path(opt).resolve() == Path(a.results).resolve():
             raise UsageError(f"{opt}: the picture would overwrite the results file")
@@ -125,6 +138,7 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_fuzz(a: argparse.Namespace, out: IO[str]) -> int:
+    _extra("hypothesis", "fuzz", "emu fuzz")
     from emu.runs import fuzz
     grid = _grid(a)
     found = fuzz.search(grid, want=fuzz.parse_want(a.want), max_len=a.max_len,
