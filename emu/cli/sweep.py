@@ -23,13 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _grid_args(sw)
     sw.add_argument("--step", default="byte",
                     help="poison offset step: byte (default), line, or a number")
-    sw.add_argument("--results", help="JSON-lines results file, written as cases finish")
+    sw.add_argument("--results", help="SQLite results store (one row per distinct run, "
+                    "written as runs finish; query it with sqlite3)")
     sw.add_argument("--resume", action="store_true",
-                    help="continue the --results file: only cases it lacks are run")
+                    help="continue the --results store: only runs it lacks are run")
+    sw.add_argument("--jsonl", help="also export every case as JSON lines (small sweeps)")
+    sw.add_argument("--worst-over-paths", action="store_true",
+                    help="pictures: one panel per variant showing the worst over its CPU "
+                    "paths (default: a panel per path)")
     sw.add_argument("--max-cases", type=common.positive, help="stop after this many new cases")
     sw.add_argument("--jobs", type=common.positive, default=None,
                     help="worker processes (default: cores)")
-    sw.add_argument("--plot", help="write a heatmap PNG (one panel per variant)")
+    sw.add_argument("--plot", help="write a heatmap PNG (a panel per variant and CPU path)")
     sw.add_argument("--html", help="write a self-contained HTML report")
     sw.add_argument("--metric", choices=("class", "violation", "error"), default="class",
                     help="heatmap colour: outcome class, worst violation name, or "
@@ -101,7 +106,9 @@ def _extra(module: str, extra: str, feature: str) -> None:
 
 
 def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
-    from emu.runs.sweep import Results, execute
+    from emu import __version__
+    from emu.runs.store import Store
+    from emu.runs.sweep import case_records, execute
     step = {"byte": 1, "line": 64}.get(a.step)
     if step is None:
         try:
@@ -111,20 +118,37 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
     grid = _grid(a, step)
     if a.plot or a.html:
         _extra("emu.render.plot", "plot", "--plot" if a.plot else "--html")
-    for opt in (a.plot, a.html):
-        if opt and a.results and Path(opt).resolve() == Path(a.results).resolve():
-            raise UsageError(f"{opt}: the picture would overwrite the results file")
-    results = Results(a.results, a.resume)
+    for opt, p in (("--plot", a.plot), ("--html", a.html), ("--jsonl", a.jsonl)):
+        if p and a.results and Path(p).resolve() == Path(a.results).resolve():
+            raise UsageError(f"{p}: {opt} would overwrite the results store")
+    if a.jsonl and Path(a.jsonl).exists():
+        raise UsageError(f"{a.jsonl} exists; name another --jsonl file")
+    store = Store(a.results, grid.to_json(), resume=a.resume, emu_version=__version__)
     jobs = a.jobs if a.jobs is not None else (os.cpu_count() or 1)
-    summary = execute(grid, results, jobs=jobs, max_cases=a.max_cases,
-                      progress=report.progress if not a.json and sys.stderr.isatty() else None)
+    tty = sys.stderr.isatty()
+    progress = None
+    if not (a.json and tty):   # a bar on a terminal, a line every ~10 s in logs
+        interval = float(os.environ.get("EMU_PROGRESS_INTERVAL", "10"))
+        progress = report.SweepProgress(sys.stderr, tty=tty, interval=interval)
+    try:
+        summary, units, outcomes = execute(grid, store, jobs=jobs, max_cases=a.max_cases,
+                                           progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+        store.close(compact=True)
+    if a.jsonl:
+        from emu.runs.export import write_jsonl
+        write_jsonl(a.jsonl, case_records(units, outcomes), summary["cases"])
     if a.plot or a.html:
         from emu.render import plot
-        recs = [results.records[c.id] for c in grid.cases() if c.id in results.records]
+        recs = list(case_records(units, outcomes))
         if a.plot:
-            plot.write_png(grid, recs, a.plot, metric=a.metric, y_axis=a.y_axis)
+            plot.write_png(grid, recs, a.plot, metric=a.metric, y_axis=a.y_axis,
+                           worst_over_paths=a.worst_over_paths)
         if a.html:
-            plot.write_html(grid, recs, summary, a.html, metric=a.metric, y_axis=a.y_axis)
+            plot.write_html(grid, recs, summary, a.html, metric=a.metric, y_axis=a.y_axis,
+                            worst_over_paths=a.worst_over_paths)
     if a.json:
         out.write(report.dumps(summary))
     else:

@@ -9,7 +9,10 @@ violation name (or machine state) of the case, which tells apart eras that share
 of the returned value against the exact remainder (returned − (len − bytes copied)):
 positive means the routine under-reported what it copied, negative means it claimed bytes it
 never copied.  When several cases fall on one cell (other swept dimensions), the worst class
-or the largest error is shown.  Panels sit side by side so era differences show at a glance.
+or the largest error is shown.  Each CPU path (CPU features and the routine they select) of a
+variant gets its own panel, so a path that is fine is not painted with another path's
+violations; ``worst_over_paths=True`` merges them into one panel showing the worst.  Panels
+sit side by side (or stacked, for one-row panels) so era differences show at a glance.
 
 Uses matplotlib's Agg backend only; nothing here needs a display.
 """
@@ -87,13 +90,19 @@ def choose_y(grid: Grid, y_axis: str = "auto") -> str:
     return "path"
 
 
+def path_of(case: Case) -> str:
+    """The CPU path of a case: CPU features and the routine run."""
+    return f"cpu {case.cpu}: {case.routine}"
+
+
 def matrix(records: Sequence[dict[str, Any]], variant: str, metric: str,
-           y_axis: str) -> tuple[list[int], list[Any], np.ndarray]:
-    """Cells of one variant's heatmap: (column offsets, row keys, values with NaN = no case)."""
+           y_axis: str, path: str | None = None) -> tuple[list[int], list[Any], np.ndarray]:
+    """Cells of one variant's heatmap (of one CPU path, or of all when ``path`` is None):
+    (column offsets, row keys, values with NaN = no case)."""
     cells: dict[tuple[Any, int], float] = {}
     for rec in records:
         case = Case.from_json(rec["case"])
-        if case.variant != variant:
+        if case.variant != variant or (path is not None and path_of(case) != path):
             continue
         key = (_row_key(case, y_axis), case.offset)
         if metric in ("class", "violation"):
@@ -125,13 +134,13 @@ def _ticks(values: Sequence[Any], n: int = 8, fmt: Any = hex) -> tuple[list[int]
 
 
 def _panel(ax: Any, records: Sequence[dict[str, Any]], variant: str, label: str, metric: str,
-           y_axis: str, vmax: float) -> Any:
-    xs, ys, m = matrix(records, variant, metric, y_axis)
+           y_axis: str, vmax: float, path: str | None = None) -> Any:
+    xs, ys, m = matrix(records, variant, metric, y_axis, path)
     missing = np.isnan(m)
     if metric == "error":  # NaN = not returned (grey); cells with no case are drawn white
-        present = {(Case.from_json(r["case"]).offset, _row_key(Case.from_json(r["case"]),
-                                                               y_axis))
-                   for r in records if r["case"]["variant"] == variant}
+        cases = [Case.from_json(r["case"]) for r in records if r["case"]["variant"] == variant]
+        present = {(c.offset, _row_key(c, y_axis)) for c in cases
+                   if path is None or path_of(c) == path}
         for i, y in enumerate(ys):
             for j, x in enumerate(xs):
                 missing[i, j] = (x, y) not in present
@@ -164,28 +173,63 @@ def _labels(grid: Grid) -> list[tuple[str, str]]:
     return out
 
 
+def panels(grid: Grid, records: Sequence[dict[str, Any]], *,
+           worst_over_paths: bool = False) -> list[tuple[str, str, str | None]]:
+    """(variant spec, panel title, CPU path or None for all) of each panel, in grid order:
+    one per CPU path of each variant, or one per variant with ``worst_over_paths``."""
+    paths: dict[str, dict[str, None]] = {}
+    for r in records:
+        c = Case.from_json(r["case"])
+        paths.setdefault(c.variant, {})[path_of(c)] = None
+    out: list[tuple[str, str, str | None]] = []
+    for spec, name in _labels(grid):
+        mine = list(paths.get(spec, {}))
+        if worst_over_paths or len(mine) <= 1:
+            title = name if len(mine) <= 1 else f"{name} (worst over {len(mine)} paths)"
+            out.append((spec, title, None))
+        else:
+            out.extend((spec, f"{name}\n{p}", p) for p in mine)
+    return out
+
+
 def figure(grid: Grid, records: Sequence[dict[str, Any]], *, metric: str = "class",
-           y_axis: str = "auto", only: str | None = None) -> Any:
-    """A matplotlib figure: one panel per variant (or only the variant ``only``)."""
+           y_axis: str = "auto", only: str | None = None,
+           worst_over_paths: bool = False) -> Any:
+    """A matplotlib figure: one panel per variant and CPU path (or only the variant
+    ``only``; one panel per variant, the worst over its paths, with ``worst_over_paths``)."""
     y = choose_y(grid, y_axis)
-    variants = [(s, n) for s, n in _labels(grid) if only is None or s == only]
-    rows = {(_row_key(Case.from_json(r["case"]), y)) for r in records}
+    variants = [(s, n, p) for s, n, p in panels(grid, records,
+                                                 worst_over_paths=worst_over_paths)
+                if only is None or s == only]
+    cases = [Case.from_json(r["case"]) for r in records]
+    rows = max([len({_row_key(c, y) for c in cases
+                     if c.variant == spec and (path is None or path_of(c) == path)})
+                for spec, _, path in variants] or [0])
     errs = [abs(r["error"]) for r in records if r.get("error") is not None]
     vmax = max([1.0] + errs)
-    strip = len(rows) <= 2
+    strip = rows <= 2
     n = len(variants)
-    if strip:
+    if strip:   # one-row panels: each variant × path is a row of its own
         fig, axes = plt.subplots(n, 1, figsize=(12, 1.1 * n + 1.4), squeeze=False,
                                  sharex=True, layout="constrained")
-        axes = axes[:, 0]
-    else:
+        axes = list(axes[:, 0])
+    else:       # a row of panels per variant, a column per CPU path
+        order = list(dict.fromkeys(spec for spec, _, _ in variants))
+        cols = max(sum(1 for s_, _, _ in variants if s_ == spec) for spec in order)
         wide = 2.2 if y == "path" else 0  # room for each panel's own row labels
-        fig, axes = plt.subplots(1, n, figsize=((3.6 + wide) * n + 1.5, 4.8), squeeze=False,
-                                 sharey=y != "path", layout="constrained")
-        axes = axes[0]
+        fig, grid_axes = plt.subplots(len(order), cols,
+                                      figsize=((3.6 + wide) * cols + 1.5, 4.8 * len(order)),
+                                      squeeze=False, sharey=y != "path", layout="constrained")
+        axes, used = [], {spec: 0 for spec in order}
+        for spec, _, _ in variants:
+            axes.append(grid_axes[order.index(spec), used[spec]])
+            used[spec] += 1
+        for r_, spec in enumerate(order):
+            for c_ in range(used[spec], cols):
+                grid_axes[r_, c_].set_visible(False)
     img = None
-    for ax, (spec, name) in zip(axes, variants):
-        img = _panel(ax, records, spec, name, metric, y, vmax)
+    for ax, (spec, name, path) in zip(axes, variants):
+        img = _panel(ax, records, spec, name, metric, y, vmax, path)
         if not strip or ax is axes[-1]:
             ax.set_xlabel("fault offset (source byte poisoned / user page unmapped)",
                           fontsize=8)
@@ -196,7 +240,7 @@ def figure(grid: Grid, records: Sequence[dict[str, Any]], *, metric: str = "clas
         fig.legend(handles=handles, loc="outside lower center", ncol=min(7, len(handles)),
                    fontsize=8, frameon=False)
     elif img is not None:
-        fig.colorbar(img, ax=list(axes), shrink=0.8,
+        fig.colorbar(img, ax=axes, shrink=0.8,
                      label="returned - (len - bytes copied)")
     fig.suptitle(_title(grid, metric), fontsize=10)
     return fig
@@ -225,13 +269,16 @@ def _write(path: str, data: bytes) -> None:
 
 
 def write_png(grid: Grid, records: Sequence[dict[str, Any]], path: str, *,
-              metric: str = "class", y_axis: str = "auto") -> None:
-    """Write the side-by-side heatmap of every variant to ``path``."""
-    _write(path, _png_bytes(figure(grid, records, metric=metric, y_axis=y_axis)))
+              metric: str = "class", y_axis: str = "auto",
+              worst_over_paths: bool = False) -> None:
+    """Write the heatmap of every variant and CPU path to ``path``."""
+    _write(path, _png_bytes(figure(grid, records, metric=metric, y_axis=y_axis,
+                                   worst_over_paths=worst_over_paths)))
 
 
 def write_html(grid: Grid, records: Sequence[dict[str, Any]], summary: dict[str, Any],
-               path: str, *, metric: str = "class", y_axis: str = "auto") -> None:
+               path: str, *, metric: str = "class", y_axis: str = "auto",
+               worst_over_paths: bool = False) -> None:
     """Write a self-contained HTML report: the combined heatmap, then one section per
     variant with its heatmap (inline base64 PNG) and its outcome/violation tables."""
     def img(fig: Any) -> str:
@@ -245,12 +292,14 @@ def write_html(grid: Grid, records: Sequence[dict[str, Any]], summary: dict[str,
              "font-size:13px}code{font-size:12px}img{max-width:100%}</style></head><body>",
              f"<h1>emu sweep: {summary['cases']} cases</h1>",
              f"<p>{esc(_title(grid, metric))}</p>",
-             img(figure(grid, records, metric=metric, y_axis=y_axis))]
+             img(figure(grid, records, metric=metric, y_axis=y_axis,
+                         worst_over_paths=worst_over_paths))]
     for spec, name in _labels(grid):
         v = summary["variants"][spec]
         parts.append(f'<section class="variant" id="variant-{esc(v["label"])}">')
         parts.append(f"<h2>{esc(name)}</h2><p>{v['cases']} cases</p>")
-        parts.append(img(figure(grid, records, metric=metric, y_axis=y_axis, only=spec)))
+        parts.append(img(figure(grid, records, metric=metric, y_axis=y_axis, only=spec,
+                                worst_over_paths=worst_over_paths)))
         parts.append("<table><tr><th>outcome</th><th>count</th>"
                      "<th>minimal reproducer</th></tr>")
         for cls, slot in v["classes"].items():

@@ -17,31 +17,6 @@ from rich.table import Table
 from emu.kernel.outcome import Outcome
 
 
-class _Bar:
-    """A rich progress bar with ETA on stderr (``execute``'s progress display)."""
-
-    def __init__(self, total: int) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        self.bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                            TextColumn("ETA"), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=True)
-        self.bar.start()
-        self.task = self.bar.add_task("sweep", total=total)
-
-    def advance(self) -> None:
-        self.bar.advance(self.task)
-
-    def close(self) -> None:
-        self.bar.stop()
-
-
-def progress(total: int) -> _Bar:
-    """The sweep's progress display on a terminal."""
-    return _Bar(total)
-
-
 def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
@@ -164,3 +139,54 @@ def get_user_table(g: Any, title: str, stream: IO[str]) -> None:
         t.add_row(f"fault {i}", escape(f"{f.kind.upper()} at {f.where}, {f.handler or 'no entry'}"
                                        f" -> {f.action} {f.fixup_where or ''}".rstrip()))
     c.print(t)
+
+
+class SweepProgress:
+    """Progress of a running sweep on stderr: a rich bar on a terminal; otherwise (CI logs,
+    pipes) one plain line every ``interval`` seconds — done/total, rate, ETA — so a sweep
+    shorter than the interval prints nothing.  Call it as ``progress(done, total)``."""
+
+    def __init__(self, stream: IO[str], *, tty: bool, interval: float = 10.0,
+                 clock: Any = None) -> None:
+        import time
+        self._stream = stream
+        self._clock = clock or time.monotonic
+        self._start = self._clock()
+        self._next = self._start + interval
+        self._interval = interval
+        self._bar: Any = None
+        self._task: Any = None
+        self._tty = tty
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._tty:
+            if self._bar is None:
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                           TimeElapsedColumn, TimeRemainingColumn)
+                self._bar = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.percentage:>3.0f}%"),
+                                     TimeElapsedColumn(), TextColumn("ETA"),
+                                     TimeRemainingColumn(),
+                                     console=Console(file=self._stream), transient=True)
+                self._bar.start()
+                self._task = self._bar.add_task("sweep", total=total)
+            self._bar.update(self._task, completed=done)
+            return
+        now = self._clock()
+        if now < self._next:
+            return
+        self._next = now + self._interval
+        self._stream.write(progress_line(done, total, now - self._start) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def progress_line(done: int, total: int, elapsed: float) -> str:
+    """``sweep: 12288/24576 cases (50%), 2048 cases/s, ETA 6 s``."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = f"{(total - done) / rate:.0f} s" if rate > 0 else "-"
+    pct = 100 * done // total if total else 100
+    return f"sweep: {done}/{total} cases ({pct}%), {rate:.0f} cases/s, ETA {eta}"

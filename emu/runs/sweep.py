@@ -21,24 +21,24 @@ page; ``mc+pf`` poisons the line and makes the next user page not present.
 Execution: a small process pool of our own (``multiprocessing`` 'spawn' context, so no Unicorn
 instance is ever forked).  Each worker builds and caches its own Targets.  A worker that dies
 costs exactly one case, recorded as ``tool_error``; the rest of its batch is requeued and a new
-worker is started.  Results go to a JSON-lines file, one flushed record per case, so an
-interrupted sweep can be resumed without redoing or losing cases.
+worker is started.
 
 Every byte of one 64-byte line poisons the same line (and every byte of one page unmaps the
-same page), so a worker runs each distinct machine input once and reuses the outcome for the
-other offsets that map to it; the record carries ``"reused": true`` when it did.
+same page), so the cases are grouped into *units*, one per distinct machine input: each unit
+runs once, on its first case, and its outcome stands for every offset of the unit.  Results go
+to the SQLite store of ``store.py``, one row per unit with its offsets, committed every half
+second, so an interrupted sweep can be resumed without redoing or losing cases.
 """
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import os
 import signal
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,12 @@ from emu.build.resolve import Spec, parse_spec, resolve, source_of
 from emu.caching import Bounded
 from emu.core import layout as L
 from emu.core.machine import Buffers, State
-from emu.errors import EmuError, InputError, UsageError
+from emu.errors import EmuError, UsageError
 from emu.kernel.eras import Era, Routine, cpu_name, get_era, parse_cpu
 from emu.kernel.outcome import BENIGN_FOR_COPY_FROM_USER, VIOLATIONS, Outcome
 from emu.runs.faults import KINDS, placements
 from emu.runs.repro import case_options
+from emu.runs.store import Store
 
 #: Outcome classes, from best to worst (the heatmap colours follow this order).
 CLASSES: tuple[str, ...] = ("ok", "benign", "violation", "smap_violation",
@@ -247,6 +248,46 @@ class Grid:
                 "step": self.step, "offsets": list(self.offsets)}
 
 
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One distinct machine input of a grid: its first case and the offsets it stands for.
+
+    ``id`` is the unit's position in the grid's case order, so it is the same for the same
+    grid however the sweep is run (the store's run id)."""
+
+    id: int
+    case: Case
+    offsets: tuple[int, ...]
+
+    def cases(self) -> Iterator[Case]:
+        """The cases of the unit (the first case with each offset)."""
+        first = self.case.offset
+        for off in self.offsets:
+            yield self.case if off == first else member(self.case, off)
+
+
+def member(case: Case, off: int) -> Case:
+    """The case of ``case``'s unit at offset ``off``: the fault that sat at the case's
+    offset moves to ``off``, the others (a next line or page) stay."""
+    def move(xs: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(off if x == case.offset else x for x in xs)
+    return replace(case, offset=off, poison=move(case.poison), unmapped=move(case.unmapped))
+
+
+def units(cases: Iterable[Case]) -> list[Unit]:
+    """Group cases by machine input, in the order of each group's first case."""
+    groups: dict[tuple[Any, ...], list[Case]] = {}
+    for c in cases:
+        groups.setdefault(c.input_key(), []).append(c)
+    out: list[Unit] = []
+    for cs in groups.values():
+        if any(member(cs[0], c.offset) != c for c in cs[1:]):   # not one fault moving
+            out.extend(Unit(len(out) + i, c, (c.offset,)) for i, c in enumerate(cs))
+            continue
+        out.append(Unit(len(out), cs[0], tuple(c.offset for c in cs)))
+    return out
+
+
 def parse_ints(text: str) -> tuple[int, ...]:
     """``"64,100..110,0x7e0"`` → numbers; ``a..b`` is inclusive, ``a..b/s`` steps by s."""
     out: list[int] = []
@@ -313,12 +354,13 @@ class Runner:
         t = resolve(case.source, parse_cpu(case.cpu), routine=case.routine)
         return t, t.routine_for(case.routine)
 
-    def outcome(self, case: Case) -> tuple[Outcome, bool]:
+    def outcome(self, case: Case, members: Sequence[str] = ()) -> tuple[Outcome, bool]:
         """Run (or reuse) one case; returns the outcome and whether it was reused."""
-        if self._crash == case.id:
+        ids = set(members) or {case.id}
+        if self._crash in ids:
             os.kill(os.getpid(), signal.SIGKILL)
-        if self._raise == case.id:
-            raise RuntimeError(f"test hook {RAISE_ENV} raised on {case.id}")
+        if self._raise in ids:
+            raise RuntimeError(f"test hook {RAISE_ENV} raised on {self._raise}")
         b = case.buffers()
         key = case.input_key()
         hit = self._memo.get(key)
@@ -329,20 +371,26 @@ class Runner:
         self._memo[key] = o
         return o, False
 
-    def run(self, case: Case) -> dict[str, Any]:
-        """One case → its record; harness failures become ``tool_error`` records."""
+    def run(self, case: Case, members: Sequence[str] = ()) -> dict[str, Any]:
+        """One case → its record; harness failures become ``tool_error`` records.
+
+        ``members`` are the ids of the cases the run stands for (the test hooks fire on any
+        of them; default: the case itself)."""
         try:
-            o, reused = self.outcome(case)
+            o, _ = self.outcome(case, members)
         except EmuError as e:
             return error_record(case, f"{type(e).__name__}: {e}")
         except Exception as e:  # noqa: BLE001 - any harness failure is recorded, not fatal
             tb = traceback.extract_tb(e.__traceback__)[-1]
             return error_record(case, f"{type(e).__name__}: {e} ({Path(tb.filename).name}:"
                                 f"{tb.lineno})")
-        rec = record(case, o)
-        if reused:
-            rec["reused"] = True
-        return rec
+        return record(case, o)
+
+    def run_unit(self, unit: Unit) -> dict[str, Any]:
+        """One unit → the record of its first case."""
+        hooks = {self._crash, self._raise} - {None}
+        members = [c.id for c in unit.cases()] if hooks else []
+        return self.run(unit.case, members)
 
 
 def _worker_main(conn: Connection) -> None:
@@ -357,8 +405,8 @@ def _worker_main(conn: Connection) -> None:
         if batch is None:
             return
         try:
-            for case in batch:
-                conn.send(runner.run(case))
+            for unit in batch:
+                conn.send(runner.run_unit(unit))
             conn.send(None)
         except (BrokenPipeError, OSError):  # the parent is gone: stop quietly
             return
@@ -368,19 +416,21 @@ def _worker_main(conn: Connection) -> None:
 class _Worker:
     proc: Any
     conn: Connection
-    batch: list[Case]
+    batch: list[Unit]
     returned: int = 0
 
 
-def run_parallel(cases: Sequence[Case], jobs: int,
-                 on_record: Callable[[dict[str, Any]], None]) -> None:
-    """Run ``cases`` on ``jobs`` spawned worker processes; ``on_record`` sees each record.
+OnRecord = Callable[[Unit, dict[str, Any]], None]
 
-    A worker that dies (signal, os._exit, segfault in Unicorn) costs only the case it was
-    running: that case is reported as ``tool_error`` and the rest of its batch is requeued.
+
+def run_parallel(todo_units: Sequence[Unit], jobs: int, on_record: OnRecord) -> None:
+    """Run units on ``jobs`` spawned worker processes; ``on_record`` sees each unit's record.
+
+    A worker that dies (signal, os._exit, segfault in Unicorn) costs only the unit it was
+    running: that unit is reported as ``tool_error`` and the rest of its batch is requeued.
     """
     ctx = mp.get_context("spawn")
-    todo: deque[Case] = deque(cases)
+    todo: deque[Unit] = deque(todo_units)
     workers: list[_Worker] = []
 
     def start() -> _Worker:
@@ -415,15 +465,16 @@ def run_parallel(cases: Sequence[Case], jobs: int,
                         if msg is None:
                             w.batch = []
                         else:
+                            on_record(w.batch[w.returned], msg)
                             w.returned += 1
-                            on_record(msg)
                 except (EOFError, OSError):
                     dead = True
                 if w.batch and (dead or not w.proc.is_alive()):
                     w.proc.join()
                     crashed = w.batch[w.returned]
-                    on_record(error_record(crashed, f"worker died (exit code "
-                                           f"{w.proc.exitcode}) while running this case"))
+                    on_record(crashed, error_record(crashed.case, f"worker died (exit code "
+                                                    f"{w.proc.exitcode}) while running this "
+                                                    "case"))
                     todo.extendleft(reversed(w.batch[w.returned + 1:]))
                     w.conn.close()
                     workers[i] = start()
@@ -440,102 +491,38 @@ def run_parallel(cases: Sequence[Case], jobs: int,
                 w.proc.join()
 
 
-def run_serial(cases: Iterable[Case], on_record: Callable[[dict[str, Any]], None]) -> None:
-    """Run cases in this process (``--jobs 1`` and the fuzzer)."""
+def run_serial(todo_units: Iterable[Unit], on_record: OnRecord) -> None:
+    """Run units in this process (``--jobs 1``)."""
     runner = Runner()
-    for c in cases:
-        on_record(runner.run(c))
-
-
-# ---- the results file -------------------------------------------------------------------
-
-
-class Results:
-    """The JSON-lines results file: read what is there (``--resume``), append one flushed line
-    per new record.  An existing file is never overwritten; a torn last line (the previous run
-    was killed mid-write) is cut off before appending."""
-
-    def __init__(self, path: str | None, resume: bool) -> None:
-        self.path = Path(path) if path else None
-        self.records: dict[str, dict[str, Any]] = {}
-        self._fh: Any = None
-        if self.path is None:
-            if resume:
-                raise UsageError("--resume needs --results FILE")
-            return
-        if self.path.is_dir():
-            raise UsageError(f"{self.path}: is a directory")
-        if self.path.exists() and not resume:
-            raise UsageError(f"{self.path} exists; use --resume to continue it, or name "
-                             "another --results file")
-        if self.path.exists():
-            self._load()
-        try:
-            self._fh = open(self.path, "a", encoding="utf-8")
-        except OSError as e:
-            raise InputError(f"{self.path}: cannot write: {e.strerror}") from None
-
-    def _load(self) -> None:
-        assert self.path is not None
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        good = len(data)
-        if lines and lines[-1]:  # no final newline: the last write was torn
-            good = len(data) - len(lines[-1])
-            lines = lines[:-1]
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                Case.from_json(rec["case"])
-                rec["id"], rec["class"], rec["violations"]
-            except (ValueError, KeyError, TypeError):
-                raise InputError(f"{self.path}:{n}: not a sweep record; refusing to resume "
-                                 "into it") from None
-            self.records[rec["id"]] = rec
-        if good != len(data):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(good)
-
-    def add(self, rec: dict[str, Any]) -> None:
-        if rec["id"] in self.records:
-            return
-        self.records[rec["id"]] = rec
-        if self._fh is not None:
-            self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
-            self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
+    for u in todo_units:
+        on_record(u, runner.run_unit(u))
 
 
 # ---- summary ------------------------------------------------------------------------------
 
 
-def summarize(grid: Grid, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def summarize(grid: Grid, done: Iterable[tuple[Unit, dict[str, Any]]]) -> dict[str, Any]:
     """Per variant: counts per outcome class and per violation, each with a minimal
-    reproducer (the smallest case by length, fault count, alignment, offset)."""
+    reproducer (the smallest case by length, fault count, alignment, offset; a unit's first
+    case is its smallest)."""
     variants: dict[str, dict[str, Any]] = {}
     best: dict[tuple[str, str, str], Case] = {}
     order = {v.spec: v for v in grid.variants}
-    inputs: dict[str, set[tuple[Any, ...]]] = {}
     for spec in order:
         variants[spec] = {"label": order[spec].label, "cases": 0, "runs": 0, "classes": {},
                           "violations": {}}
-        inputs[spec] = set()
-    for rec in records:
-        case = Case.from_json(rec["case"])
+    for unit, rec in done:
+        case = unit.case
         v = variants.get(case.variant)
         if v is None:
             continue
-        v["cases"] += 1
-        inputs[case.variant].add(case.input_key())   # distinct runs, whatever the workers did
+        weight = len(unit.offsets)
+        v["cases"] += weight
+        v["runs"] += 1
         for group, name in [("classes", rec["class"])] + [("violations", x)
                                                           for x in rec["violations"]]:
             slot = v[group].setdefault(name, {"count": 0})
-            slot["count"] += 1
+            slot["count"] += weight
             k = (case.variant, group, name)
             if k not in best or case.minimality() < best[k].minimality():
                 best[k] = case
@@ -545,7 +532,6 @@ def summarize(grid: Grid, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 elif "message" in slot:
                     del slot["message"]
     for spec, v in variants.items():
-        v["runs"] = len(inputs[spec])
         for name, slot in v["violations"].items():
             slot["benign_for_copy_from_user"] = name in BENIGN_FOR_COPY_FROM_USER
             slot["meaning"] = VIOLATIONS.get(name, "")
@@ -555,28 +541,61 @@ def summarize(grid: Grid, records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {"grid": grid.to_json(), "cases": total, "variants": variants}
 
 
-def execute(grid: Grid, results: Results, *, jobs: int, max_cases: int | None = None,
-            progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
-    """Run the cases of ``grid`` that ``results`` does not have yet, then summarise the grid.
+def case_records(todo_units: Iterable[Unit],
+                 outcomes: dict[int, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The JSON record of every case of the units that have an outcome, in grid order (the
+    JSON-lines export and the pictures)."""
+    for u in todo_units:
+        rec = outcomes.get(u.id)
+        if rec is None:
+            continue
+        for c in u.cases():
+            yield {"id": c.id, "case": c.to_json(), "violations": list(rec["violations"]),
+                   **{k: v for k, v in rec.items() if k != "violations"}}
+
+
+#: ``progress(cases done, cases to do)``, called after each unit.
+Progress = Callable[[int, int], None]
+
+
+def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None,
+            progress: Progress | None = None
+            ) -> tuple[dict[str, Any], list[Unit], dict[int, dict[str, Any]]]:
+    """Run the units of ``grid`` that ``store`` does not have yet, then summarise the grid.
 
     Args:
         grid: the sweep space.
-        results: the results file (records already there are not redone).
+        store: the results store (runs already there are not redone).
         jobs: worker processes; 1 runs in this process.
-        max_cases: stop after this many new cases (the rest is left for ``--resume``).
-        progress: ``progress(total)`` makes a display with ``advance()`` and ``close()``
-            (the CLI passes ``emu.render.report.progress``); None shows nothing.
-    """
-    cases = list(grid.cases())
-    todo = [c for c in cases if c.id not in results.records]
-    if max_cases is not None:
-        todo = todo[:max(0, max_cases)]
-    bar = progress(len(todo)) if progress is not None and todo else None
+        max_cases: stop once this many new cases are done (whole units; the rest is left
+            for ``--resume``).
+        progress: called as ``progress(cases done, cases to do)`` after each unit (the CLI
+            passes ``emu.render.report.SweepProgress``); None shows nothing.
 
-    def on_record(rec: dict[str, Any]) -> None:
-        results.add(rec)
-        if bar is not None:
-            bar.advance()
+    Returns:
+        The summary, the grid's units, and the outcome record of each stored unit by id.
+    """
+    all_units = units(grid.cases())
+    have = store.done()
+    todo: list[Unit] = []
+    budget = max_cases
+    for u in all_units:
+        if u.id in have:
+            continue
+        if budget is not None and budget <= 0:
+            break
+        todo.append(u)
+        if budget is not None:
+            budget -= len(u.offsets)
+    total = sum(len(u.offsets) for u in todo)
+    finished = 0
+
+    def on_record(unit: Unit, rec: dict[str, Any]) -> None:
+        nonlocal finished
+        store.add(unit.id, unit.case, unit.offsets, rec)
+        finished += len(unit.offsets)
+        if progress is not None:
+            progress(finished, total)
 
     interrupted = False
     try:
@@ -585,14 +604,12 @@ def execute(grid: Grid, results: Results, *, jobs: int, max_cases: int | None = 
         else:
             run_parallel(todo, jobs, on_record)
     except KeyboardInterrupt:
-        interrupted = True   # Ctrl-C: every finished case is on disk; summarise those
+        interrupted = True   # Ctrl-C: every finished unit is committed; summarise those
     finally:
-        if bar is not None:
-            bar.close()
-        results.close()
-    done = [results.records[c.id] for c in cases if c.id in results.records]
-    summary = summarize(grid, done)
-    summary["pending"] = len(cases) - len(done)
+        store.commit()
+    outcomes = store.records()
+    summary = summarize(grid, ((u, outcomes[u.id]) for u in all_units if u.id in outcomes))
+    summary["pending"] = sum(len(u.offsets) for u in all_units if u.id not in outcomes)
     if interrupted:
         summary["interrupted"] = True
-    return summary
+    return summary, all_units, outcomes

@@ -54,7 +54,7 @@ def emu_json(argv: list[str], *, hashseed: str, cache: Path, workdir: Path) -> b
                EMU_LINUX_SOURCES=str(linux_source_root()), PYTHONPATH=str(ROOT))
     argv = [*argv]
     if argv[0] == "sweep":  # results file in the case's own directory
-        argv += ["--results", str(workdir / "results.jsonl")]
+        argv += ["--results", str(workdir / "results.db")]
     proc = subprocess.run([sys.executable, "-m", "emu", *argv], cwd=workdir, env=env,
                           capture_output=True, timeout=600)
     assert proc.returncode in (0, 1), (argv, proc.returncode, proc.stderr.decode()[-2000:])

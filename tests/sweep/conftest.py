@@ -9,4 +9,4 @@ import pytest
 
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
-    return tmp_path / "results.jsonl"
+    return tmp_path / "results.db"

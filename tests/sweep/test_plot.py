@@ -58,7 +58,7 @@ def test_error_metric_with_length_rows(tmp_path: Path) -> None:
 
 
 def test_plot_refuses_to_overwrite_results(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    res = tmp_path / "r.jsonl"
+    res = tmp_path / "r.db"
     rc, _ = emu("sweep", "C", "--len", "8", "--results", str(res), "--plot", str(res))
     assert rc == 2 and not res.exists()
 

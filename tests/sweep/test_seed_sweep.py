@@ -14,20 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from sweep_helpers import emu, read_results
+from sweep_helpers import emu, read_jsonl, read_results
 
 pytestmark = pytest.mark.slow
 
 
 def test_seed_sweep_every_offset_all_eras(tmp_path: Path) -> None:
-    res = tmp_path / "seed.jsonl"
+    res, lines = tmp_path / "seed.db", tmp_path / "seed.jsonl"
     rc, out = emu("sweep", "A", "B", "C", "D", "E", "F", "--len", "4096", "--src-align", "0x7e0",
-                  "--cpu", "none", "--results", str(res), "--json", "--plot",
+                  "--cpu", "none", "--results", str(res), "--jsonl", str(lines), "--json", "--plot",
                   str(tmp_path / "seed.png"), "--html", str(tmp_path / "seed.html"))
     assert rc == 0
     s = json.loads(out)
     assert s["cases"] == 6 * 4096 and s["pending"] == 0
     by: dict[str, list[dict]] = {}
+    assert read_jsonl(lines) == read_results(res)
     for r in read_results(res):
         by.setdefault(r["case"]["variant"], []).append(r)
     assert {k: len(v) for k, v in by.items()} == {k: 4096 for k in "ABCDEF"}

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from emu.runs.sweep import Grid, parse_variant
 
-from sweep_helpers import ROOT, emu, emu_proc, read_results
+from sweep_helpers import ROOT, emu, emu_proc, query, read_results, runs_committed
 
 SMALL = ["C", "D", "E", "F", "--len", "200", "--src-align", "0x7e0", "--step", "4"]
 
@@ -93,20 +94,24 @@ def test_existing_results_file_is_not_overwritten(results: Path, capsys) -> None
     assert rc == 2
     assert "exists" in capsys.readouterr().err
     assert results.read_text() == "precious\n"
-    # and resuming into a file that is not a sweep file is refused too
+    # and resuming into a file that is not a sweep store is refused too
     rc, _ = emu("sweep", "C", "--len", "8", "--results", str(results), "--resume")
     assert rc == 2
+    assert "not an emu sweep store" in capsys.readouterr().err
     assert results.read_text() == "precious\n"
 
 
 def test_resume_after_case_limit(results: Path) -> None:
     base = ["sweep", *SMALL, "--results", str(results), "--json", "--jobs", "2"]
     rc, out = emu(*base, "--max-cases", "77")
-    assert rc == 0 and json.loads(out)["pending"] == 200 - 77
     first = read_results(results)
-    assert len(first) == 77
+    # whole runs only: the run that reaches 77 cases is finished, nothing after it
+    assert rc == 0 and 77 <= len(first) < 77 + 16
+    assert json.loads(out)["pending"] == 200 - len(first)
     rc, out = emu(*base, "--resume", "--max-cases", "50")
-    assert rc == 0 and json.loads(out)["pending"] == 200 - 127
+    second = read_results(results)
+    assert rc == 0 and len(first) + 50 <= len(second) < len(first) + 50 + 16
+    assert json.loads(out)["pending"] == 200 - len(second)
     rc, out = emu(*base, "--resume")
     s = json.loads(out)
     assert rc == 0 and s["pending"] == 0 and s["cases"] == 200
@@ -114,25 +119,32 @@ def test_resume_after_case_limit(results: Path) -> None:
     ids = [r["id"] for r in recs]
     assert len(ids) == len(set(ids)) == 200          # zero duplicated
     assert set(ids) == grid_ids("C", "D", "E", "F")   # zero lost
-    assert recs[:77] == first                         # nothing rewritten
+    assert all(r in recs for r in first)               # nothing rewritten
+    assert query(results, "SELECT SUM(cases), COUNT(*) FROM runs") == [(200, 4 * 4)]
     # the resumed records equal a fresh uninterrupted sweep, case by case
-    fresh = results.with_name("fresh.jsonl")
+    fresh = results.with_name("fresh.db")
     rc, out = emu("sweep", *SMALL, "--json", "--jobs", "1", "--results", str(fresh))
-
-    def behaviour(rs):  # type: ignore[no-untyped-def]
-        return {r["id"]: {k: v for k, v in r.items() if k != "reused"} for r in rs}
-    assert behaviour(read_results(fresh)) == behaviour(recs)
+    assert read_results(fresh) == recs
     for v, w in zip(json.loads(out)["variants"].values(), s["variants"].values()):
         assert v["classes"] == w["classes"] and v["violations"] == w["violations"]
-    # resuming a finished sweep runs nothing and adds nothing
-    size = results.stat().st_size
+    # resuming a finished sweep runs nothing and changes nothing
+    dump = _dump(results)
     rc, _ = emu(*base, "--resume")
-    assert rc == 0 and results.stat().st_size == size
+    assert rc == 0 and _dump(results) == dump
+
+
+def _dump(path: Path) -> list[str]:
+    db = sqlite3.connect(path)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
 
 
 def test_resume_after_kill(results: Path, tmp_path: Path) -> None:
-    """Kill a running sweep (parent and workers keep going no further), then resume."""
-    argv = [sys.executable, "-m", "emu", "sweep", "C", "D", "E", "F", "--len", "4096",
+    """SIGKILL a running sweep (parent and workers go no further), then resume: every case
+    once, none lost, and the store equals one from an uninterrupted sweep."""
+    argv = [sys.executable, "-m", "emu", "sweep", "C", "D", "E", "F", "--len", "2048..4096/256",
             "--src-align", "0x7e0", "--step", "line", "--faults", "mc,mc2",
             "--results", str(results), "--jobs", "2", "--json"]
     total = len(_ids_mc_mc2())
@@ -140,18 +152,15 @@ def test_resume_after_kill(results: Path, tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
-            if results.exists() and results.read_bytes().count(b"\n") >= 40:
+            if runs_committed(results) >= 40:
                 break
             time.sleep(0.02)
         assert p.poll() is None, "sweep finished before it could be interrupted"
         os.kill(p.pid, signal.SIGKILL)
     finally:
         p.wait()
-    # simulate the worst case: the kill tore the last line mid-write
-    with open(results, "ab") as fh:
-        fh.write(b'{"id": "C|torn')
-    done = len([ln for ln in results.read_bytes().split(b"\n")[:-1] if ln])
-    assert 40 <= done < total
+    done = runs_committed(results)
+    assert 40 <= done < total       # one case per run here (--step line)
     r = emu_proc(*argv[3:], "--resume")
     assert r.returncode == 0, r.stderr
     recs = read_results(results)
@@ -159,15 +168,23 @@ def test_resume_after_kill(results: Path, tmp_path: Path) -> None:
     assert len(ids) == len(set(ids)) == total
     assert set(ids) == _ids_mc_mc2()
     assert all(x["class"] != "tool_error" for x in recs)
+    assert query(results, "SELECT SUM(cases) FROM runs") == [(total,)]
+    fresh = tmp_path / "fresh.db"
+    r = emu_proc(*argv[3:-5], "--results", str(fresh), "--jobs", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert _dump(fresh) == _dump(results)
 
 
 def _ids_mc_mc2() -> set[str]:
-    g = Grid(variants=tuple(parse_variant(v, None) for v in "CDEF"), lengths=(4096,),
-             src_aligns=(0x7E0,), step=64, kinds=("mc", "mc2"))
+    g = Grid(variants=tuple(parse_variant(v, None) for v in "CDEF"),
+             lengths=tuple(range(2048, 4097, 256)), src_aligns=(0x7E0,), step=64,
+             kinds=("mc", "mc2"))
     return {c.id for c in g.cases()}
 
 
 def test_worker_crash_is_recorded_and_the_sweep_goes_on(results: Path) -> None:
+    """A worker that dies costs the run it was running: every case of that run (the
+    poisoned line's offsets) is a tool_error; a harness exception likewise."""
     ids = sorted(grid_ids("C", "E"))
     victim = next(i for i in ids if i.startswith("E|") and i.endswith("|mc|0x40"))
     raiser = next(i for i in ids if i.startswith("C|") and i.endswith("|mc|0x80"))
@@ -178,18 +195,18 @@ def test_worker_crash_is_recorded_and_the_sweep_goes_on(results: Path) -> None:
     s = json.loads(r.stdout)
     recs = {x["id"]: x for x in read_results(results)}
     assert set(recs) == set(ids)                      # every case recorded, once
-    assert recs[victim]["class"] == "tool_error"
-    assert "worker died" in recs[victim]["message"]
-    assert recs[raiser]["class"] == "tool_error"
-    assert "RuntimeError" in recs[raiser]["message"]
-    others = [x for i, x in recs.items() if i not in (victim, raiser)]
-    assert all(x["class"] != "tool_error" for x in others)
-    assert s["variants"]["E"]["classes"]["tool_error"]["count"] == 1
-    assert s["variants"]["C"]["classes"]["tool_error"]["count"] == 1
-    # the neighbours of the killed case (same line, maybe same batch) were run normally
-    same_line = [x for x in others if x["case"]["variant"] == "E"
-                 and 0x20 <= x["case"]["offset"] < 0x60]
-    assert same_line and all(x["class"] in ("ok", "benign", "violation") for x in same_line)
+    # offsets 0x20..0x5c share the line at src+0x800 with the victim; 0x60..0x9c the raiser's
+    killed = {i for i in ids if i.startswith("E|") and 0x20 <= int(i.split("|")[-1], 16) < 0x60}
+    raised = {i for i in ids if i.startswith("C|") and 0x60 <= int(i.split("|")[-1], 16) < 0xA0}
+    assert victim in killed and raiser in raised
+    for i in killed:
+        assert recs[i]["class"] == "tool_error" and "worker died" in recs[i]["message"]
+    for i in raised:
+        assert recs[i]["class"] == "tool_error" and "RuntimeError" in recs[i]["message"]
+    others = [x for i, x in recs.items() if i not in killed | raised]
+    assert others and all(x["class"] != "tool_error" for x in others)
+    assert s["variants"]["E"]["classes"]["tool_error"]["count"] == len(killed) == 16
+    assert s["variants"]["C"]["classes"]["tool_error"]["count"] == len(raised) == 16
 
 
 @pytest.mark.parametrize("argv, msg", [
@@ -233,7 +250,7 @@ def test_ctrl_c_prints_the_partial_summary_and_resume_finishes(results: Path) ->
     p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and p.poll() is None:
-        if results.exists() and results.read_bytes().count(b"\n") >= 40:
+        if runs_committed(results) >= 40:
             break
         time.sleep(0.02)
     assert p.poll() is None, "sweep finished before it could be interrupted"

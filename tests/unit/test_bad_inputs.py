@@ -152,7 +152,7 @@ CASES: list[tuple[str, list[str], Callable[[Path], str] | None, str]] = [
     ("sweep list that is not a list", ["sweep", "E", "--len", "abc"], None,
      "'abc' is not a list of numbers"),
     ("sweep would overwrite a results file", ["sweep", "E", "--len", "8", "--results", "{0}"],
-     write("results.jsonl", "keep me\n"), "exists; use --resume"),
+     write("results.db", "keep me\n"), "exists; use --resume"),
     ("snapshot would overwrite a file", ["snapshot", "E", "-o", "{0}"],
      write("golden.json", "keep me\n"), "exists; use --force"),
     ("unknown fuzz class", ["fuzz", "E", "--want", "nonsense"], None,

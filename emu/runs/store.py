@@ -1,0 +1,286 @@
+"""The sweep results store: one SQLite file, one row per distinct machine run.
+
+Every byte of a 64-byte line poisons the same line and every byte of a page unmaps the same
+page, so a sweep's cases fall into *runs*: sets of offsets that give the machine the same
+input and therefore the same outcome.  The store keeps each run once, with the offsets it
+stands for as arithmetic spans, instead of one record per case — the seed sweep's 24,576
+cases are 390 runs; the 38 M-case catalog about 606 k.
+
+Schema (``sqlite3 FILE .schema``)::
+
+    meta(key, value)           -- format, emu version, the sweep's grid (canonical JSON)
+    runs(id, variant, era, routine, cpu, direction, length, src_align, dst_align, kind,
+         poison, unmapped,     -- of the run's first case, e.g. '2400' or '2400,2432'
+         cases,                -- how many cases (offsets) the run stands for
+         class, state, return_value, exact, error, bytes_copied, mc, pf, tail_retry,
+         message)
+    violations(run, pos, name) -- the run's contract violations, in the oracle's order
+    offsets(run, lo, hi, step) -- the offsets lo, lo+step, ..., hi the run stands for
+    cases                      -- a view: runs joined with every offset (one row per case)
+
+``runs.id`` is the run's position in the grid's case order (offsets innermost), so the same
+sweep gives the same rows whatever the worker count or finishing order.  Writes happen in
+transactions of a few hundred milliseconds: a run and its offsets are committed together,
+so a killed sweep leaves whole runs only, and ``--resume`` reruns exactly the runs that are
+missing.  The grid is stored, and a store made by another sweep is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from emu.errors import InputError, UsageError
+
+FORMAT = "emu-sweep-store 1"
+_MAGIC = b"SQLite format 3\x00"
+#: Seconds between commits while a sweep runs (what a SIGKILL can cost).
+COMMIT_EVERY = 0.5
+
+SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE runs(
+    id INTEGER PRIMARY KEY,
+    variant TEXT NOT NULL, era TEXT, routine TEXT NOT NULL, cpu TEXT NOT NULL,
+    direction TEXT NOT NULL, length INTEGER NOT NULL, src_align INTEGER NOT NULL,
+    dst_align INTEGER NOT NULL, kind TEXT NOT NULL, poison TEXT NOT NULL,
+    unmapped TEXT NOT NULL, cases INTEGER NOT NULL,
+    class TEXT NOT NULL, state TEXT, return_value INTEGER, exact INTEGER, error INTEGER,
+    bytes_copied INTEGER, mc INTEGER NOT NULL, pf INTEGER NOT NULL,
+    tail_retry INTEGER NOT NULL, message TEXT);
+CREATE TABLE violations(run INTEGER NOT NULL REFERENCES runs(id), pos INTEGER NOT NULL,
+    name TEXT NOT NULL, PRIMARY KEY(run, pos)) WITHOUT ROWID;
+CREATE TABLE offsets(run INTEGER NOT NULL REFERENCES runs(id), lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL, step INTEGER NOT NULL, PRIMARY KEY(run, lo)) WITHOUT ROWID;
+CREATE VIEW cases AS
+    WITH RECURSIVE o(run, offset, hi, step) AS (
+        SELECT run, lo, hi, step FROM offsets
+        UNION ALL SELECT run, offset + step, hi, step FROM o WHERE offset + step <= hi)
+    SELECT runs.*, o.offset AS offset FROM o JOIN runs ON runs.id = o.run;
+"""
+
+_RUN_COLS = ("id", "variant", "era", "routine", "cpu", "direction", "length", "src_align",
+             "dst_align", "kind", "poison", "unmapped", "cases", "class", "state",
+             "return_value", "exact", "error", "bytes_copied", "mc", "pf", "tail_retry",
+             "message")
+#: The record fields a run row holds (the rest of a JSON record is the case).
+_OUTCOME = ("class", "state", "return_value", "exact", "error", "bytes_copied", "mc", "pf",
+            "tail_retry", "message")
+
+
+def spans(offsets: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Sorted offsets as arithmetic spans ``(lo, hi, step)``: [0,1,2,3,8] → (0,3,1), (8,8,1).
+
+    Args:
+        offsets: the offsets of one run, in any order, without duplicates.
+
+    Returns:
+        The fewest spans a greedy left-to-right pass finds; ``expand`` inverts it.
+    """
+    out: list[tuple[int, int, int]] = []
+    xs = sorted(offsets)
+    i = 0
+    while i < len(xs):
+        lo = xs[i]
+        if i + 1 == len(xs):
+            out.append((lo, lo, 1))
+            break
+        step = xs[i + 1] - lo
+        j = i + 1
+        while j + 1 < len(xs) and xs[j + 1] - xs[j] == step:
+            j += 1
+        out.append((lo, xs[j], step))
+        i = j + 1
+    return out
+
+
+def expand(sp: Iterable[tuple[int, int, int]]) -> list[int]:
+    """The offsets of spans, ascending."""
+    return sorted(o for lo, hi, step in sp for o in range(lo, hi + 1, step))
+
+
+def _canonical(grid: dict[str, Any]) -> str:
+    return json.dumps(grid, sort_keys=True, separators=(",", ":"))
+
+
+def _grid_difference(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
+    for k in sorted(set(mine) | set(theirs)):
+        if mine.get(k) != theirs.get(k):
+            return f"{k} {json.dumps(theirs.get(k))} in the store, {json.dumps(mine.get(k))} here"
+    return "the grids differ"
+
+
+def read(path: str | Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """Open a store read-only: its grid and the outcome record of each stored run.
+
+    Raises:
+        InputError: the file is not an emu sweep store.
+    """
+    p = Path(path)
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            if meta.get("format") != FORMAT:
+                raise InputError(f"{p}: not an emu sweep store")
+            view = Store.__new__(Store)
+            view.db, view.path = db, p
+            return json.loads(meta["grid"]), view.records()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise InputError(f"{p}: not an emu sweep store ({e})") from None
+
+
+class Store:
+    """A sweep's results in SQLite (``path``), or in memory when ``path`` is None.
+
+    Invariants: a run row, its violations and its offsets are written in one transaction;
+    a run id is written at most once (``add`` ignores a run that is there); an existing file
+    is opened only with ``resume`` and only if it is a store of the same grid, so nothing
+    the user has is overwritten.
+    """
+
+    def __init__(self, path: str | None, grid: dict[str, Any], *, resume: bool,
+                 emu_version: str = "") -> None:
+        self.path = Path(path) if path else None
+        self._last_commit = time.monotonic()
+        self._pending = 0
+        if self.path is None:
+            if resume:
+                raise UsageError("--resume needs --results FILE")
+            self.db = sqlite3.connect(":memory:", isolation_level=None)
+            self._create(grid, emu_version)
+            self.db.execute("BEGIN")
+            return
+        if self.path.suffix in (".jsonl", ".json"):
+            raise UsageError(f"{self.path}: --results writes an SQLite store (e.g. "
+                             f"{self.path.with_suffix('.db').name}); --jsonl FILE exports "
+                             "JSON lines")
+        if self.path.is_dir():
+            raise UsageError(f"{self.path}: is a directory")
+        exists = self.path.exists()
+        if exists and not resume:
+            raise UsageError(f"{self.path} exists; use --resume to continue it, or name "
+                             "another --results file")
+        if exists:
+            self._check_header()
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as e:
+            raise InputError(f"{self.path}: cannot open: {e}") from None
+        if exists:
+            self._check_grid(grid)
+        else:
+            self._create(grid, emu_version)
+        self.db.execute("BEGIN")
+
+    # ---- opening --------------------------------------------------------------------------
+
+    def _check_header(self) -> None:
+        assert self.path is not None
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(len(_MAGIC))
+        except OSError as e:
+            raise InputError(f"{self.path}: cannot read: {e.strerror}") from None
+        if head != _MAGIC:
+            raise InputError(f"{self.path}: not an emu sweep store (SQLite); refusing to "
+                             "resume into it")
+
+    def _check_grid(self, grid: dict[str, Any]) -> None:
+        try:
+            meta = dict(self.db.execute("SELECT key, value FROM meta"))
+        except sqlite3.Error:
+            raise InputError(f"{self.path}: not an emu sweep store; refusing to resume "
+                             "into it") from None
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{self.path}: store format {meta.get('format')!r}, not "
+                             f"{FORMAT!r}; refusing to resume into it")
+        if meta.get("grid") != _canonical(grid):
+            theirs = json.loads(meta.get("grid", "{}"))
+            raise UsageError(f"{self.path}: made by a different sweep "
+                             f"({_grid_difference(grid, theirs)}); --resume continues the "
+                             "same sweep only")
+
+    def _create(self, grid: dict[str, Any], emu_version: str) -> None:
+        try:   # schema and meta in one transaction: a store is complete or absent
+            self.db.execute("BEGIN")
+            for stmt in filter(str.strip, SCHEMA.split(";")):
+                self.db.execute(stmt)
+            self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("format", FORMAT), ("grid", _canonical(grid)), ("emu_version", emu_version)])
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise InputError(f"{self.path}: cannot write: {e}") from None
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def done(self) -> set[int]:
+        """The ids of the runs already stored."""
+        return {r for (r,) in self.db.execute("SELECT id FROM runs")}
+
+    def records(self) -> dict[int, dict[str, Any]]:
+        """Every stored run's outcome as the fields of a JSON record, by run id."""
+        out: dict[int, dict[str, Any]] = {}
+        cols = ", ".join(_OUTCOME)
+        for row in self.db.execute(f"SELECT id, {cols} FROM runs ORDER BY id"):
+            rec = dict(zip(_OUTCOME, row[1:]))
+            rec["tail_retry"] = bool(rec["tail_retry"])
+            rec["violations"] = []
+            out[row[0]] = rec
+        for run, name in self.db.execute("SELECT run, name FROM violations ORDER BY run, pos"):
+            out[run]["violations"].append(name)
+        return out
+
+    def offsets(self, run: int) -> list[int]:
+        return expand(self.db.execute("SELECT lo, hi, step FROM offsets WHERE run = ?", (run,)))
+
+    # ---- writing --------------------------------------------------------------------------
+
+    def add(self, run: int, case: Any, offsets: Sequence[int], rec: dict[str, Any]) -> None:
+        """Store one run: ``case`` is its first case (``sweep.Case``), ``offsets`` all the
+        offsets it stands for, ``rec`` its JSON record (``sweep.record``)."""
+        row = (run, case.variant, case.era, case.routine, case.cpu, case.direction,
+               case.length, case.src_align, case.dst_align, case.kind,
+               ",".join(map(str, case.poison)), ",".join(map(str, case.unmapped)),
+               len(offsets), rec["class"], rec["state"], rec["return_value"], rec["exact"],
+               rec["error"], rec["bytes_copied"], rec["mc"], rec["pf"], int(rec["tail_retry"]),
+               rec["message"])
+        try:
+            cur = self.db.execute(f"INSERT OR IGNORE INTO runs VALUES "
+                                  f"({', '.join('?' * len(_RUN_COLS))})", row)
+            if cur.rowcount:
+                self.db.executemany("INSERT INTO violations VALUES (?, ?, ?)",
+                                    [(run, i, v) for i, v in enumerate(rec["violations"])])
+                self.db.executemany("INSERT INTO offsets VALUES (?, ?, ?, ?)",
+                                    [(run, *s) for s in spans(offsets)])
+        except sqlite3.Error as e:
+            raise InputError(f"{self.path}: cannot write: {e}") from None
+        self._pending += 1
+        if time.monotonic() - self._last_commit >= COMMIT_EVERY:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make every added run durable (a SIGKILL after this loses none of them)."""
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+            self.db.execute("BEGIN")
+        self._last_commit = time.monotonic()
+        self._pending = 0
+
+    def close(self, *, compact: bool = False) -> None:
+        """Commit, optionally compact (VACUUM: rows in id order, no free pages), close."""
+        if self.path is not None:
+            if self.db.in_transaction:
+                self.db.execute("COMMIT")
+            if compact:
+                self.db.execute("VACUUM")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
