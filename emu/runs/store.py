@@ -244,13 +244,17 @@ class Store:
 
     # ---- writing --------------------------------------------------------------------------
 
-    def add(self, run: int, case: Any, offsets: Sequence[int], rec: dict[str, Any]) -> None:
+    def add(self, run: int, case: Any, offsets: Sequence[int], rec: dict[str, Any], *,
+            offset_spans: Sequence[tuple[int, int, int]] | None = None) -> None:
         """Store one run: ``case`` is its first case (``sweep.Case``), ``offsets`` all the
-        offsets it stands for, ``rec`` its JSON record (``sweep.record``)."""
+        offsets it stands for (or ``offset_spans``, already as spans, with ``offsets`` empty),
+        ``rec`` its JSON record (``sweep.record``)."""
+        sp = list(offset_spans) if offset_spans is not None else spans(offsets)
+        count = sum((hi - lo) // step + 1 for lo, hi, step in sp)
         row = (run, case.variant, case.era, case.routine, case.cpu, case.direction,
                case.length, case.src_align, case.dst_align, case.kind,
                ",".join(map(str, case.poison)), ",".join(map(str, case.unmapped)),
-               len(offsets), rec["class"], rec["state"], rec["return_value"], rec["exact"],
+               count, rec["class"], rec["state"], rec["return_value"], rec["exact"],
                rec["error"], rec["bytes_copied"], rec["mc"], rec["pf"], int(rec["tail_retry"]),
                rec["message"])
         try:
@@ -260,7 +264,7 @@ class Store:
                 self.db.executemany("INSERT INTO violations VALUES (?, ?, ?)",
                                     [(run, i, v) for i, v in enumerate(rec["violations"])])
                 self.db.executemany("INSERT INTO offsets VALUES (?, ?, ?, ?)",
-                                    [(run, *s) for s in spans(offsets)])
+                                    [(run, *s) for s in sp])
         except sqlite3.Error as e:
             raise InputError(f"{self.path}: cannot write: {e}") from None
         self._pending += 1
