@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING
 from rich.markup import escape
 from rich.table import Table
 
-from emu.render.report import console
+from emu.render.report import console, print_table
 
 if TYPE_CHECKING:
     from emu.runs.check import Finding, Result
@@ -88,7 +88,7 @@ def terminal(res: Result, stream: IO[str]) -> None:
         style = {"REGRESSION": "bold red", "allowed": "yellow", "ok": "green"}[_status(f)]
         t.add_row(f.cls, f"[{style}]{_status(f)}[/]", str(len(f.cases)), str(len(f.sites)),
                   _counts(f), escape(CLASSES[f.cls][1]))
-    c.print(t)
+    print_table(c, t)
     for f in res.findings.values():
         if not f.changed:
             continue

@@ -21,8 +21,62 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
+#: Width for output that is not a terminal and has no ``COLUMNS`` (pipes, CI logs).
+PIPE_WIDTH = 80
+
+
+def width(stream: IO[str]) -> int:
+    """Table width: ``COLUMNS`` if set, else the terminal's, else ``PIPE_WIDTH``."""
+    import os
+    import shutil
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return shutil.get_terminal_size((PIPE_WIDTH, 24)).columns
+    return PIPE_WIDTH
+
+
 def console(stream: IO[str]) -> Console:
-    return Console(file=stream, width=160, highlight=False, soft_wrap=False)
+    return Console(file=stream, width=width(stream), highlight=False, soft_wrap=False)
+
+
+def print_table(c: Console, t: Table) -> None:
+    """Print ``t`` as a table if it fits the console unwrapped; otherwise stack it: per row, the first cell as a heading, then ``column: value`` fields
+    packed into lines, broken only between fields and at spaces.  So a symbol+offset or a
+    command is never cut, whatever the width."""
+    from rich.measure import Measurement
+    need = Measurement.get(c, c.options.update(width=10**6), t)
+    if need.maximum <= c.width:
+        c.print(t)
+        return
+    import textwrap
+    out = c.file
+    if t.title:
+        out.write(textwrap.fill(str(t.title), c.width, break_long_words=False,
+                                break_on_hyphens=False) + "\n")
+    cols = t.columns
+    heads = [str(col.header) for col in cols]
+    cells = [[str(x) for x in col._cells] for col in cols]
+    for i in range(t.row_count):
+        row = [cells[j][i] if i < len(cells[j]) else "" for j in range(len(cols))]
+        if t.show_header:
+            out.write((f"{heads[0]}{row[0]}" if heads[0] == "#" else row[0]) + "\n")
+            fields = [f"{h}: {v}" for h, v in zip(heads[1:], row[1:]) if v != ""]
+            lines: list[str] = []
+            for f in fields:
+                if lines and len(lines[-1]) + 2 + len(f) <= c.width:
+                    lines[-1] += "  " + f
+                else:
+                    lines.append("  " + f)
+            for ln in lines:
+                out.write(textwrap.fill(ln, c.width, subsequent_indent="      ",
+                                        break_long_words=False, break_on_hyphens=False) + "\n")
+        else:   # a key/value table: one field per line
+            text = f"{row[0]}: " + "  ".join(row[1:]) if row[0] else "  ".join(row[1:])
+            out.write(textwrap.fill(text, c.width, subsequent_indent="    ",
+                                    break_long_words=False, break_on_hyphens=False) + "\n")
 
 
 def _offsets(o: Outcome, kind: str) -> str:
@@ -55,7 +109,7 @@ def run_table(o: Outcome, title: str, stream: IO[str]) -> None:
         t.add_row("instructions", str(o.insns))
     if o.message:
         t.add_row("message", o.message)
-    c.print(t)
+    print_table(c, t)
     if o.faults:
         ft = Table(title="faults", title_justify="left")
         for col in ("#", "kind", "at", "address", "offset", "extable entry", "action",
@@ -65,7 +119,7 @@ def run_table(o: Outcome, title: str, stream: IO[str]) -> None:
             ft.add_row(str(i), f.kind.upper(), escape(f.where), f"{f.address:#x}",
                        "-" if f.offset is None else f"{f.offset:#x}", f.handler or "none",
                        f.action, escape(f.fixup_where or "-"), escape(f.note))
-        c.print(ft)
+        print_table(c, ft)
 
 
 def diff_table(rows: Sequence[tuple[str, str, Outcome]], title: str, stream: IO[str]) -> None:
@@ -79,7 +133,7 @@ def diff_table(rows: Sequence[tuple[str, str, Outcome]], title: str, stream: IO[
         t.add_row(escape(variant), routine, _ret(o), str(o.bytes_copied), o.verdict,
                   _offsets(o, "mc"), _offsets(o, "pf"), "yes" if o.retouched else "no",
                   o.state.value)
-    c.print(t)
+    print_table(c, t)
 
 
 def sweep_summary(summary: dict[str, Any], stream: IO[str]) -> None:
@@ -138,7 +192,7 @@ def get_user_table(g: Any, title: str, stream: IO[str]) -> None:
     for i, f in enumerate(g.faults, 1):
         t.add_row(f"fault {i}", escape(f"{f.kind.upper()} at {f.where}, {f.handler or 'no entry'}"
                                        f" -> {f.action} {f.fixup_where or ''}".rstrip()))
-    c.print(t)
+    print_table(c, t)
 
 
 class SweepProgress:
