@@ -76,7 +76,7 @@ def _category(rec: dict[str, Any], metric: str) -> str:
 def _row_key(case: Case, y_axis: str) -> Any:
     if y_axis in ("length", "src_align", "dst_align"):
         return getattr(case, y_axis)
-    return f"{case.cpu}/{case.routine}/{case.direction}/{case.kind}"
+    return f"{case.direction}/{case.kind}"   # the CPU path is the panel
 
 
 def choose_y(grid: Grid, y_axis: str = "auto") -> str:
@@ -134,8 +134,10 @@ def _ticks(values: Sequence[Any], n: int = 8, fmt: Any = hex) -> tuple[list[int]
 
 
 def _panel(ax: Any, records: Sequence[dict[str, Any]], variant: str, label: str, metric: str,
-           y_axis: str, vmax: float, path: str | None = None) -> Any:
+           y_axis: str, vmax: float, path: str | None = None) -> tuple[Any, set[int]]:
+    """Draw one panel; returns the image and the category indexes its cells show."""
     xs, ys, m = matrix(records, variant, metric, y_axis, path)
+    shown = {int(v) for v in np.unique(m[~np.isnan(m)])} if metric != "error" else set()
     missing = np.isnan(m)
     if metric == "error":  # NaN = not returned (grey); cells with no case are drawn white
         cases = [Case.from_json(r["case"]) for r in records if r["case"]["variant"] == variant]
@@ -162,7 +164,7 @@ def _panel(ax: Any, records: Sequence[dict[str, Any]], variant: str, label: str,
     yt, yl = _ticks(ys, 40 if y_axis == "path" else 12, str if y_axis == "length" else hex)
     ax.set_yticks(yt, yl, fontsize=7)
     ax.set_ylabel("" if y_axis == "path" else y_axis, fontsize=8)
-    return img
+    return img, shown
 
 
 def _labels(grid: Grid) -> list[tuple[str, str]]:
@@ -228,14 +230,16 @@ def figure(grid: Grid, records: Sequence[dict[str, Any]], *, metric: str = "clas
             for c_ in range(used[spec], cols):
                 grid_axes[r_, c_].set_visible(False)
     img = None
+    shown: set[int] = set()
     for ax, (spec, name, path) in zip(axes, variants):
-        img = _panel(ax, records, spec, name, metric, y, vmax, path)
+        img, cats = _panel(ax, records, spec, name, metric, y, vmax, path)
+        shown |= cats
         if not strip or ax is axes[-1]:
             ax.set_xlabel("fault offset (source byte poisoned / user page unmapped)",
                           fontsize=8)
     if metric != "error":
         names, colours = _categories(metric)
-        present = {_category(r, metric) for r in records}
+        present = {names[i] for i in shown}   # what the cells show (worst, when merged)
         handles = [Patch(color=colours[c], label=c) for c in names if c in present]
         fig.legend(handles=handles, loc="outside lower center", ncol=min(7, len(handles)),
                    fontsize=8, frameon=False)

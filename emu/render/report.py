@@ -54,7 +54,9 @@ def print_table(c: Console, t: Table) -> None:
     import textwrap
     out = c.file
     if t.title:
-        out.write(textwrap.fill(str(t.title), c.width, break_long_words=False,
+        from rich.text import Text
+        title = Text.from_markup(t.title).plain if isinstance(t.title, str) else str(t.title)
+        out.write(textwrap.fill(title, c.width, break_long_words=False,
                                 break_on_hyphens=False) + "\n")
     cols = t.columns
     heads = [str(col.header) for col in cols]

@@ -75,3 +75,23 @@ def test_violation_metric_tells_eras_apart(tmp_path: Path) -> None:
     for name in ("zero_with_missing", "poison_consumed_twice"):
         assert rgb(LABEL_COLOURS[name]) in seen, name
     assert rgb(CLASS_COLOURS["panic"]) not in seen
+
+
+def test_every_cpu_path_has_its_own_panel(tmp_path: Path) -> None:
+    """Era F with --cpu all: the rep_movsq paths (none, rep_good) consume the poison twice,
+    the rep_movsb paths (erms, fsrm) are ok.  Per-path panels show both; merged into the
+    worst over paths (--worst-over-paths, only on request) era F is all violation."""
+    from emu.render.plot import panels
+    from emu.runs.sweep import Grid, parse_variant
+    png, merged = tmp_path / "paths.png", tmp_path / "worst.png"
+    argv = ["sweep", "F", "--len", "512", "--step", "line", "--cpu", "all", "--jobs", "1"]
+    assert emu(*argv, "--plot", str(png))[0] == 0
+    assert emu(*argv, "--plot", str(merged), "--worst-over-paths")[0] == 0
+    seen, worst = colours(png.read_bytes()), colours(merged.read_bytes())
+    assert rgb(CLASS_COLOURS["ok"]) in seen and rgb(CLASS_COLOURS["violation"]) in seen
+    assert rgb(CLASS_COLOURS["ok"]) not in worst and rgb(CLASS_COLOURS["violation"]) in worst
+    g = Grid(variants=(parse_variant("F", None),), cpus=("none", "rep_good", "erms", "fsrm"))
+    recs = [{"case": c.to_json()} for c in g.cases()][:: 64]
+    assert [p for _, _, p in panels(g, recs)] == [
+        f"cpu {c}: copy_user_generic" for c in ("none", "rep_good", "erms", "fsrm")]
+    assert [p for _, _, p in panels(g, recs, worst_over_paths=True)] == [None]
