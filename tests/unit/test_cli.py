@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 
@@ -49,8 +50,8 @@ def test_table_output_names_every_era(capsys: pytest.CaptureFixture[str]) -> Non
     code, out, _ = run_cli(["diff", "--len", "4096", "--src-align", "0x7e0", "--poison",
                             "0x960", "--cpu", "erms"], capsys)
     assert code == 0
-    for era in "ABCDEF":
-        assert f"│ {era} " in out
+    for era in "ABCDEF":   # a table row, or the heading of a stacked row (narrow output)
+        assert re.search(rf"^(│ )?{era} ", out, re.M), era
     assert "copy_user_enhanced_fast_string" in out
 
 
