@@ -3,7 +3,7 @@
 A README block whose lines start with ``$ `` is an example: the commands run one after another
 in one shell, in a scratch directory that sees the repository's inputs (``asm/``,
 ``fixtures/``, ``tests/fixtures/``, ``scripts/``), and what they print (stdout and stderr,
-as a terminal shows them) must equal the lines that follow them in the block, trailing blanks
+as a 160-column terminal shows them: ``COLUMNS=160``) must equal the lines that follow them in the block, trailing blanks
 aside; a README line that is only ``...`` or ``- ...`` (with an optional remark after it)
 stands for lines left out.  ``/tmp/...`` paths in the examples are moved into the scratch
 directory, which the examples of one run share (a later example uses the tree an earlier one
@@ -85,7 +85,7 @@ def test_readme_example(cmds: list[str], expected: str, tmp_path: Path, scratch:
     # No "set -e": an example may show a command that exits 1 (a flagged diff) before the next.
     script = "".join(c.replace("/tmp/", tmp + "/") + "\n" for c in cmds)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               NO_COLOR="1", TERM="dumb",
+               NO_COLOR="1", TERM="dumb", COLUMNS="160",
                GIT_AUTHOR_NAME="emu", GIT_AUTHOR_EMAIL="emu@example.invalid",
                GIT_COMMITTER_NAME="emu", GIT_COMMITTER_EMAIL="emu@example.invalid")
     r = subprocess.run(["bash", "-c", script], cwd=work, env=env, stdout=subprocess.PIPE,
