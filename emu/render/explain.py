@@ -143,7 +143,8 @@ def copy(t: Traced, image: Image, bufs: Buffers, title: str, ret_reg: str,
 
 def write(r: WriteResult, out: IO[str], *, detail: bool = True) -> None:
     """``emu run --caller write`` (detail=False) and ``emu explain --caller write``."""
-    out.write(f"write(fd, buf, {r.length}) in era {r.era}, cpu {r.cpu}, copy routine "
+    src = f" ({r.source})" if r.source else ""
+    out.write(f"write(fd, buf, {r.length}) in era {r.era}{src}, cpu {r.cpu}, copy routine "
               f"{r.routine}, #MC rules {r.model.severity.value}, fault-in load "
               f"{r.model.fault_in.value}\n\n")
     out.write("steps:\n")
@@ -181,7 +182,7 @@ def write_table(rows: Sequence[WriteResult], title: str, out: IO[str]) -> None:
     for r in rows:
         first = next((s.data.get("returned") for s in r.steps if s.kind == "copy"), None)
         inc = sum(1 for m in r.mcs if m.stage == "copy")
-        table.append((r.era, r.routine, _none(first), _none(r.bytes_written), r.errno or "-",
+        table.append((f"{r.era} {r.source}" if r.source else r.era, r.routine, _none(first), _none(r.bytes_written), r.errno or "-",
                       f"{r.signal} {r.si_code}" if r.signal else "-",
                       f"{inc}/{r.mc_count - inc}",
                       r.state + (f": {_short(r.panic)}" if r.panic else "")))

@@ -135,6 +135,8 @@ class WriteResult:
     mcs: tuple[McSite, ...]
     steps: tuple[Step, ...]
     model: WriteModel = field(compare=False)
+    #: The copy routine's source when it is not the era's bundled one (a real kernel file).
+    source: str = ""
 
     @property
     def mc_count(self) -> int:
@@ -170,6 +172,7 @@ class WriteResult:
             "mcs": [m.to_json() for m in self.mcs],
             "steps": [s.to_json() for s in self.steps],
             "model": self.model.to_json(),
+            **({"source": self.source} if self.source else {}),
         }
 
 
@@ -215,6 +218,7 @@ class WriteSim:
         if source is None:
             source = Spec("era", era.key)
         self.copy_t = resolve(source, cpu, severity=model.severity)
+        self.source = "" if source.kind == "era" and not source.patches else self.copy_t.name
         self.routine = routine or self.copy_t.routine_for(None, cpu)
         self.gu_t = get_target(read_source(str(GETUSER)), GETUSER.name, settings, frozenset())
         self.gu = Routine(model.fault_in.routine)
@@ -289,7 +293,7 @@ class WriteSim:
             errno=errno if state == "returned" else None, signal=signal, si_code=si_code,
             si_addr=si_addr, panic=panic if state == "panic" else None,
             uncopied_committed=uncopied, mcs=tuple(self.mcs), steps=tuple(self.steps),
-            model=self.model)
+            model=self.model, source=self.source)
 
     # -- the pieces ---------------------------------------------------------------------------
 
