@@ -57,6 +57,8 @@ class Spec:
         patches: patch files applied in order (text kinds).
         era: ``--era``: the era whose rules apply instead of the detected one.
         assembler: the backend (``gas`` or ``keystone``).
+        inline: the source text itself, patches applied (``portable``): resolving it reads
+            no file, so a machine without the user's files (a cluster worker) can build it.
     """
 
     kind: str
@@ -66,6 +68,7 @@ class Spec:
     patches: tuple[str, ...] = ()
     era: str | None = None
     assembler: str = "gas"
+    inline: Source | None = None
 
     @property
     def is_era(self) -> bool:
@@ -180,6 +183,8 @@ def parse_spec(text: str | None, *, tree: str | None = None, rev: str | None = N
 
 def source_of(spec: Spec) -> Source:
     """The source text a text spec names, with its patches applied."""
+    if spec.inline is not None:
+        return spec.inline
     if spec.kind == "era":
         era = get_era(spec.value)
         src = read_file(era.path)
@@ -194,6 +199,23 @@ def source_of(spec: Spec) -> Source:
     else:
         raise UsageError(f"{spec.text}: a built {spec.kind} has no source text")
     return apply_patches(src, list(spec.patches))
+
+
+def portable(spec: Spec) -> Spec:
+    """The same source, as a spec that reads none of the user's files: a text spec carries
+    its text (patches applied) inline; a bundled era key is already portable.  Cluster
+    workers get these, so they need only emu installed.
+
+    Raises:
+        UsageError: a built object or vmlinux (the workers read it at the same path).
+        InputError: the source cannot be read.
+    """
+    if spec.inline is not None or (spec.kind == "era" and not spec.patches):
+        return spec
+    if spec.kind not in TEXT_KINDS:
+        raise UsageError(f"{spec.text}: a built {spec.kind} cannot be sent to cluster workers "
+                         "yet; sweep it locally, or give its source")
+    return replace(spec, inline=source_of(spec), patches=())
 
 
 #: Built targets (objects and images) by (path, size, mtime, spec, CPU, ...): one Unicorn each.
@@ -225,7 +247,8 @@ def resolve(spec: Spec, cpu: frozenset[str], *, count_insns: bool = False,
                                            era=spec.era, routine=routine,
                                            count_insns=count_insns, severity=severity)
         return t
-    if spec.kind == "era" and not spec.patches and spec.assembler == "gas":
+    if (spec.kind == "era" and not spec.patches and spec.inline is None
+            and spec.assembler == "gas"):
         return era_target(get_era(spec.value), cpu, count_insns=count_insns, severity=severity)
     forced = spec.era or (spec.value if spec.kind == "era" else None)
     return source_target(source_of(spec), cpu, era=forced, assembler=spec.assembler,

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import IO
 
-from emu.cli import check, policy, run, sweep
+from emu.cli import campaign, check, policy, run, sweep
 from emu.errors import EmuError, OutputError, UsageError
 
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     policy.register(sub)
     sweep.register(sub)
     check.register(sub)
+    campaign.register(sub)
     return p
 
 

@@ -13,7 +13,8 @@ from emu.errors import UsageError
 from emu.kernel.eras import CPUS
 from emu.render import report
 from emu.runs.faults import KINDS, parse_kinds
-from emu.runs.sweep import Grid, parse_ints, variant_of
+from emu.runs.shards import parse_shard
+from emu.runs.sweep import Backend, Grid, parse_ints, variant_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,6 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sw.add_argument("--max-cases", type=common.positive, help="stop after this many new cases")
     sw.add_argument("--jobs", type=common.positive, default=None,
                     help="worker processes (default: cores)")
+    sw.add_argument("--shard", metavar="K/N", default=None,
+                    help="run only the K-th of N disjoint parts of the grid (split by a stable "
+                    "hash of each run's key: the same on every machine); combine the shards' "
+                    "stores with emu merge")
+    sw.add_argument("--cluster", metavar="ADDRESS", default=None,
+                    help="run on a Dask scheduler (tcp://HOST:8786), or 'local[:N]' to start "
+                    "N local Dask workers; results still stream into --results here "
+                    "(needs pip install 'mce-emu[cluster]')")
     sw.add_argument("--plot", help="write a heatmap PNG (a panel per variant and CPU path)")
     sw.add_argument("--html", help="write a self-contained HTML report")
     sw.add_argument("--metric", choices=("class", "violation", "error"), default="class",
@@ -94,7 +103,7 @@ def _grid(a: argparse.Namespace, step: int = 1) -> Grid:
                 step=step, offsets=parse_ints(a.poison) if a.poison else ())
 
 
-def _extra(module: str, extra: str, feature: str) -> None:
+def extra(module: str, extra: str, feature: str) -> None:
     """Check that an optional dependency imports, or raise the one-line pip hint."""
     import importlib
     try:
@@ -103,6 +112,17 @@ def _extra(module: str, extra: str, feature: str) -> None:
         from emu.errors import MissingExtra
         raise MissingExtra(f"{feature} needs {e.name or module}, which is not installed: "
                            f"pip install 'mce-emu[{extra}]'") from None
+
+
+def cluster_backend(address: str, jobs: int | None) -> Backend:
+    """``--cluster ADDRESS`` → the Dask backend (checked before anything runs)."""
+    extra("distributed", "cluster", "--cluster")
+    from emu.runs.cluster import dask_backend, parse_address
+    parse_address(address)
+    if jobs is not None:
+        raise UsageError("--jobs sizes the local pool; a Dask cluster has its own workers "
+                         "(--cluster local:N starts N)")
+    return dask_backend(address)
 
 
 def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
@@ -116,14 +136,17 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
         except ValueError:
             raise UsageError(f"--step must be byte, line or a number, not '{a.step}'") from None
     grid = _grid(a, step)
+    shard = parse_shard(a.shard) if a.shard else None
+    backend = cluster_backend(a.cluster, a.jobs) if a.cluster else None
     if a.plot or a.html:
-        _extra("emu.render.plot", "plot", "--plot" if a.plot else "--html")
+        extra("emu.render.plot", "plot", "--plot" if a.plot else "--html")
     for opt, p in (("--plot", a.plot), ("--html", a.html), ("--jsonl", a.jsonl)):
         if p and a.results and Path(p).resolve() == Path(a.results).resolve():
             raise UsageError(f"{p}: {opt} would overwrite the results store")
     if a.jsonl and Path(a.jsonl).exists():
         raise UsageError(f"{a.jsonl} exists; name another --jsonl file")
-    store = Store(a.results, grid.to_json(), resume=a.resume, emu_version=__version__)
+    store = Store(a.results, grid.to_json(), resume=a.resume, emu_version=__version__,
+                  shard=shard.text if shard else None)
     jobs = a.jobs if a.jobs is not None else (os.cpu_count() or 1)
     tty = sys.stderr.isatty()
     progress = None
@@ -132,7 +155,7 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
         progress = report.SweepProgress(sys.stderr, tty=tty, interval=interval)
     try:
         summary, units, outcomes = execute(grid, store, jobs=jobs, max_cases=a.max_cases,
-                                           progress=progress)
+                                           progress=progress, shard=shard, backend=backend)
     finally:
         if progress is not None:
             progress.close()
@@ -162,7 +185,7 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_fuzz(a: argparse.Namespace, out: IO[str]) -> int:
-    _extra("hypothesis", "fuzz", "emu fuzz")
+    extra("hypothesis", "fuzz", "emu fuzz")
     from emu.runs import fuzz
     grid = _grid(a)
     found = fuzz.search(grid, want=fuzz.parse_want(a.want), max_len=a.max_len,

@@ -37,6 +37,8 @@ from typing import Any
 from emu.errors import InputError, UsageError
 
 FORMAT = "emu-sweep-store 1"
+#: The meta key of a shard's store: ``K/N`` (absent from unsharded and merged stores).
+SHARD_KEY = "shard"
 _MAGIC = b"SQLite format 3\x00"
 #: Seconds between commits while a sweep runs (what a SIGKILL can cost).
 COMMIT_EVERY = 0.5
@@ -107,7 +109,8 @@ def _canonical(grid: dict[str, Any]) -> str:
     return json.dumps(grid, sort_keys=True, separators=(",", ":"))
 
 
-def _grid_difference(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
+def grid_difference(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """The first grid key whose values differ, as a phrase for an error message."""
     for k in sorted(set(mine) | set(theirs)):
         if mine.get(k) != theirs.get(k):
             return f"{k} {json.dumps(theirs.get(k))} in the store, {json.dumps(mine.get(k))} here"
@@ -145,9 +148,13 @@ class Store:
     the user has is overwritten.
     """
 
+    #: The columns of a ``runs`` row, in order.
+    RUN_COLUMNS = _RUN_COLS
+
     def __init__(self, path: str | None, grid: dict[str, Any], *, resume: bool,
-                 emu_version: str = "") -> None:
+                 emu_version: str = "", shard: str | None = None) -> None:
         self.path = Path(path) if path else None
+        self.shard = shard
         self._last_commit = time.monotonic()
         self._pending = 0
         if self.path is None:
@@ -206,8 +213,13 @@ class Store:
         if meta.get("grid") != _canonical(grid):
             theirs = json.loads(meta.get("grid", "{}"))
             raise UsageError(f"{self.path}: made by a different sweep "
-                             f"({_grid_difference(grid, theirs)}); --resume continues the "
+                             f"({grid_difference(grid, theirs)}); --resume continues the "
                              "same sweep only")
+        if meta.get(SHARD_KEY) != self.shard:
+            def name(s: str | None) -> str:
+                return f"shard {s}" if s else "the whole grid"
+            raise UsageError(f"{self.path}: holds {name(meta.get(SHARD_KEY))}, not "
+                             f"{name(self.shard)}; --resume continues the same sweep only")
 
     def _create(self, grid: dict[str, Any], emu_version: str) -> None:
         try:   # schema and meta in one transaction: a store is complete or absent
@@ -215,7 +227,8 @@ class Store:
             for stmt in filter(str.strip, SCHEMA.split(";")):
                 self.db.execute(stmt)
             self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                ("format", FORMAT), ("grid", _canonical(grid)), ("emu_version", emu_version)])
+                ("format", FORMAT), ("grid", _canonical(grid)), ("emu_version", emu_version)]
+                + ([(SHARD_KEY, self.shard)] if self.shard else []))
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             raise InputError(f"{self.path}: cannot write: {e}") from None
@@ -265,6 +278,24 @@ class Store:
                                     [(run, i, v) for i, v in enumerate(rec["violations"])])
                 self.db.executemany("INSERT INTO offsets VALUES (?, ?, ?, ?)",
                                     [(run, *s) for s in sp])
+        except sqlite3.Error as e:
+            raise InputError(f"{self.path}: cannot write: {e}") from None
+        self._pending += 1
+        if time.monotonic() - self._last_commit >= COMMIT_EVERY:
+            self.commit()
+
+    def add_row(self, row: Sequence[Any], violations: Sequence[str],
+                offset_spans: Sequence[tuple[int, int, int]]) -> None:
+        """Store one run as another store holds it (``merge``): a ``runs`` row in
+        ``RUN_COLUMNS`` order, its violation names in order, its offset spans."""
+        try:
+            cur = self.db.execute(f"INSERT OR IGNORE INTO runs VALUES "
+                                  f"({', '.join('?' * len(_RUN_COLS))})", tuple(row))
+            if cur.rowcount:
+                self.db.executemany("INSERT INTO violations VALUES (?, ?, ?)",
+                                    [(row[0], i, v) for i, v in enumerate(violations)])
+                self.db.executemany("INSERT INTO offsets VALUES (?, ?, ?, ?)",
+                                    [(row[0], *s) for s in offset_spans])
         except sqlite3.Error as e:
             raise InputError(f"{self.path}: cannot write: {e}") from None
         self._pending += 1

@@ -52,6 +52,7 @@ from emu.kernel.eras import Era, Routine, cpu_name, get_era, parse_cpu
 from emu.kernel.outcome import BENIGN_FOR_COPY_FROM_USER, VIOLATIONS, Outcome
 from emu.runs.faults import KINDS, placements
 from emu.runs.repro import case_options
+from emu.runs.shards import Shard
 from emu.runs.store import Store
 
 #: Outcome classes, from best to worst (the heatmap colours follow this order).
@@ -421,6 +422,9 @@ class _Worker:
 
 
 OnRecord = Callable[[Unit, dict[str, Any]], None]
+#: An execution backend: runs the units, reporting each unit's record through ``on_record``
+#: in this process (``emu.runs.cluster.dask_backend`` is one).
+Backend = Callable[[Sequence[Unit], OnRecord], None]
 
 
 def run_parallel(todo_units: Sequence[Unit], jobs: int, on_record: OnRecord) -> None:
@@ -559,7 +563,8 @@ Progress = Callable[[int, int], None]
 
 
 def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None,
-            progress: Progress | None = None
+            progress: Progress | None = None, shard: Shard | None = None,
+            backend: Backend | None = None
             ) -> tuple[dict[str, Any], list[Unit], dict[int, dict[str, Any]]]:
     """Run the units of ``grid`` that ``store`` does not have yet, then summarise the grid.
 
@@ -571,11 +576,17 @@ def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None
             for ``--resume``).
         progress: called as ``progress(cases done, cases to do)`` after each unit (the CLI
             passes ``emu.render.report.SweepProgress``); None shows nothing.
+        shard: run and summarise only this shard's units (``emu.runs.shards``).
+        backend: runs the units instead of the local pool (e.g. on a Dask cluster);
+            records still reach ``store`` in this process, as they finish.
 
     Returns:
-        The summary, the grid's units, and the outcome record of each stored unit by id.
+        The summary, the grid's (or shard's) units, and the outcome record of each stored
+        unit by id.
     """
     all_units = units(grid.cases())
+    if shard is not None:
+        all_units = [u for u in all_units if shard.owns(u.case.id)]
     have = store.done()
     todo: list[Unit] = []
     budget = max_cases
@@ -599,7 +610,9 @@ def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None
 
     interrupted = False
     try:
-        if jobs <= 1 or len(todo) < 2:
+        if backend is not None:
+            backend(todo, on_record)
+        elif jobs <= 1 or len(todo) < 2:
             run_serial(todo, on_record)
         else:
             run_parallel(todo, jobs, on_record)
@@ -610,6 +623,8 @@ def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None
     outcomes = store.records()
     summary = summarize(grid, ((u, outcomes[u.id]) for u in all_units if u.id in outcomes))
     summary["pending"] = sum(len(u.offsets) for u in all_units if u.id not in outcomes)
+    if shard is not None:
+        summary["shard"] = shard.text
     if interrupted:
         summary["interrupted"] = True
     return summary, all_units, outcomes
