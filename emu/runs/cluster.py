@@ -48,8 +48,9 @@ TASK_SECONDS = 0.5
 FIRST_BATCH = 8
 #: Tasks queued per worker thread.
 IN_FLIGHT = 2
-#: Seconds to wait for the scheduler, and for its first worker.
-CONNECT_TIMEOUT = 30
+#: Seconds to wait for the scheduler, and for its first worker (``EMU_DASK_CONNECT_TIMEOUT``
+#: overrides it).
+CONNECT_TIMEOUT = 30.0
 
 
 def parse_address(text: str) -> tuple[str, int | None]:
@@ -119,18 +120,19 @@ def _connect(where: str, count: int | None) -> tuple[Any, Any]:
                                processes=True, dashboard_address=None,
                                silence_logs=logging.ERROR)
         return Client(cluster), cluster
+    wait = float(os.environ.get("EMU_DASK_CONNECT_TIMEOUT", CONNECT_TIMEOUT))
     try:
-        client = Client(where, timeout=CONNECT_TIMEOUT)
+        client = Client(where, timeout=wait)
     except (OSError, TimeoutError) as e:
         raise InputError(f"--cluster {where}: cannot reach the Dask scheduler "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})"
                          ) from None
     try:
-        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        client.wait_for_workers(1, timeout=wait)
     except (OSError, TimeoutError):
         client.close()
         raise InputError(f"--cluster {where}: the scheduler has no workers (waited "
-                         f"{CONNECT_TIMEOUT} s)") from None
+                         f"{wait:g} s)") from None
     return client, None
 
 

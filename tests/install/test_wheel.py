@@ -4,7 +4,7 @@ Builds the wheel from a copy of the source tree (the checkout gets no build/ dir
 installs it into a new venv without extras, and from a directory that is not the checkout
 runs the seed ``emu diff``, ``emu run`` of a user's own ``.S`` that includes the kernel
 headers, and ``emu sweep --plot`` — first without matplotlib (one-line pip hint, exit 2),
-then with ``mce-emu[plot]``.  The results must equal the development install's.
+then with ``mce-emu[plot]`` (and ``--cluster`` without ``mce-emu[cluster]``: the same hint).  The results must equal the development install's.
 """
 
 from __future__ import annotations
@@ -119,6 +119,9 @@ def test_the_wheel_works_outside_the_checkout(venv: Path, tmp_path: Path) -> Non
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "pip install 'mce-emu[plot]'" in r.stderr, r.stderr
     assert not (elsewhere / "s.png").exists()
+    r = _run([emu, "sweep", "C", "--len", "256", "--cluster", "local:1"], elsewhere)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "pip install 'mce-emu[cluster]'" in r.stderr, r.stderr
     wheel = (venv / "wheel-path").read_text()
     r = _run([str(venv / "bin/python"), "-m", "pip", "install", "-q", f"{wheel}[plot]"],
              elsewhere)

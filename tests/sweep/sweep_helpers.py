@@ -66,3 +66,12 @@ def runs_committed(path: Path) -> int:
         return query(path, "SELECT COUNT(*) FROM runs")[0][0] if path.exists() else 0
     except sqlite3.Error:
         return 0
+
+
+def dump(path: Path) -> dict[str, Any]:
+    """A store's contents (not its file bytes): meta without the shard mark, every table."""
+    return {"meta": query(path, "SELECT key, value FROM meta WHERE key != 'shard' "
+                                "ORDER BY key"),
+            "runs": query(path, "SELECT * FROM runs ORDER BY id"),
+            "violations": query(path, "SELECT * FROM violations ORDER BY run, pos"),
+            "offsets": query(path, "SELECT * FROM offsets ORDER BY run, lo")}

@@ -1,0 +1,168 @@
+"""``emu sweep --cluster`` on a real Dask scheduler and two real workers on 127.0.0.1.
+
+Nothing of Dask is mocked: the test starts ``dask scheduler`` and two ``dask worker``
+processes (one thread each, no nanny, so a SIGKILL takes the worker down for good), runs
+sweeps through them, and compares the store and the summary with the local pool's.  The
+workers run in an empty directory, so a relative ``.S`` variant reaches them only as the
+text the client sends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from sweep_helpers import ROOT, dump, emu, emu_proc, query, runs_committed  # noqa: E402
+
+#: About 16.5 k distinct runs: long enough to kill a worker in the middle.
+BIG = ["C", "D", "E", "F", "--len", "2048..8192/512", "--src-align", "0,0x7e0", "--step",
+       "line", "--faults", "mc,mc2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """A scheduler and its workers, as separate processes (each in its own session)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.scheduler = self._spawn("distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                     "--port", str(self.port), "--dashboard-address", ":0")
+        self.workers = [self.worker() for _ in range(2)]
+        self.wait_for(2)
+
+    def _spawn(self, module: str, *args: str) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": ""}
+        p = subprocess.Popen([sys.executable, "-m", module, *args], cwd=self.workdir,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                             start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self._spawn("distributed.cli.dask_worker", self.address, "--nthreads", "1",
+                           "--no-nanny", "--dashboard-address", ":0", "--host", "127.0.0.1")
+
+    def wait_for(self, n: int) -> None:
+        from distributed import Client
+        with Client(self.address, timeout=60) as c:
+            c.wait_for_workers(n, timeout=60)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    work = tmp_path / "workers"
+    work.mkdir()
+    c = Cluster(work)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_cluster_sweep_equals_the_local_one(cluster: Cluster, tmp_path: Path) -> None:
+    """Same store rows and byte-identical summary, an era key and a relative .S file (which
+    the workers, in another directory, cannot read) alike; then --resume over the cluster."""
+    src = tmp_path / "client"
+    src.mkdir()
+    shutil.copy(ROOT / "asm" / "era-E.S", src / "mine.S")
+    grid = ["F", "mine.S", "--len", "1000,4096", "--src-align", "0x7e0", "--faults", "mc,pf",
+            "--step", "4", "--json"]
+    local, dist = tmp_path / "local.db", tmp_path / "dask.db"
+
+    def sweep(*argv: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([sys.executable, "-m", "emu", "sweep", *argv], cwd=src,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    a = sweep(*grid, "--results", str(local), "--jobs", "2")
+    b = sweep(*grid, "--results", str(dist), "--cluster", cluster.address)
+    assert b.stdout == a.stdout
+    assert dump(dist) == dump(local)
+    assert query(dist, "SELECT COUNT(*) FROM runs WHERE class = 'tool_error'") == [(0,)]
+    # a half-done store finishes on the cluster: only the missing runs run
+    half = tmp_path / "half.db"
+    sweep(*grid, "--results", str(half), "--max-cases", "500", "--jobs", "1")
+    assert 0 < runs_committed(half) < runs_committed(local)
+    c = sweep(*grid, "--results", str(half), "--resume", "--cluster", cluster.address)
+    assert c.stdout == a.stdout and dump(half) == dump(local)
+
+
+def test_killed_worker_loses_and_duplicates_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    """SIGKILL one of the two workers mid-sweep: Dask reruns its tasks on the other, and the
+    store is the local pool's, every run once, no tool_error."""
+    results = tmp_path / "dask.db"
+    argv = [sys.executable, "-m", "emu", "sweep", *BIG, "--results", str(results),
+            "--cluster", cluster.address, "--json"]
+    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and runs_committed(results) < 1500:
+            time.sleep(0.02)
+        assert p.poll() is None, "the sweep finished before a worker could be killed"
+        victim = cluster.workers[0]
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        killed_at = runs_committed(results)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    local = tmp_path / "local.db"
+    r = emu_proc("sweep", *BIG, "--results", str(local), "--json", "--jobs", "2")
+    assert r.returncode == 0, r.stderr
+    total = runs_committed(local)
+    assert 1500 <= killed_at < total
+    assert out == r.stdout
+    assert dump(results) == dump(local)
+    assert query(results, "SELECT COUNT(*), COUNT(DISTINCT id) FROM runs") == [(total, total)]
+    assert query(results, "SELECT COUNT(*) FROM runs WHERE class = 'tool_error'") == [(0,)]
+
+
+def test_local_cluster_and_bad_addresses(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--cluster local:2 starts its own LocalCluster; bad addresses are one line, exit 2."""
+    grid = ["E", "--len", "512", "--src-align", "0x7e0", "--json"]
+    local, dist = tmp_path / "l.db", tmp_path / "d.db"
+    rc, a = emu("sweep", *grid, "--results", str(local), "--jobs", "1")
+    assert rc == 0
+    r = emu_proc("sweep", *grid, "--results", str(dist), "--cluster", "local:2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == a and dump(dist) == dump(local)
+    capsys.readouterr()
+    monkeypatch.setenv("EMU_DASK_CONNECT_TIMEOUT", "2")
+    for argv, msg in [(["--cluster", "local:0"], "worker count"),
+                      (["--cluster", "nowhere"], "scheduler address"),
+                      (["--cluster", "local", "--jobs", "2"], "--jobs"),
+                      (["--cluster", f"tcp://127.0.0.1:{_free_port()}"], "cannot reach")]:
+        rc, out = emu("sweep", *grid, *argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and out == "", (argv, err)
+        assert msg in err and err.count("\n") == 1, (argv, err)
