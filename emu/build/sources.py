@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from emu.errors import InputError
+from emu.errors import InputError, UsageError
 
 #: The default file in a kernel tree.
 COPY_USER = "arch/x86/lib/copy_user_64.S"
@@ -132,6 +132,42 @@ def read_rev(tree: str, rev: str, path: str = COPY_USER) -> Source:
         raise InputError(f"{tree}: {rev} has no {path}")
     return Source(_decode(show.stdout.encode(), f"{tree}:{rev}:{path}"),
                   f"{rev}:{Path(path).name}", path)
+
+
+def revisions(tree: str, span: str, paths: list[str]) -> list[tuple[str, str]]:
+    """The commits of ``A..B`` in a kernel tree that touch ``paths``, oldest first, after
+    ``A`` itself (the baseline): ``git rev-list --reverse A..B -- PATHS``.
+
+    Returns:
+        ``(commit id abbreviated to 12 hex digits, subject)`` per revision.
+
+    Raises:
+        InputError: not a git tree, or an unknown revision.
+        UsageError: ``span`` is not ``A..B``.
+    """
+    start, sep, end = span.partition("..")
+    if not sep or not start or not end or end.startswith("."):
+        raise UsageError(f"'{span}': give a revision range A..B (e.g. v5.9..v6.4)")
+    if not Path(tree).is_dir():
+        raise InputError(f"{tree}: no such directory (--tree)")
+    top = _git(["rev-parse", "--show-toplevel"], cwd=tree)
+    if top.returncode != 0:
+        raise InputError(f"{tree}: not a git tree (--tree): {_first_line(top.stderr)}")
+    for rev in (start, end):
+        if _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                cwd=tree).returncode != 0:
+            raise InputError(f"{tree}: unknown revision '{rev}'")
+    log = _git(["log", "--reverse", "--format=%H %s", "--no-walk", start], cwd=tree)
+    more = _git(["log", "--reverse", "--format=%H %s", f"{start}..{end}", "--", *paths],
+                cwd=tree)
+    if log.returncode != 0 or more.returncode != 0:
+        raise InputError(f"{tree}: git log {span} failed: "
+                         f"{_first_line(log.stderr or more.stderr)}")
+    out = []
+    for line in (log.stdout + more.stdout).splitlines():
+        sha, _, subject = line.partition(" ")
+        out.append((sha[:12], subject))
+    return out
 
 
 # ---- patches --------------------------------------------------------------------------

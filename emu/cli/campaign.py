@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import IO
 
-from emu.cli import common
+from emu.build.sources import COPY_USER
+from emu.cli import common, sweep
 from emu.render import report
 
 
@@ -18,6 +19,44 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="the merged store (a new file; an existing one is never overwritten)")
     mg.add_argument("--json", action="store_true", help="print what was merged as JSON")
     mg.set_defaults(func=cmd_merge)
+
+    cp = sub.add_parser("campaign", help="sweep every revision of a kernel tree that touched "
+                        "the file, and report the outcome classes per revision, CPU model "
+                        "and era, and where each appeared or went away")
+    cp.add_argument("range", metavar="A..B", help="revision range of --tree (A is the "
+                    "baseline; then every commit of A..B that touched --file)")
+    cp.add_argument("--tree", metavar="DIR", required=True, help="the kernel git tree")
+    cp.add_argument("--file", metavar="PATH", default=COPY_USER,
+                    help=f"the file emu reads (default {COPY_USER})")
+    cp.add_argument("--patch", metavar="FILE", action="append", default=[],
+                    help="apply to every revision first (repeat for a series)")
+    cp.add_argument("--era", help="era rules for every revision (default: detected per "
+                    "revision)")
+    cp.add_argument("--assembler", default="gas", help="gas (default) or keystone")
+    sweep.grid_options(cp)
+    sweep.run_options(cp)
+    cp.add_argument("--json", action="store_true", help="print the report as JSON")
+    cp.set_defaults(func=cmd_campaign)
+
+
+def cmd_campaign(a: argparse.Namespace, out: IO[str]) -> int:
+    from emu.build.resolve import parse_spec
+    from emu.runs import campaign
+    # parse_spec checks the era key and the assembler the way every subcommand does
+    probe = parse_spec("HEAD", tree=a.tree, patches=a.patch, era=a.era,
+                       assembler=a.assembler)
+    revs = campaign.revision_range(a.tree, a.range, a.file, patches=probe.patches,
+                                   era=probe.era, assembler=probe.assembler)
+    grid = sweep.grid_of(a, tuple(r.variant for r in revs), sweep.parse_step(a.step))
+    summary, units, outcomes = sweep.run_grid(a, grid)
+    rep = campaign.report(grid, revs, ((u, outcomes[u.id]) for u in units if u.id in outcomes))
+    rep.update(tree=a.tree, range=a.range, file=a.file, cases=summary["cases"],
+               pending=summary["pending"])
+    if a.json:
+        out.write(report.dumps(rep))
+    else:
+        report.campaign_report(rep, out)
+    return sweep.interrupted(a, summary)
 
 
 def cmd_merge(a: argparse.Namespace, out: IO[str]) -> int:

@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 from emu.cli import common
 from emu.errors import UsageError
@@ -14,7 +15,7 @@ from emu.kernel.eras import CPUS
 from emu.render import report
 from emu.runs.faults import KINDS, parse_kinds
 from emu.runs.shards import parse_shard
-from emu.runs.sweep import Backend, Grid, parse_ints, variant_of
+from emu.runs.sweep import Backend, Grid, Unit, Variant, parse_ints, variant_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,27 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "contract violations per variant")
     sw.add_argument("variants", nargs="*", help=f"{common.SPEC_HELP} (default: every era)")
     _grid_args(sw)
-    sw.add_argument("--step", default="byte",
-                    help="poison offset step: byte (default), line, or a number")
-    sw.add_argument("--results", help="SQLite results store (one row per distinct run, "
-                    "written as runs finish; query it with sqlite3)")
-    sw.add_argument("--resume", action="store_true",
-                    help="continue the --results store: only runs it lacks are run")
+    run_options(sw)
     sw.add_argument("--jsonl", help="also export every case as JSON lines (small sweeps)")
     sw.add_argument("--worst-over-paths", action="store_true",
                     help="pictures: one panel per variant showing the worst over its CPU "
                     "paths (default: a panel per path)")
-    sw.add_argument("--max-cases", type=common.positive, help="stop after this many new cases")
-    sw.add_argument("--jobs", type=common.positive, default=None,
-                    help="worker processes (default: cores)")
-    sw.add_argument("--shard", metavar="K/N", default=None,
-                    help="run only the K-th of N disjoint parts of the grid (split by a stable "
-                    "hash of each run's key: the same on every machine); combine the shards' "
-                    "stores with emu merge")
-    sw.add_argument("--cluster", metavar="ADDRESS", default=None,
-                    help="run on a Dask scheduler (tcp://HOST:8786), or 'local[:N]' to start "
-                    "N local Dask workers; results still stream into --results here "
-                    "(needs pip install 'mce-emu[cluster]')")
     sw.add_argument("--plot", help="write a heatmap PNG (a panel per variant and CPU path)")
     sw.add_argument("--html", help="write a self-contained HTML report")
     sw.add_argument("--metric", choices=("class", "violation", "error"), default="class",
@@ -73,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _grid_args(p: argparse.ArgumentParser) -> None:
     common.source_args(p, era_help="era rules for kernel-file variants (default: detected "
                        "from each file)")
+    grid_options(p)
+
+
+def grid_options(p: argparse.ArgumentParser) -> None:
+    """The grid's axes other than the variants (``sweep``, ``fuzz``, ``campaign``)."""
     p.add_argument("--routine", action="append", default=[],
                    help="routine (repeatable; 'all' = every routine of the variant; "
                    "default: the CPU's choice)")
@@ -94,8 +84,13 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
 
 
 def _grid(a: argparse.Namespace, step: int = 1) -> Grid:
+    return grid_of(a, tuple(variant_of(s) for s in common.specs(a, a.variants)), step)
+
+
+def grid_of(a: argparse.Namespace, variants: tuple[Variant, ...], step: int = 1) -> Grid:
+    """The grid of ``variants`` along the axes of ``grid_options``."""
     cpus = [c for spec in (a.cpu or ["none"]) for c in (CPUS if spec == "all" else [spec])]
-    return Grid(variants=tuple(variant_of(s) for s in common.specs(a, a.variants)),
+    return Grid(variants=variants,
                 routines=tuple(a.routine), cpus=tuple(dict.fromkeys(cpus)),
                 directions=("from", "to") if a.direction == "both" else (a.direction,),
                 lengths=parse_ints(a.length or "4096"), src_aligns=parse_ints(a.src_align or "0"),
@@ -125,26 +120,49 @@ def cluster_backend(address: str, jobs: int | None) -> Backend:
     return dask_backend(address)
 
 
-def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
-    from emu import __version__
-    from emu.runs.store import Store
-    from emu.runs.sweep import case_records, execute
-    step = {"byte": 1, "line": 64}.get(a.step)
+def parse_step(text: str) -> int:
+    step = {"byte": 1, "line": 64}.get(text)
     if step is None:
         try:
-            step = int(a.step, 0)
+            step = int(text, 0)
         except ValueError:
-            raise UsageError(f"--step must be byte, line or a number, not '{a.step}'") from None
-    grid = _grid(a, step)
+            raise UsageError(f"--step must be byte, line or a number, not '{text}'") from None
+    return step
+
+
+def run_options(p: argparse.ArgumentParser) -> None:
+    """Where a grid runs and where its results go (``sweep``, ``campaign``)."""
+    p.add_argument("--step", default="byte",
+                   help="poison offset step: byte (default), line, or a number")
+    p.add_argument("--results", help="SQLite results store (one row per distinct run, "
+                   "written as runs finish; query it with sqlite3)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the --results store: only runs it lacks are run")
+    p.add_argument("--max-cases", type=common.positive, help="stop after this many new cases")
+    p.add_argument("--jobs", type=common.positive, default=None,
+                   help="worker processes (default: cores)")
+    p.add_argument("--shard", metavar="K/N", default=None,
+                   help="run only the K-th of N disjoint parts of the grid (split by a stable "
+                   "hash of each run's key: the same on every machine); combine the shards' "
+                   "stores with emu merge")
+    p.add_argument("--cluster", metavar="ADDRESS", default=None,
+                   help="run on a Dask scheduler (tcp://HOST:8786), or 'local[:N]' to start "
+                   "N local Dask workers; results still stream into --results here "
+                   "(needs pip install 'mce-emu[cluster]')")
+
+
+def run_grid(a: argparse.Namespace, grid: Grid, *, check: Callable[[], None] | None = None
+             ) -> tuple[dict[str, Any], list[Unit], dict[int, dict[str, Any]]]:
+    """Run ``grid`` as the ``run_options`` say: the store, the progress line, the local
+    pool or the cluster, a shard.  ``check`` runs after the options are checked and before
+    the store is opened."""
+    from emu import __version__
+    from emu.runs.store import Store
+    from emu.runs.sweep import execute
     shard = parse_shard(a.shard) if a.shard else None
     backend = cluster_backend(a.cluster, a.jobs) if a.cluster else None
-    if a.plot or a.html:
-        extra("emu.render.plot", "plot", "--plot" if a.plot else "--html")
-    for opt, p in (("--plot", a.plot), ("--html", a.html), ("--jsonl", a.jsonl)):
-        if p and a.results and Path(p).resolve() == Path(a.results).resolve():
-            raise UsageError(f"{p}: {opt} would overwrite the results store")
-    if a.jsonl and Path(a.jsonl).exists():
-        raise UsageError(f"{a.jsonl} exists; name another --jsonl file")
+    if check is not None:
+        check()
     store = Store(a.results, grid.to_json(), resume=a.resume, emu_version=__version__,
                   shard=shard.text if shard else None)
     jobs = a.jobs if a.jobs is not None else (os.cpu_count() or 1)
@@ -154,12 +172,37 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
         interval = float(os.environ.get("EMU_PROGRESS_INTERVAL", "10"))
         progress = report.SweepProgress(sys.stderr, tty=tty, interval=interval)
     try:
-        summary, units, outcomes = execute(grid, store, jobs=jobs, max_cases=a.max_cases,
-                                           progress=progress, shard=shard, backend=backend)
+        return execute(grid, store, jobs=jobs, max_cases=a.max_cases, progress=progress,
+                       shard=shard, backend=backend)
     finally:
         if progress is not None:
             progress.close()
         store.close(compact=True)
+
+
+def interrupted(a: argparse.Namespace, summary: dict[str, Any]) -> int:
+    """The exit code, and the hint on stderr if the run was interrupted."""
+    if summary.get("interrupted"):
+        hint = f"; continue with --results {a.results} --resume" if a.results else ""
+        print(f"emu: interrupted: summary of the finished cases above, {summary['pending']} "
+              f"pending{hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
+    from emu.runs.sweep import case_records
+    grid = _grid(a, parse_step(a.step))
+
+    def outputs() -> None:
+        if a.plot or a.html:
+            extra("emu.render.plot", "plot", "--plot" if a.plot else "--html")
+        for opt, p in (("--plot", a.plot), ("--html", a.html), ("--jsonl", a.jsonl)):
+            if p and a.results and Path(p).resolve() == Path(a.results).resolve():
+                raise UsageError(f"{p}: {opt} would overwrite the results store")
+        if a.jsonl and Path(a.jsonl).exists():
+            raise UsageError(f"{a.jsonl} exists; name another --jsonl file")
+    summary, units, outcomes = run_grid(a, grid, check=outputs)
     if a.jsonl:
         from emu.runs.export import write_jsonl
         write_jsonl(a.jsonl, case_records(units, outcomes), summary["cases"])
@@ -176,12 +219,7 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
         out.write(report.dumps(summary))
     else:
         report.sweep_summary(summary, out)
-    if summary.get("interrupted"):
-        hint = f"; continue with --results {a.results} --resume" if a.results else ""
-        print(f"emu: interrupted: summary of the finished cases above, {summary['pending']} "
-              f"pending{hint}", file=sys.stderr)
-        return 130
-    return 0
+    return interrupted(a, summary)
 
 
 def cmd_fuzz(a: argparse.Namespace, out: IO[str]) -> int:

@@ -158,6 +158,35 @@ def sweep_summary(summary: dict[str, Any], stream: IO[str]) -> None:
             w(f"  ! {name:<22} {slot['count']:>7}  [{who}]  {slot.get('example', '-')}\n")
 
 
+def campaign_report(rep: dict[str, Any], stream: IO[str]) -> None:
+    """``emu campaign``: a line per revision × CPU model (era, classes, violations), then
+    what appeared and what went away from one revision to the next."""
+    w = stream.write
+    pending = rep.get("pending", 0)
+    w(f"campaign: {rep['tree']} {rep['range']} ({rep['file']}): {rep['revisions']} "
+      f"revision(s) x {len(rep['cpus'])} CPU model(s), {rep['cases']} cases"
+      + (f", {pending} pending (continue with --resume)" if pending else "") + "\n")
+
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
+    heading = None
+    for r in rep["rows"]:
+        if r["revision"] != heading:
+            heading = r["revision"]
+            w(f"\n{r['revision']} {r['subject']}\n")
+        w(f"  cpu {r['cpu']:<10} era {r['era'] or '?'}  {r['cases']} cases: "
+          f"{counts(r['classes'])}\n")
+        if r["violations"]:
+            w(f"  {'':<14} violations: {counts(r['violations'])}\n")
+    w("\nchanges along the range:\n" if rep["changes"] else "\nno changes along the range\n")
+    for ch in rep["changes"]:
+        parts = []
+        for group in ("classes", "violations"):
+            for how, label in (("appeared", "+"), ("went_away", "-")):
+                parts += [f"{label}{n}" for n in ch[group][how]]
+        w(f"  {ch['revision']} (cpu {ch['cpu']}, after {ch['previous']}): {' '.join(parts)}\n")
+
+
 def fuzz_result(res: dict[str, Any], stream: IO[str]) -> None:
     """``emu fuzz``: the shrunk failing case as an ``emu run`` command, or "nothing found"."""
     w = stream.write
