@@ -42,9 +42,11 @@ bench: install
 	$(PY) bench/bench_vmlinux.py
 
 # The full catalog sweep: every era x routine x lengths 0..128 and 4096 x 8x8 alignments x
-# every offset x {#MC, #PF}; prints wall time, cases/s and the largest worker RSS.
+# every offset x {#MC, #PF}; prints wall time, cases/s and the largest worker RSS.  Then one
+# grid through the local pool and through Dask (1 and 2 workers): cases/s and Dask's overhead.
 bench-sweep: install
 	$(PY) bench/bench_sweep.py
+	$(PY) bench/bench_cluster.py
 
 golden: install
 	$(PY) -m pytest -q tests/golden --update-golden

@@ -1,0 +1,82 @@
+"""make bench-sweep (second part): the same grid through the local pool and through Dask.
+
+One grid (eras C-F × lengths 2048..8192/256 × source alignments 0, 0x7e0 × destination
+alignments 0, 0x40 × {#MC, #MC on two lines} × every line, about 63 k distinct runs) runs
+through ``sweep.execute`` four ways: the local 'spawn' pool with 1 and 2 workers, and a Dask
+``LocalCluster`` with 1 and 2 single-threaded worker processes (``emu.runs.cluster``).  The
+cluster is started before the clock starts, as an existing scheduler would be; the local
+pool's worker start-up is inside its time, as it is in ``emu sweep``.  Each way runs
+``--repeat`` times and the best time counts (the machine is shared).  Results go to an
+in-memory store; all four summaries must be equal.
+
+Prints cases/s and runs/s per way, Dask's overhead against the local pool with the same
+worker count, and the per-worker rate the README's cluster estimate starts from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+
+def grid() -> Any:
+    from emu.runs.sweep import Grid, parse_variant
+    return Grid(variants=tuple(parse_variant(v, None) for v in "CDEF"),
+                lengths=tuple(range(2048, 8193, 256)), src_aligns=(0, 0x7E0),
+                dst_aligns=(0, 0x40), kinds=("mc", "mc2"), step=64)
+
+
+def timed(jobs: int, backend: Any) -> tuple[float, dict[str, Any]]:
+    from emu.runs.store import Store
+    from emu.runs.sweep import execute
+    g = grid()
+    store = Store(None, g.to_json(), resume=False)
+    t0 = time.perf_counter()
+    summary, _, _ = execute(g, store, jobs=jobs, backend=backend)
+    wall = time.perf_counter() - t0
+    store.close()
+    return wall, summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeat", type=int, default=2)
+    a = ap.parse_args()
+    from distributed import LocalCluster
+
+    from emu.runs.cluster import dask_backend
+    rows: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    def best(name: str, jobs: int, backend: Any) -> None:
+        runs = [timed(jobs, backend) for _ in range(a.repeat)]
+        rows[name] = min(runs, key=lambda r: r[0])
+
+    for n in (1, 2):
+        best(f"local pool, {n} worker(s)", n, None)
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                          dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+            best(f"Dask, {n} worker(s)", n, dask_backend(cluster.scheduler_address))
+    summaries = {repr(s) for _, s in rows.values()}
+    cases = next(iter(rows.values()))[1]["cases"]
+    runs = sum(v["runs"] for v in next(iter(rows.values()))[1]["variants"].values())
+    print(f"scaling: {cases} cases, {runs} distinct runs, best of {a.repeat}; "
+          f"summaries {'identical' if len(summaries) == 1 else 'DIFFER'}")
+    print(f"{'way':<24} {'wall s':>7} {'cases/s':>9} {'runs/s':>7}")
+    for name, (wall, _) in rows.items():
+        print(f"{name:<24} {wall:7.2f} {cases / wall:9.0f} {runs / wall:7.0f}")
+    for n in (1, 2):
+        local = rows[f"local pool, {n} worker(s)"][0]
+        dask = rows[f"Dask, {n} worker(s)"][0]
+        print(f"Dask overhead on {n} worker(s): {100 * (dask - local) / local:+.1f}% "
+              "of the local pool's time")
+    per_worker = runs / rows["Dask, 1 worker(s)"][0]
+    print(f"per-worker rate through Dask: {per_worker:.0f} runs/s "
+          f"({cases / rows['Dask, 1 worker(s)'][0]:.0f} cases/s on this grid)")
+    return 0 if len(summaries) == 1 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
