@@ -55,7 +55,7 @@ def main() -> int:
         rows[name] = min(runs, key=lambda r: r[0])
 
     for n in (1, 2):
-        best(f"local pool, {n} worker(s)", n, None)
+        best(f"local pool, {n} worker(s)", n, None)  # 1: in-process (--jobs 1)
         with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                           dashboard_address=None, silence_logs=logging.ERROR) as cluster:
             best(f"Dask, {n} worker(s)", n, dask_backend(cluster.scheduler_address))
