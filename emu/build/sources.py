@@ -170,6 +170,46 @@ def revisions(tree: str, span: str, paths: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _tree_top(tree: str) -> str:
+    if not Path(tree).is_dir():
+        raise InputError(f"{tree}: no such directory (--tree)")
+    top = _git(["rev-parse", "--show-toplevel"], cwd=tree)
+    if top.returncode != 0:
+        raise InputError(f"{tree}: not a git tree (--tree): {_first_line(top.stderr)}")
+    return top.stdout.strip()
+
+
+def rev_parse(tree: str, rev: str) -> str:
+    """The full commit id of ``rev`` in ``tree``.
+
+    Raises:
+        InputError: not a git tree, or unknown revision.
+    """
+    _tree_top(tree)
+    r = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=tree)
+    if r.returncode != 0:
+        raise InputError(f"{tree}: unknown revision '{rev}'")
+    return r.stdout.strip()
+
+
+def rev_list(tree: str, start: str, end: str, paths: list[str]) -> list[tuple[str, str]]:
+    """The commits of ``start..end`` that touch ``paths``, oldest first: (id, subject).
+
+    Raises:
+        InputError: not a git tree, or an unknown revision.
+    """
+    a, b = rev_parse(tree, start), rev_parse(tree, end)
+    r = _git(["log", "--reverse", "--topo-order", "--format=%H %s", f"{a}..{b}", "--",
+              *paths], cwd=tree)
+    if r.returncode != 0:
+        raise InputError(f"{tree}: git log {start}..{end}: {_first_line(r.stderr)}")
+    out: list[tuple[str, str]] = []
+    for line in r.stdout.splitlines():
+        sha, _, subject = line.partition(" ")
+        out.append((sha, subject))
+    return out
+
+
 # ---- patches --------------------------------------------------------------------------
 
 _DIFF_PATH = re.compile(r"^(?:\+\+\+|---) (?:[ab]/)?(\S+)", re.M)

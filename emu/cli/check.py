@@ -1,16 +1,26 @@
-"""``emu check OLD NEW`` and ``emu snapshot``: the CI regression check (``emu.runs.check``)."""
+"""``emu check OLD NEW``, ``emu check --tree T A..B``, ``emu check --bisect`` and
+``emu snapshot``: the CI regression check (``emu.runs.check``, ``emu.runs.checkrange``).
+
+Exit codes: 0 no regression, 1 regression, 2 usage or input error (with ``--ktap`` still a
+KTAP ``not ok`` with an ``# error`` line, with ``--junit`` a report with an ``<error>``);
+with ``--bisect`` the ``git bisect run`` contract: 0 good, 1 bad, 125 skip (NEW cannot be
+built), 128 abort (GOOD cannot be built, or bad usage).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 from typing import IO
 
 from emu.build.resolve import Spec
+from emu.build.sources import COPY_USER
 from emu.cli import common
-from emu.errors import InputError, UsageError
+from emu.errors import EmuError, InputError, UsageError
 from emu.render import ci, report
-from emu.runs import check
+from emu.runs import check, checkrange
 from emu.runs.check import CLASSES, dumps_snapshot
 
 
@@ -26,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ck.add_argument("--allow", action="append", default=[], metavar="CLASS",
                     help=f"accept an intended change of this class (repeatable): "
                          f"{', '.join(CLASSES)}")
+    ck.add_argument("--strict", action="store_true",
+                    help="fail on any change that is not allowed, not only a worse one")
+    ck.add_argument("--bisect", action="store_true",
+                    help="for git bisect run: compare GOOD (OLD) with NEW (default HEAD of "
+                         "--tree); exit 0 good, 1 bad, 125 NEW cannot be built, 128 abort")
     ck.add_argument("--ktap", action="store_true", help="print KTAP v1 (as kselftest/kunit)")
     ck.add_argument("--json", action="store_true", help="print JSON")
     ck.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
@@ -94,26 +109,33 @@ def _check_outputs(a: argparse.Namespace) -> None:
 
 
 def cmd_check(a: argparse.Namespace, out: IO[str]) -> int:
-    allow = _allow(a.allow)
-    _check_outputs(a)
-    if a.against:
-        if a.new is not None:
-            raise UsageError("check --against SNAPSHOT takes one source (NEW), not two")
-        if a.old is None and not (a.object or a.vmlinux):
-            raise UsageError("check --against SNAPSHOT: name the NEW source")
-        res = check.run_check(None, _spec(a, a.old, True), against=a.against, era=a.era,
-                              routines=a.routine, allow=allow)
-    else:
-        if a.old is None:
-            raise UsageError("check: name OLD and NEW (or NEW with --against SNAPSHOT)")
-        if a.new is None and not a.patch:
-            raise UsageError("check: name NEW too, or give --patch to compare OLD with OLD "
-                             "plus the patches")
-        res = check.run_check(_spec(a, a.old, False),
-                              _spec(a, a.new if a.new is not None else a.old, True),
-                              era=a.era, routines=a.routine, allow=allow)
+    if a.bisect:
+        return _bisect(a, out)
+    started, t0 = time.time(), time.monotonic()
+    try:
+        _check_outputs(a)
+    except EmuError:
+        raise                  # the outputs themselves are the problem: only stderr
+    try:
+        rng = _range(a)
+        if rng is not None:
+            return _check_range(a, out, *rng)
+        res = _run(a)
+    except EmuError as e:
+        # a dashboard shows an error, not "no results": KTAP and JUnit still say what failed
+        if a.ktap:
+            out.write(ci.ktap_error(str(e)))
+        if a.junit:
+            try:
+                common.write_atomic(a.junit, ci.junit_error(
+                    str(e), type(e).__name__, started=started,
+                    seconds=time.monotonic() - t0), True, "--junit")
+            except EmuError:
+                pass
+        raise
     if a.junit:
-        common.write_atomic(a.junit, ci.junit(res), True, "--junit")
+        common.write_atomic(a.junit, ci.junit(res, started=started,
+                                              seconds=time.monotonic() - t0), True, "--junit")
     if a.json:
         out.write(report.dumps(res.to_json()))
     elif a.ktap:
@@ -121,6 +143,88 @@ def cmd_check(a: argparse.Namespace, out: IO[str]) -> int:
     else:
         ci.terminal(res, out)
     return res.exit_code
+
+
+def _run(a: argparse.Namespace) -> check.Result:
+    allow = _allow(a.allow)
+    if a.against:
+        if a.new is not None:
+            raise UsageError("check --against SNAPSHOT takes one source (NEW), not two")
+        if a.old is None and not (a.object or a.vmlinux):
+            raise UsageError("check --against SNAPSHOT: name the NEW source")
+        return check.run_check(None, _spec(a, a.old, True), against=a.against, era=a.era,
+                               routines=a.routine, allow=allow, strict=a.strict)
+    if a.old is None:
+        raise UsageError("check: name OLD and NEW (or NEW with --against SNAPSHOT)")
+    if a.new is None and not a.patch:
+        raise UsageError("check: name NEW too, or give --patch to compare OLD with OLD "
+                         "plus the patches")
+    return check.run_check(_spec(a, a.old, False),
+                           _spec(a, a.new if a.new is not None else a.old, True),
+                           era=a.era, routines=a.routine, allow=allow, strict=a.strict)
+
+
+def _range(a: argparse.Namespace) -> tuple[str, str] | None:
+    """``--tree T A..B`` (one positional with ``..``) → (A, B)."""
+    if a.old is None or a.new is not None or a.against:
+        return None
+    rng = checkrange.parse_range(a.old)
+    if rng is None:
+        return None
+    if not a.tree:
+        raise UsageError(f"'{a.old}': a range of revisions needs --tree DIR")
+    if a.patch:
+        raise UsageError("--patch does not apply to a range of commits")
+    return rng
+
+
+def _check_range(a: argparse.Namespace, out: IO[str], start: str, end: str) -> int:
+    allow = _allow(a.allow)
+    if a.era is not None and a.era.lower() != "each":
+        check.rules_for(a.era, check.Side("", None))      # validates the key
+    stream = a.ktap or a.json
+
+    def show(row: checkrange.Row, cached: bool) -> None:
+        if not stream:
+            out.write(ci.range_row(row, cached) + "\n")
+            out.flush()
+
+    if not stream:
+        out.write(f"emu check: {start}..{end} in {a.tree}, {a.file or COPY_USER}: "
+                  "one row per commit that touches it, compared with the commit before\n")
+    rr = checkrange.run_range(a.tree, start, end, file=a.file, era=a.era,
+                              routines=a.routine, allow=allow, strict=a.strict,
+                              assembler=a.assembler, on_row=show)
+    if a.json:
+        out.write(report.dumps(rr.to_json()))
+    elif a.ktap:
+        out.write(ci.range_ktap(rr))
+    else:
+        out.write(ci.range_summary(rr))
+    return rr.exit_code
+
+
+def _bisect(a: argparse.Namespace, out: IO[str]) -> int:
+    """``git bisect run emu check --bisect --tree . GOOD``: never exit 2, which git would
+    take for "bad"."""
+    try:
+        if a.against or a.ktap or a.json or a.junit:
+            raise UsageError("--bisect prints one line; it does not take --against, --ktap, "
+                             "--json or --junit")
+        if a.old is None:
+            raise UsageError("check --bisect: name GOOD (and NEW, default HEAD of --tree)")
+        if a.new is None and not a.tree:
+            raise UsageError("check --bisect GOOD: NEW defaults to HEAD of --tree; give "
+                             "--tree DIR or name NEW")
+        good = _spec(a, a.old, False)
+        new = _spec(a, a.new if a.new is not None else "HEAD", True)
+        code, res, why = checkrange.bisect(good, new, era=a.era, routines=a.routine,
+                                           allow=_allow(a.allow), strict=a.strict)
+    except EmuError as e:
+        print(f"emu: error: {e} (--bisect: exit 128 stops git bisect)", file=sys.stderr)
+        return checkrange.BISECT_ABORT
+    out.write(ci.bisect_line(new.text, good.text, code, res, why) + "\n")
+    return code
 
 
 def cmd_snapshot(a: argparse.Namespace, out: IO[str]) -> int:

@@ -40,9 +40,24 @@ outcome.  Measured on the 2-core development machine (shared with other jobs), o
 (2 routines, 2 x 5968 cases; three distinct CPU images, 2 x 4476 runs) 6.6 s; a
 comment-only change 2.8 s.  No worker pool is needed to stay under a minute.
 
+**What callers get.**  Besides the per-name comparison (a routine present in both files is
+compared with itself), each CPU preset compares the routine copy_user_generic() reaches on
+that CPU in OLD with the one it reaches in NEW (``Detection.select_routine`` /
+``Era.select_routine``, kernel-facts §4a), whatever their names: the v6.4 rewrite replaced
+the unrolled / string / ERMS routines by ``rep_movs_alternative`` (and in a v6.4+ file
+copy_user_generic() is inline C, so the file has only rep_movs_alternative).  These cases
+carry the pseudo-routine ``CALLER`` and are added only on the CPUs where the two sides reach
+routines of different names (where the names match, the per-name cases already compare
+them).  Their reproducers name each side's own routine.
+
 Outcomes are compared case by case and each difference is put in a class (``CLASSES``, stable
-names).  Every class that is not ``--allow``-ed and has at least one case or map site is a
-regression: exit 1.  Bad input is exit 2 (``EmuError``).
+names) and judged ``worse``, ``better`` or ``neutral`` against the uaccess contract and the
+#MC invariants (``judge``): fewer machine checks, a violation removed, a panic removed and a
+return value closer to the exact remainder are better; the reverse is worse; a change the
+contract does not order (a routine added or removed, bytes copied, #PF count, tail retry on
+a #PF) is neutral.  A class with a worse case or map site that is not ``--allow``-ed is a
+regression: exit 1; with ``strict`` any change that is not allowed is.  Bad input is exit 2
+(``EmuError``).
 
 Era rules: by default OLD's detected era (``emu.detect``) is used for both sides, because a CI
 change replaces the file inside the same kernel; ``--era KEY`` forces one, ``--era each``
@@ -64,7 +79,7 @@ from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES
 from emu.build.resolve import Spec, resolve, source_of
 from emu.caching import Bounded
 from emu.core.machine import Buffers, State
-from emu.errors import InputError, UsageError
+from emu.errors import EmuError, InputError, UsageError
 from emu.kernel.eras import CPUS, ERAS, Routine, get_era
 from emu.kernel.outcome import Outcome
 from emu.runs import map as umap
@@ -73,7 +88,13 @@ from emu.runs.repro import case_options
 
 MATRIX_VERSION = "std-1"
 SNAPSHOT_FORMAT = "emu-check-snapshot"
-SNAPSHOT_VERSION = 1
+#: 2: the snapshot records what copy_user_generic() reaches per CPU (``callers``) and its cases.
+SNAPSHOT_VERSION = 2
+#: The pseudo-routine of the caller comparison: the C entry every copy_{from,to}_user goes
+#: through, whichever routine of the file it reaches on a CPU.
+CALLER = "copy_user_generic()"
+#: How one case's change is judged against the contract (see the module docstring).
+DIRECTIONS = ("worse", "better", "neutral")
 
 MATRIX_CPUS = ("none", "rep_good", "erms", "fsrm")
 MATRIX_DIRECTIONS = ("from", "to")
@@ -86,14 +107,16 @@ GET_USER_ALIGNS = (0, 1, 0x3F, 0xFFF)
 PAGE, LINE = 0x1000, 64
 
 #: Finding classes: stable name → (title, what the old → new counts measure).
+#: The names are stable; each class holds changes in both directions (a ``new_mc_panic``
+#: case that is ``better`` is a panic removed).
 CLASSES: dict[str, tuple[str, str]] = {
     "return_changed": ("returned value changed", "cases returning the exact remainder"),
-    "new_violation": ("new contract violation", "cases with a contract violation"),
-    "new_mc_panic": ("new #MC panic", "cases ending in an #MC panic"),
+    "new_violation": ("contract violation added or removed", "cases with a contract violation"),
+    "new_mc_panic": ("#MC panic added or removed", "cases ending in an #MC panic"),
     "mc_count_changed": ("#MC count changed", "machine checks taken over the matrix"),
-    "new_smap_violation": ("new SMAP violation", "cases ending in a SMAP violation"),
+    "new_smap_violation": ("SMAP violation added or removed", "cases ending in a SMAP violation"),
     "routine_added_or_removed": ("routine added or removed", "routines"),
-    "state_changed": ("other outcome state changed (oops, hang, fixed panic)",
+    "state_changed": ("other outcome state changed (oops, hang)",
                       "cases that did not return"),
     "other_change": ("bytes copied, #PF count or tail retry changed", "cases with a tail retry"),
 }
@@ -259,6 +282,10 @@ class Side:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     accesses: dict[str, tuple[umap.Access, ...]] = field(default_factory=dict)
     panic_at: dict[str, str] = field(default_factory=dict)   # case key -> where the #MC panicked
+    #: CPU preset -> the routine copy_user_generic() reaches on it (copy_user files only).
+    callers: dict[str, str] = field(default_factory=dict)
+    #: Every routine of the file emu knows how to call (a caller may reach one not selected).
+    known: dict[str, Routine] = field(default_factory=dict, repr=False)
     distinct_runs: int = 0
 
     @property
@@ -269,6 +296,8 @@ class Side:
         return ["emu", "run", *replace(self.spec, era=None).run_args()]
 
     def command(self, c: MCase) -> str:
+        if c.routine == CALLER:
+            c = replace(c, routine=self.callers[c.cpu])
         return shlex.join([*self.run_prefix, "--era", self.era, *c.args()])
 
 
@@ -352,37 +381,65 @@ def prepare(side: Side, era: str, names: list[str]) -> None:
                     else Routine(n))
     else:
         side.routines = dict(known)
+    side.callers = {}
+    det = t.detection
+    if det is not None and det.kind == "copy_user" and det.routines:
+        # what copy_user_generic() reaches on each CPU preset (kernel-facts §4a); on an FSRM
+        # CPU a v6.4+ copy_user_generic() is an inline `rep movsb` at the call site, which a
+        # real copy_user_64.S does not hold (the bundled era-F.S models it as a routine)
+        names = {r.name for r in det.routines}
+        side.callers = {cpu: det.select_routine(CPUS[cpu]).name for cpu in MATRIX_CPUS
+                        if not (cpu == "fsrm" and det.era.modern
+                                and "copy_user_generic" not in names)}
+    side.known = {**known, **side.routines}
 
 
-def run_side(side: Side, routines: list[str]) -> None:
-    """Run the matrix for ``routines`` on ``side`` (results keyed by ``MCase.key``)."""
+def caller_cpus(old: Side, new: Side, common: list[str]) -> tuple[str, ...]:
+    """The CPU presets whose copy_user_generic() is compared as ``CALLER``: both sides reach
+    a routine there, and the per-name comparison does not already cover the pair."""
+    return tuple(cpu for cpu in MATRIX_CPUS
+                 if cpu in old.callers and cpu in new.callers
+                 and not (old.callers[cpu] == new.callers[cpu] and old.callers[cpu] in common))
+
+
+def _outcomes(side: Side, t: Any, fp: str, r: str, cpu: str
+              ) -> dict[str, tuple[dict[str, Any], str | None]]:
+    """The matrix outcomes of routine ``r`` on target ``t`` (memoised by image)."""
+    memo_key = (fp, r)
+    got = _MEMO.get(memo_key)
+    if got is None:
+        got = {}
+        routine = (side.routines.get(r) or side.known.get(r) or KNOWN_ROUTINES.get(r)
+                   or Routine(r))
+        for c in matrix([r], (cpu,)):
+            if r in GET_USER_SIZES:
+                g = run_get_user(t, r, c.buffers())
+                got[_cpuless(c.key)] = (compact_get_user(g), _panic_site(g))
+            else:
+                o = t.run(routine, c.buffers())
+                got[_cpuless(c.key)] = (compact(o), _panic_site(o))
+            side.distinct_runs += 1
+        _MEMO[memo_key] = got
+    return got
+
+
+def run_side(side: Side, routines: list[str], callers: tuple[str, ...] = ()) -> None:
+    """Run the matrix for ``routines`` on ``side`` (results keyed by ``MCase.key``), and on
+    the CPUs ``callers`` the routine copy_user_generic() reaches there, as ``CALLER``."""
     targets = _targets(side, MATRIX_CPUS)
     for cpu, t in targets.items():
         fp = _fingerprint(t)
-        cases = [c for c in matrix(routines, (cpu,))]
-        for r in routines:
-            memo_key = (fp, r)
-            got = _MEMO.get(memo_key)
-            if got is None:
-                got = {}
-                routine = side.routines[r]
-                for c in cases:
-                    if c.routine != r:
-                        continue
-                    if r in GET_USER_SIZES:
-                        g = run_get_user(t, r, c.buffers())
-                        got[_cpuless(c.key)] = (compact_get_user(g), _panic_site(g))
-                    else:
-                        o = t.run(routine, c.buffers())
-                        got[_cpuless(c.key)] = (compact(o), _panic_site(o))
-                    side.distinct_runs += 1
-                _MEMO[memo_key] = got
-            for c in cases:
-                if c.routine == r:
-                    rec, site = got[_cpuless(c.key)]
-                    side.results[c.key] = rec
-                    if site is not None:
-                        side.panic_at[c.key] = site
+        todo = [(r, r) for r in routines]
+        if cpu in callers:
+            todo.append((CALLER, side.callers[cpu]))
+        for label, r in todo:
+            got = _outcomes(side, t, fp, r, cpu)
+            for c in matrix([r], (cpu,)):
+                rec, site = got[_cpuless(c.key)]
+                key = c.key if label == r else replace(c, routine=label).key
+                side.results[key] = rec
+                if site is not None:
+                    side.panic_at[key] = site
         sev = t.settings.severity
         side.accesses[cpu] = umap.build(t.image, sev)
 
@@ -398,7 +455,8 @@ def _cpuless(key: str) -> str:
 
 @dataclass
 class Finding:
-    """One class of change: its cases, static map sites and the chosen reproducer."""
+    """One class of change: its cases (each judged worse, better or neutral), static map
+    sites and the chosen reproducer."""
 
     cls: str
     cases: list[str] = field(default_factory=list)
@@ -406,20 +464,47 @@ class Finding:
     old_count: int = 0
     new_count: int = 0
     allowed: bool = False
+    strict: bool = False
     example: dict[str, Any] | None = None
+    #: case key -> "worse" | "better" | "neutral"
+    direction: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
         return bool(self.cases or self.sites)
 
+    def count(self, direction: str) -> int:
+        """Cases plus map sites judged ``direction``."""
+        return (sum(1 for k in self.cases if self.direction.get(k) == direction)
+                + sum(1 for s in self.sites if s.get("direction", "worse") == direction))
+
+    @property
+    def worse(self) -> bool:
+        return self.count("worse") > 0
+
+    @property
+    def verdict(self) -> str:
+        """``worse`` if anything got worse, else ``better`` if anything got better, else
+        ``neutral`` for a change, ``same`` for none."""
+        if not self.changed:
+            return "same"
+        for d in ("worse", "better"):
+            if self.count(d):
+                return d
+        return "neutral"
+
     @property
     def regression(self) -> bool:
-        return self.changed and not self.allowed
+        if self.allowed or not self.changed:
+            return False
+        return self.strict or self.worse
 
     def to_json(self) -> dict[str, Any]:
         title, measure = CLASSES[self.cls]
         return {"class": self.cls, "title": title, "changed": self.changed,
                 "regression": self.regression, "allowed": self.allowed,
+                "verdict": self.verdict, "worse": self.count("worse"),
+                "better": self.count("better"), "neutral": self.count("neutral"),
                 "cases": len(self.cases), "map_sites": len(self.sites),
                 "old": self.old_count, "new": self.new_count, "measure": measure,
                 "example": self.example, "sites": self.sites}
@@ -431,31 +516,72 @@ def _short(r: dict[str, Any] | None) -> str:
     if r["state"] != "returned":
         return f"{r['state']} (#MC {r['mc']}, #PF {r['pf']})"
     v = ",".join(r["violations"]) or "ok"
-    return f"returned {r['ret']} (copied {r['copied']}, #MC {r['mc']}, {v})"
+    extra = (f", #PF {r['pf']}" if r["pf"] else "") + (", tail retry" if r["retry"] else "")
+    return f"returned {r['ret']} (copied {r['copied']}, #MC {r['mc']}{extra}, {v})"
 
 
-def classify(old: dict[str, Any], new: dict[str, Any], kind: str) -> list[str]:
-    """The classes one case's change falls in (empty when the outcomes are equal)."""
+def _miss(r: dict[str, Any], length: int) -> int | None:
+    """How far a returned value is from the exact remainder (len - bytes copied)."""
+    if r["ret"] is None:
+        return None
+    return abs(r["ret"] - (length - r["copied"]))
+
+
+def judge(old: dict[str, Any], new: dict[str, Any], case: MCase | str
+          ) -> list[tuple[str, str]]:
+    """The classes one case's change falls in, each with its direction.
+
+    Args:
+        old, new: the case's outcome records (``compact``).
+        case: the case (or only its fault kind, "none", "mc", "mc2", "pf").
+
+    Returns:
+        ``[(class, "worse" | "better" | "neutral"), ...]``; empty when the outcomes are equal.
+    """
     if old == new:
         return []
-    out: list[str] = []
-    if old["state"] != new["state"]:
-        if new["state"] == State.PANIC.value and "mc" in kind:
-            out.append("new_mc_panic")
-        elif new["state"] == State.SMAP_VIOLATION.value:
-            out.append("new_smap_violation")
+    kind = case.kind if isinstance(case, MCase) else case
+    length = case.length if isinstance(case, MCase) else None
+    exactness = isinstance(case, MCase) and case.routine not in GET_USER_SIZES
+    returned, panic, smap = State.RETURNED.value, State.PANIC.value, State.SMAP_VIOLATION.value
+    out: list[tuple[str, str]] = []
+    os_, ns = old["state"], new["state"]
+    if os_ != ns:
+        if ns == panic and "mc" in kind:
+            out.append(("new_mc_panic", "worse"))
+        elif os_ == panic and "mc" in kind:
+            out.append(("new_mc_panic", "better"))       # a panic removed
+        elif ns == smap:
+            out.append(("new_smap_violation", "worse"))
+        elif os_ == smap:
+            out.append(("new_smap_violation", "better"))
         else:
-            out.append("state_changed")
-    elif new["state"] == State.RETURNED.value:
+            out.append(("state_changed", "worse" if os_ == returned else
+                        "better" if ns == returned else "neutral"))
+    elif ns == returned:
         if old["ret"] != new["ret"]:
-            out.append("return_changed")
-        if set(new["violations"]) - set(old["violations"]):
-            out.append("new_violation")
-    if old["mc"] != new["mc"] and old["state"] == new["state"]:
-        out.append("mc_count_changed")   # with a state change, the state is the finding
+            d = "neutral"
+            if exactness and length is not None:
+                mo, mn = _miss(old, length), _miss(new, length)
+                if mo is not None and mn is not None and mo != mn:
+                    d = "better" if mn < mo else "worse"
+            out.append(("return_changed", d))
+        added = set(new["violations"]) - set(old["violations"])
+        removed = set(old["violations"]) - set(new["violations"])
+        if added:
+            out.append(("new_violation", "worse"))
+        elif removed:
+            out.append(("new_violation", "better"))      # a violation removed
+    if old["mc"] != new["mc"] and os_ == ns:   # with a state change, the state is the finding
+        out.append(("mc_count_changed", "worse" if new["mc"] > old["mc"] else "better"))
     if not out:
-        out.append("other_change")
+        out.append(("other_change", "neutral"))
     return out
+
+
+def classify(old: dict[str, Any], new: dict[str, Any], case: MCase | str) -> list[str]:
+    """The classes one case's change falls in (empty when the outcomes are equal)."""
+    return [c for c, _ in judge(old, new, case)]
 
 
 def _measure(cls: str, results: dict[str, dict[str, Any]], keys: list[str]) -> int:
@@ -478,45 +604,75 @@ def _measure(cls: str, results: dict[str, dict[str, Any]], keys: list[str]) -> i
     return 0
 
 
-def compare(old: Side, new: Side, allow: set[str]) -> dict[str, Finding]:
-    """Case-by-case comparison of the matrix plus the static map diff, grouped by class."""
-    found = {c: Finding(c, allowed=c in allow) for c in CLASSES}
-    common = [k for k in old.results if k in new.results]
+def _example(f: Finding, old: Side, new: Side, keys: list[str]) -> dict[str, Any]:
+    best = min(keys, key=lambda k: MCase.from_key(k).minimality())
+    c = MCase.from_key(best)
+    ex: dict[str, Any] = {"case": c.describe(), "key": best, "direction": f.direction[best],
+                          "old": _short(old.results[best]), "new": _short(new.results[best]),
+                          "command": new.command(c),
+                          "old_command": old.command(c) if old.run_prefix else None}
+    if c.routine == CALLER:
+        ex["case"] = (f"{c.describe()} (reaches {old.callers.get(c.cpu, '?')} in OLD, "
+                      f"{new.callers.get(c.cpu, '?')} in NEW)")
+    return ex
+
+
+def compare(old: Side, new: Side, allow: set[str], *, strict: bool = False,
+            cpu: str | None = None) -> dict[str, Finding]:
+    """Case-by-case comparison of the matrix plus the static map diff, grouped by class.
+
+    Args:
+        old, new: the two sides, run.
+        allow: classes accepted as intended.
+        strict: any change is a regression, not only a worse one.
+        cpu: only this CPU preset's cases and map sites (KTAP subtests).
+    """
+    found = {c: Finding(c, allowed=c in allow, strict=strict) for c in CLASSES}
+    common = [k for k in old.results if k in new.results
+              and (cpu is None or MCase.from_key(k).cpu == cpu)]
     for k in common:
         case = MCase.from_key(k)
-        for cls in classify(old.results[k], new.results[k], case.kind):
+        for cls, d in judge(old.results[k], new.results[k], case):
             found[cls].cases.append(k)
+            found[cls].direction[k] = d
     for cls, f in found.items():
         if cls != "routine_added_or_removed":
             f.old_count = _measure(cls, old.results, common)
             f.new_count = _measure(cls, new.results, common)
         if f.cases:
-            best = min(f.cases, key=lambda k: MCase.from_key(k).minimality())
-            c = MCase.from_key(best)
-            f.example = {"case": c.describe(), "key": best, "old": _short(old.results[best]),
-                         "new": _short(new.results[best]), "command": new.command(c),
-                         "old_command": old.command(c) if old.run_prefix else None}
+            for d in DIRECTIONS:      # the reproducer shows the worst direction there is
+                keys = [k for k in f.cases if f.direction[k] == d]
+                if keys:
+                    f.example = _example(f, old, new, keys)
+                    break
     ra = found["routine_added_or_removed"]
     ra.old_count, ra.new_count = len(old.routines), len(new.routines)
     for name in sorted(set(old.routines) ^ set(new.routines)):
         side, what = (new, "added") if name in new.routines else (old, "removed")
         c = MCase(name, "none", "from", 4096, 0, 0, "none")
-        ra.sites.append({"routine": name, "change": what,
+        # neutral: no copy behaves differently for it; what callers reach is compared as
+        # copy_user_generic() (CALLER)
+        ra.sites.append({"routine": name, "change": what, "direction": "neutral",
                          "command": side.command(c) if side.run_prefix else None})
     if ra.sites:
         s = ra.sites[0]
         ra.example = {"case": f"{s['routine']} {s['change']}", "key": None, "old": "-",
-                      "new": "-", "command": s["command"], "old_command": None}
-    _static(old, new, found)
+                      "new": "-", "command": s["command"], "old_command": None,
+                      "direction": "neutral"}
+    _static(old, new, found, cpu)
     return found
 
 
-def _static(old: Side, new: Side, found: dict[str, Finding]) -> None:
+def _static(old: Side, new: Side, found: dict[str, Finding], only: str | None = None) -> None:
     """Fold the recoverability map diff in: a load whose #MC now panics is a new #MC panic
-    even if no matrix case reaches it; an access that lost its entry is a state change."""
+    (worse) even if no matrix case reaches it, one whose #MC is now recovered is better; an
+    access that lost its entry is a state change (worse)."""
     hit = {new.panic_at[k] for k in found["new_mc_panic"].cases if k in new.panic_at}
+    healed = {old.panic_at[k] for k in found["new_mc_panic"].cases if k in old.panic_at}
     seen: set[tuple[str, str, str]] = set()
     for cpu in MATRIX_CPUS:
+        if only is not None and cpu != only:
+            continue
         a, b = old.accesses.get(cpu), new.accesses.get(cpu)
         if a is None or b is None:
             continue
@@ -530,14 +686,17 @@ def _static(old: Side, new: Side, found: dict[str, Finding]) -> None:
                 continue
             seen.add(key)
             if "panics" in ch.flag:
-                cls = "new_mc_panic"
+                cls, d = "new_mc_panic", "worse"
+            elif "now recovered" in ch.flag:
+                cls, d = "new_mc_panic", "better"
             elif "oopses" in ch.flag or "without __ex_table" in ch.flag:
-                cls = "state_changed"
+                cls, d = "state_changed", "worse"
             else:
                 continue
             site = {"function": acc.function, "where": acc.where, "insn": acc.text,
                     "flag": ch.flag, "what": list(ch.what), "cpu": cpu,
-                    "in_matrix": acc.where in hit,
+                    "in_matrix": acc.where in (hit if d == "worse" else healed),
+                    "direction": d,
                     "why": acc.why}
             found[cls].sites.append(site)
 
@@ -548,7 +707,7 @@ def _static(old: Side, new: Side, found: dict[str, Finding]) -> None:
 def snapshot_json(side: Side) -> dict[str, Any]:
     return {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "matrix": matrix_json(),
             "source": side.label, "era": side.era, "detected_era": side.detected,
-            "routines": sorted(side.routines),
+            "routines": sorted(side.routines), "callers": dict(sorted(side.callers.items())),
             "conventions": {n: [r.len_reg, r.ret_reg, r.caller_stac]
                             for n, r in sorted(side.routines.items())},
             "map": {cpu: [x.to_json() for x in acc] for cpu, acc in sorted(side.accesses.items())},
@@ -605,6 +764,7 @@ def load_snapshot(path: str) -> Side:
                     detected=d["detected_era"])
         for n, (lr, rr, st) in d["conventions"].items():
             side.routines[n] = Routine(n, lr, rr, st)
+        side.callers = {str(c): str(r) for c, r in d["callers"].items()}
         side.results = {k: dict(v) for k, v in d["cases"].items()}
         side.accesses = {cpu: tuple(_access(x) for x in xs) for cpu, xs in d["map"].items()}
         for k, v in side.results.items():
@@ -614,6 +774,22 @@ def load_snapshot(path: str) -> Side:
         raise InputError(f"{path}: malformed emu snapshot") from None
     if d["era"] not in ERAS:
         raise InputError(f"{path}: unknown era '{d['era']}' in snapshot")
+    # A snapshot stands for a whole matrix run: no cases, or cases missing or added by hand,
+    # would make a check pass on what was never recorded.
+    if not side.results and not any(side.accesses.values()):
+        raise InputError(f"{path}: snapshot has no cases and no map; record it again with "
+                         "emu snapshot")
+    want = {c.key for c in matrix(sorted(side.routines))}
+    if set(side.callers) - set(MATRIX_CPUS):
+        raise InputError(f"{path}: snapshot callers name CPUs {', '.join(side.callers)}, "
+                         f"not only {', '.join(MATRIX_CPUS)}")
+    want |= {replace(c, routine=CALLER).key for cpu, r in side.callers.items()
+             for c in matrix([r], (cpu,))}
+    if set(side.results) != want:
+        miss, extra = len(want - set(side.results)), len(set(side.results) - want)
+        raise InputError(f"{path}: snapshot cases do not match the matrix of its routines "
+                         f"({miss} missing, {extra} unexpected); record it again with "
+                         "emu snapshot")
     return side
 
 
@@ -644,72 +820,139 @@ def rules_for(era: str | None, old: Side) -> str:
     return era.upper()
 
 
+class SideError(InputError):
+    """OLD or NEW cannot be read, assembled or run (``side`` says which): ``emu check
+    --bisect`` skips a NEW it cannot build (exit 125) and stops on a bad OLD."""
+
+    def __init__(self, message: str, side: str) -> None:
+        super().__init__(message)
+        self.side = side
+
+
 @dataclass
 class Result:
     old: Side
     new: Side
     findings: dict[str, Finding]
     common: list[str]
+    allow: frozenset[str] = frozenset()
+    strict: bool = False
+    callers: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
         return 1 if any(f.regression for f in self.findings.values()) else 0
 
+    @property
+    def verdict(self) -> str:
+        """``worse``, ``better``, ``neutral`` (changed, not ordered) or ``same``."""
+        vs = {f.verdict for f in self.findings.values()}
+        for v in ("worse", "better", "neutral"):
+            if v in vs:
+                return v
+        return "same"
+
+    def cpus(self) -> list[str]:
+        """The CPU presets the matrix ran on (one KTAP subtest each)."""
+        seen = {MCase.from_key(k).cpu for k in self.new.results}
+        return [c for c in MATRIX_CPUS if c in seen or c in self.new.accesses]
+
+    def for_cpu(self, cpu: str) -> dict[str, Finding]:
+        """The findings of one CPU preset's cases and map sites."""
+        return compare(self.old, self.new, set(self.allow), strict=self.strict, cpu=cpu)
+
     def to_json(self) -> dict[str, Any]:
         return {"old": _side_json(self.old), "new": _side_json(self.new),
                 "matrix": {**matrix_json(), "routines": self.common,
+                           "callers": {c: [self.old.callers[c], self.new.callers[c]]
+                                       for c in self.callers},
                            "cases_per_side": sum(1 for k in self.new.results
                                                  if k in self.old.results)},
+                "strict": self.strict, "verdict": self.verdict,
                 "classes": [f.to_json() for f in self.findings.values()],
                 "regressions": [c for c, f in self.findings.items() if f.regression],
+                "improvements": [c for c, f in self.findings.items()
+                                 if f.count("better")],
                 "exit": self.exit_code}
 
 
 def _side_json(s: Side) -> dict[str, Any]:
     return {"source": s.label, "era": s.era, "detected_era": s.detected,
-            "routines": sorted(s.routines)}
+            "routines": sorted(s.routines), "callers": dict(s.callers)}
+
+
+def _modern(key: str) -> bool:
+    return ERAS[key].modern
 
 
 def run_check(old_spec: Spec | None, new_spec: Spec, *, against: str | None = None,
               era: str | None = None, routines: list[str] | tuple[str, ...] = (),
-              allow: set[str] | frozenset[str] = frozenset()) -> Result:
+              allow: set[str] | frozenset[str] = frozenset(), strict: bool = False) -> Result:
     """Run the matrix on OLD (or load the snapshot ``against``) and NEW, and compare.
 
     Args:
         old_spec: OLD's source (None with ``against``).
         new_spec: NEW's source.
         against: a snapshot file standing for OLD.
-        era: an era key for both sides, "each" (each side its own), or None (OLD's).
+        era: an era key for both sides, "each" (each side its own), or None: OLD's, except
+            across the v6.4 rewrite (one side era F), where each side uses its own because
+            the EX_TYPE numbering itself changed.
         routines: only these routines (default: every routine emu can call in the files).
         allow: classes accepted as intended.
+        strict: any change that is not allowed is a regression (default: only worse ones).
+
+    Raises:
+        SideError: OLD or NEW cannot be read, assembled or run (``.side`` says which).
+        UsageError: the options do not fit the sources.
     """
     names = list(routines)
+
+    def step(which: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except SideError:
+            raise
+        except UsageError:
+            raise
+        except EmuError as e:
+            raise SideError(str(e), which) from e
+
     if against:
         old = load_snapshot(against)
-        new = side_of(new_spec)
+        new = step("new", side_of, new_spec)
         rules = old.era if era is None else rules_for(era, old)
-        prepare(new, detected_era(new) if rules == "each" else rules, names)
+        ndet = step("new", detected_era, new)
+        if era is None and _modern(ndet) != _modern(old.era):
+            rules = "each"
+        step("new", prepare, new, ndet if rules == "each" else rules, names)
     else:
         assert old_spec is not None
-        old, new = side_of(old_spec), side_of(new_spec)
-        rules = rules_for(era, old)
-        prepare(old, rules if rules != "each" else detected_era(old), names)
-        prepare(new, rules if rules != "each" else detected_era(new), names)
+        old = step("old", side_of, old_spec)
+        odet = step("old", detected_era, old)
+        new = step("new", side_of, new_spec)
+        ndet = step("new", detected_era, new)
+        rules = odet if era is None else rules_for(era, old)
+        if era is None and _modern(ndet) != _modern(odet):
+            rules = "each"
+        step("old", prepare, old, odet if rules == "each" else rules, names)
+        step("new", prepare, new, ndet if rules == "each" else rules, names)
     if names:
         missing = [n for n in names if n not in old.routines and n not in new.routines]
         if missing:
             raise UsageError(f"--routine {', '.join(missing)}: defined in neither OLD nor NEW "
                              f"(NEW functions: {', '.join(new.functions) or 'none'})")
     common = [r for r in old.routines if r in new.routines]
+    callers = caller_cpus(old, new, common)
     if not against:
-        run_side(old, common)
-    run_side(new, common)
-    if not common and not set(old.routines) ^ set(new.routines) and not any(
+        step("old", run_side, old, common, callers)
+    step("new", run_side, new, common, callers)
+    if not common and not callers and not set(old.routines) ^ set(new.routines) and not any(
             old.accesses.values()) and not any(new.accesses.values()):
         raise UsageError(f"{new.label}: nothing to compare: no routine emu knows how to call "
                          "and no instruction that touches user memory (name routines with "
                          f"--routine; functions: {', '.join(new.functions) or 'none'})")
-    return Result(old, new, compare(old, new, set(allow)), common)
+    return Result(old, new, compare(old, new, set(allow), strict=strict), common,
+                  frozenset(allow), strict, callers)
 
 
 def run_snapshot(spec: Spec, *, era: str | None = None,
@@ -720,7 +963,7 @@ def run_snapshot(spec: Spec, *, era: str | None = None,
     if rules not in ERAS:
         raise UsageError(f"unknown --era '{era}' (known: {', '.join(ERAS)})")
     prepare(side, rules, list(routines))
-    run_side(side, list(side.routines))
+    run_side(side, list(side.routines), tuple(side.callers))
     if not side.routines and not any(side.accesses.values()):
         raise UsageError(f"{side.label}: nothing to record: no routine emu knows how to call "
                          "and no instruction that touches user memory (name routines with "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emu.runs.check import classify
+from emu.runs.check import MCase, classify, judge
 
 
 def rec(state: str = "returned", ret: int | None = 0, copied: int = 64, mc: int = 0,
@@ -34,9 +34,31 @@ def test_return_violation_and_mc_count_are_independent() -> None:
     assert classify(old, new, "mc") == ["return_changed", "new_violation", "mc_count_changed"]
 
 
-def test_fewer_violations_is_not_a_new_violation() -> None:
+def test_a_violation_removed_is_better_not_new() -> None:
     old = rec(ret=3, violations=("modified_past_reported", "bytes_mismatch"))
-    assert classify(old, rec(ret=3, violations=("bytes_mismatch",)), "mc") == ["other_change"]
+    assert judge(old, rec(ret=3, violations=("bytes_mismatch",)), "mc") == \
+        [("new_violation", "better")]
+    assert judge(rec(ret=3), old, "mc") == [("new_violation", "worse")]
+
+
+def test_directions() -> None:
+    case = MCase("copy_user_generic_unrolled", "none", "from", 64, 0, 0, "mc", (40,))
+    exact = rec(ret=24, copied=40, mc=1)
+    rounded = rec(ret=64, copied=40, mc=1, violations=("modified_past_reported",))
+    # an exact count where it used to be rounded, and the violation gone: both better
+    assert judge(rounded, exact, case) == [("return_changed", "better"),
+                                            ("new_violation", "better")]
+    assert judge(exact, rounded, case) == [("return_changed", "worse"),
+                                            ("new_violation", "worse")]
+    # fewer machine checks is better, more is worse
+    assert judge(rec(mc=2), rec(mc=1), case) == [("mc_count_changed", "better")]
+    assert judge(rec(mc=1), rec(mc=2), case) == [("mc_count_changed", "worse")]
+    # a panic removed is better; a new one worse
+    assert judge(rec("panic", None, mc=1), rec(mc=1), "mc") == [("new_mc_panic", "better")]
+    assert judge(rec(mc=1), rec("panic", None, mc=1), "mc") == [("new_mc_panic", "worse")]
+    assert judge(rec(), rec("oops", None), "pf") == [("state_changed", "worse")]
+    assert judge(rec("hang", None), rec(), "pf") == [("state_changed", "better")]
+    assert judge(rec(copied=10), rec(copied=11), "pf") == [("other_change", "neutral")]
 
 
 def test_other_change_catches_what_no_named_class_covers() -> None:
