@@ -128,7 +128,7 @@ def cmd_check(a: argparse.Namespace, out: IO[str]) -> int:
         if a.junit:
             try:
                 common.write_atomic(a.junit, ci.junit_error(
-                    str(e), type(e).__name__, started=started,
+                    str(e), type(e.__cause__ or e).__name__, started=started,
                     seconds=time.monotonic() - t0), True, "--junit")
             except EmuError:
                 pass
@@ -223,7 +223,9 @@ def _bisect(a: argparse.Namespace, out: IO[str]) -> int:
     except EmuError as e:
         print(f"emu: error: {e} (--bisect: exit 128 stops git bisect)", file=sys.stderr)
         return checkrange.BISECT_ABORT
-    out.write(ci.bisect_line(new.text, good.text, code, res, why) + "\n")
+    def name(sp: Spec) -> str:
+        return sp.value if sp.kind == "rev" else sp.text
+    out.write(ci.bisect_line(name(new), name(good), code, res, why) + "\n")
     return code
 
 

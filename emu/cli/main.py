@@ -9,6 +9,7 @@ that cannot be written: a full disk, a closed standard output), 130 interrupted,
 reader of stdout went away before emu finished writing (``emu check | head -1``: whatever the
 check found; when everything fit in the pipe before the reader left, the command's own code).
 Every ``EmuError`` becomes one line on stderr (``--traceback`` shows the stack).
+``emu check --bisect`` follows ``git bisect run`` instead: 0 good, 1 bad, 125 skip, 128 abort.
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
         if traceback:
             raise
         _error(str(e))
-        return 2
+        # `git bisect run emu check --bisect ...` takes 2 for "bad": a command line emu
+        # cannot parse must stop the bisection instead (emu.runs.checkrange)
+        return 128 if argv[:1] == ["check"] and "--bisect" in argv else 2
     except KeyboardInterrupt:
         print("emu: interrupted", file=sys.stderr)
         return 130

@@ -297,10 +297,11 @@ def _row_changes(row: Row) -> str:
 def range_row(row: Row, cached: bool = False) -> str:
     """One commit of a range as one plain line (printed as soon as it is known)."""
     status = "REGRESSION" if row.regression else _RANGE_STATUS.get(row.verdict, row.verdict)
-    what = row.message if row.verdict == "unbuildable" else _row_changes(row) or "-"
+    what = row.message if row.verdict == "unbuildable" else _row_changes(row)
     era = row.era or "-"
-    return (f"{row.sha[:12]}  {era:<5} {status:<11} {row.subject}\n"
-            f"{'':14}{what}" + (" (from the journal)" if cached else ""))
+    line = f"{row.sha[:12]}  {era:<5} {status:<11} {row.subject}" + (
+        " (from the journal)" if cached else "")
+    return line + (f"\n{'':14}{what}" if what else "")
 
 
 def range_summary(rr: RangeResult) -> str:
@@ -357,8 +358,8 @@ def bisect_line(new: str, good: str, code: int, res: Result | None, why: str) ->
     """``emu check --bisect``'s one line: what git bisect is told, and why."""
     if res is None:
         return f"bisect: {new} cannot be built: skip (exit {code}): {why}"
-    bad = [c for c, f in res.findings.items() if f.regression]
+    bad = [f"{c} ({f.count('worse')} worse)" if f.worse else c
+           for c, f in res.findings.items() if f.regression]
     if bad:
-        return (f"bisect: {new} is bad against {good}: {', '.join(bad)} (exit {code}); "
-                f"details: emu check ... {good} {new}")
+        return f"bisect: {new} is bad against {good}: {', '.join(bad)} (exit {code})"
     return f"bisect: {new} is good against {good}: {res.verdict} (exit {code})"

@@ -550,7 +550,9 @@ def judge(old: dict[str, Any], new: dict[str, Any], case: MCase | str
         if ns == panic and "mc" in kind:
             out.append(("new_mc_panic", "worse"))
         elif os_ == panic and "mc" in kind:
-            out.append(("new_mc_panic", "better"))       # a panic removed
+            out.append(("new_mc_panic", "better"))       # a panic removed ...
+            if ns == returned and new["violations"]:
+                out.append(("new_violation", "worse"))   # ... for a wrong count (era C)
         elif ns == smap:
             out.append(("new_smap_violation", "worse"))
         elif os_ == smap:

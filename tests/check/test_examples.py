@@ -114,12 +114,18 @@ def workflow_step(step_id: str) -> tuple[list[str], str]:
     return keys, "\n".join(script) + "\n"
 
 
-def run_step(repo: Path, base: str, head: str, allow: str = "") -> subprocess.CompletedProcess[str]:
-    keys, script = workflow_step("emu-check")
+def run_step(repo: Path, base: str, head: str, allow: str = "", script: str | None = None
+             ) -> subprocess.CompletedProcess[str]:
+    """Run the step as GitHub does when the step names no shell: the script written to a
+    file and run with ``bash -e {0}`` -- errexit, and no pipefail."""
+    keys, text = workflow_step("emu-check")
     assert set(keys) == {"BASE", "HEAD", "EMU_FILE", "EMU_ALLOW"}
+    assert "shell:" not in WORKFLOW.read_text(), "the test models GitHub's default shell"
     env = _env(BASE=base, HEAD=head, EMU_FILE=IN_TREE, EMU_ALLOW=allow)
-    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    step = repo.parent / "step.sh"
+    step.write_text(text if script is None else script)
+    return subprocess.run(["bash", "-e", str(step)], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
 def test_github_workflow_step(repo: Repo) -> None:
@@ -137,6 +143,17 @@ def test_github_workflow_step(repo: Repo) -> None:
     assert ET.parse(path / "emu-check.xml").getroot().get("failures") == "0"
     r = run_step(path, sha["base"], sha["type"], allow="new_mc_panic")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_step_without_pipefail_would_pass_a_regression(repo: Repo) -> None:
+    # the reason for the step's `set -o pipefail`: under GitHub's default `bash -e`, the same
+    # script without it exits 0 on the regression (tee's status), so this test can fail
+    path, sha = repo
+    _, text = workflow_step("emu-check")
+    assert text.splitlines()[0] == "set -o pipefail"
+    r = run_step(path, sha["base"], sha["type"], script="\n".join(text.splitlines()[1:]))
+    assert r.returncode == 0
+    assert "result: regression" in (path / "emu-check.txt").read_text()
 
 
 def test_workflow_installs_emu_and_uploads_the_report() -> None:

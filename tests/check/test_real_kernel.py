@@ -65,3 +65,43 @@ def test_6_12_getuser_default_type(tmp_path: Path, capsys: Cap) -> None:
     assert any(r.startswith("__get_user_") for r in doc["matrix"]["routines"])
     f = {c["class"]: c for c in doc["classes"]}["new_mc_panic"]
     assert f["cases"] > 0 and f["sites"]
+
+
+def test_6_1_to_6_12_compares_what_callers_get(capsys: Cap) -> None:
+    # the v6.4 rewrite: no routine name is common to the two files, so every case is a
+    # copy_user_generic() case: the unrolled / string / ERMS routine of 6.1 against
+    # rep_movs_alternative of 6.12, per CPU preset
+    debian("6.1", "copy_user_64.S"), debian("6.12", "copy_user_64.S")
+    code, doc = check(["debian:6.1", "debian:6.12"], capsys)
+    assert code == 1 and (doc["old"]["era"], doc["new"]["era"]) == ("E", "F")
+    assert doc["matrix"]["routines"] == []
+    assert doc["matrix"]["callers"] == {
+        "none": ["copy_user_generic_unrolled", "rep_movs_alternative"],
+        "rep_good": ["copy_user_generic_string", "rep_movs_alternative"],
+        "erms": ["copy_user_enhanced_fast_string", "rep_movs_alternative"]}
+    assert doc["matrix"]["cases_per_side"] > 2000
+    f = {c["class"]: c for c in doc["classes"]}
+    assert "mc_count_changed" in doc["regressions"]
+    assert f["mc_count_changed"]["worse"] > 0 and f["mc_count_changed"]["new"] > \
+        f["mc_count_changed"]["old"]
+    assert not f["routine_added_or_removed"]["regression"]
+    # the seed scenario on the non-ERMS path: one #MC in 6.1, two in 6.12
+    seed = "copy_user_generic()|none|from|4096|0x7e0|0x0|mc|0x960|"
+    ex = f["mc_count_changed"]["example"]
+    assert ex["direction"] == "worse"
+    for cmd, mc in ((ex["old_command"], 1), (ex["command"], 2)):
+        argv = cmd.split()[1:]
+        code, out, _ = run_cli([*argv, "--json"], capsys)
+        assert code == 0 and json.loads(out)["mc_count"] == mc, cmd
+    from emu.runs import check as ck
+    from emu.build.resolve import parse_spec
+    res = ck.run_check(parse_spec("debian:6.1"), parse_spec("debian:6.12"))
+    finding = res.findings["mc_count_changed"]
+    assert finding.direction[seed] == "worse"
+    assert (res.old.results[seed]["mc"], res.new.results[seed]["mc"]) == (1, 2)
+    assert (res.old.command(ck.MCase.from_key(seed)).split()[-1],
+            res.new.command(ck.MCase.from_key(seed)).split()[-1]) == \
+        ("copy_user_generic_unrolled", "rep_movs_alternative")
+    # on the ERMS path 6.12 reaches rep movsb for this length: no second #MC
+    erms = seed.replace("|none|", "|erms|")
+    assert (res.old.results[erms]["mc"], res.new.results[erms]["mc"]) == (1, 1)
