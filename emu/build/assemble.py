@@ -4,7 +4,9 @@ GNU as, driven through ``gcc -c`` (cpp + as, the kernel's own toolchain), is the
 backend.  A source is preprocessed against the project's kernel-macro headers in
 ``asm/include`` with the -D flags of the selected era and CPU (see asm/include/asm/emu_kernel.h).
 Objects are cached by a hash of the source text, the flags and the assembler version, so a
-repeated ``emu run`` does not pay for gcc again.
+repeated ``emu run`` does not pay for gcc again; only objects emu accepted are cached
+(``assemble_accepted``).  gcc runs under ``emu.build.tool``'s limits (time, output size,
+memory) in its own process group, which is killed whatever happens.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from emu.errors import AssembleError
+from emu.build import tool
+from emu.errors import AssembleError, EmuError
 
 from emu.paths import ASM_DIR, INCLUDE_DIR
+
+
+T = TypeVar("T")
 
 
 def cache_dir() -> Path:
@@ -82,8 +89,15 @@ class GasAssembler:
             self._version = (ver[0] if ver else "unknown") + " / " + self.gcc
         return self._version
 
+    def cache_key(self, source: str, config: AsmConfig) -> str:
+        """The object cache key: assembler version, flags, headers and the source text."""
+        return hashlib.sha256("\0".join(
+            [self.version(), " ".join(_FLAGS + config.defines()), _headers_digest(), source]
+        ).encode()).hexdigest()
+
     def assemble(self, source: str, config: AsmConfig, name: str = "input.S") -> bytes:
-        """Assemble kernel-style AT&T source text and return the relocatable ELF object.
+        """Assemble kernel-style AT&T source text and return the relocatable ELF object
+        (cached; use ``assemble_accepted`` to cache only what the caller accepts).
 
         Args:
             source: the .S text (preprocessed with cpp first).
@@ -92,36 +106,60 @@ class GasAssembler:
 
         Raises:
             AssembleError: gcc is missing, or the source does not assemble (the message
-                names the file and line of the first error).
+                names the file and line of the first error), or gcc hit a limit.
         """
-        key = hashlib.sha256("\0".join(
-            [self.version(), " ".join(_FLAGS + config.defines()), _headers_digest(), source]
-        ).encode()).hexdigest()
-        cached = cache_dir() / "objects" / f"{key}.o"
-        if cached.is_file():
-            return cached.read_bytes()
-        with tempfile.TemporaryDirectory(prefix="emu-as-") as tmp:
+        return self.assemble_accepted(source, config, name, lambda data: data)
+
+    def _assemble(self, source: str, config: AsmConfig, name: str) -> bytes:
+        with tool.workdir("emu-as-") as tmp:
             # A fixed temporary name: the user's name may hold ':' (REV:path, debian:N:path)
             # or '+' (a patch series), which would make gas's "FILE:LINE:" ambiguous.
-            src = Path(tmp) / "input.S"
+            src = tmp / "input.S"
             src.write_text(source)
-            obj = Path(tmp) / "out.o"
+            obj = tmp / "out.o"
             cmd = [self.gcc, "-c", "-x", "assembler-with-cpp", "-nostdinc",
                    "-I", str(INCLUDE_DIR), *_FLAGS, *config.defines(), "-o", str(obj), str(src)]
+            lim = tool.Limits.from_env()
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=c_locale_env())
+                proc = tool.run(cmd, workdir=tmp, env=c_locale_env(), limits=lim)
             except OSError as e:
                 raise AssembleError(f"cannot run {self.gcc}: {e.strerror} "
                                     "(install it with: apt-get install gcc binutils)") from e
+            if proc.limit:
+                raise AssembleError(f"{name}: the assembler {tool.describe(proc.limit, lim)}")
             if proc.returncode != 0:
-                raise AssembleError(explain_error(_first_error(proc.stderr, src, name),
+                raise AssembleError(explain_error(_first_error(proc.errors, src, name),
                                                   source))
             data = obj.read_bytes()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmpfile = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmpfile.write_bytes(data)
-        os.replace(tmpfile, cached)
         return data
+
+    def assemble_accepted(self, source: str, config: AsmConfig, name: str,
+                          accept: Callable[[bytes], T]) -> T:
+        """Assemble (or take from the cache) and return ``accept(object)``; the object is
+        cached only when ``accept`` returns, so an input emu refuses (e.g. a section too
+        large to load) leaves nothing in the cache.
+
+        Raises:
+            AssembleError: as ``assemble``; and whatever ``accept`` raises.
+        """
+        key = self.cache_key(source, config)
+        cached = cache_dir() / "objects" / f"{key}.o"
+        if cached.is_file():
+            try:
+                return accept(cached.read_bytes())
+            except EmuError:
+                cached.unlink(missing_ok=True)   # a cache entry emu no longer accepts
+                raise
+        data = self._assemble(source, config, name)
+        result = accept(data)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmpfile = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmpfile.write_bytes(data)
+            os.replace(tmpfile, cached)
+        except OSError:
+            pass   # a cache that cannot be written costs time, not correctness
+        return result
 
 
 def c_locale_env() -> dict[str, str]:

@@ -40,6 +40,68 @@ R_X86_64_PC64 = 24
 EXTABLE = "__ex_table"
 
 
+# ---- the section header table, checked before anything is read or allocated -------------
+
+_SHDR = struct.Struct("<IIQQQQIIQQ")
+SHT_NULL, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 0, 2, 4, 8, 9
+SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
+#: Entry sizes the gABI fixes for the tables emu reads.
+_ENTSIZE = {SHT_SYMTAB: 24, SHT_RELA: 24, SHT_REL: 16}
+#: Largest alignment a section of a relocatable object may ask for (2 MiB: a huge page).
+MAX_ALIGN = 1 << 21
+#: Largest section emu reads into memory whole (a debug vmlinux's .symtab is ~10 MB).
+MAX_READ = 256 << 20
+
+
+def section_table(buf: bytes | mmap.mmap, name: str) -> list[tuple[int, ...]]:
+    """The raw Elf64_Shdr tuples of an ELF64 file, every size and offset checked against the
+    file first, so that no later step reads, loops over or allocates what a corrupt header
+    claims (a 2^63-byte section, a table past the end of the file).
+
+    Raises:
+        ImageError: not a little-endian ELF64 file, or a header that does not fit the file.
+    """
+    n = len(buf)
+    if n < 64 or buf[:4] != b"\x7fELF":
+        raise ImageError(f"{name}: not a valid ELF file: bad magic")
+    if buf[4] != 2 or buf[5] != 1:
+        raise ImageError(f"{name}: not a little-endian ELF64 file")
+    shoff, = struct.unpack_from("<Q", buf, 40)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", buf, 58)
+    if shnum == 0 or shentsize != _SHDR.size:
+        raise ImageError(f"{name}: corrupt ELF file: no section header table (e_shnum "
+                         f"{shnum}, e_shentsize {shentsize})")
+    if shoff + shnum * shentsize > n:
+        raise ImageError(f"{name}: corrupt ELF file: the section header table ({shnum} "
+                         f"entries at {shoff:#x}) lies past the end of the file ({n} bytes)")
+    if shstrndx >= shnum:
+        raise ImageError(f"{name}: corrupt ELF file: e_shstrndx {shstrndx} is not a section")
+    raw = [_SHDR.unpack_from(buf, shoff + i * shentsize) for i in range(shnum)]
+    for i, (_nm, typ, _fl, _addr, off, size, link, _info, align, entsize) in enumerate(raw):
+        what = f"{name}: corrupt ELF file: section {i}"
+        if typ == SHT_NULL:
+            continue
+        if typ != SHT_NOBITS and off + size > n:
+            raise ImageError(f"{what}: {size:#x} bytes at offset {off:#x} lie past the end "
+                             f"of the file ({n} bytes; truncated?)")
+        if align > 1 << 32 or (align & (align - 1)):
+            raise ImageError(f"{what}: alignment {align:#x} is not a power of two")
+        if link >= shnum:
+            raise ImageError(f"{what}: sh_link {link} is not a section")
+        want = _ENTSIZE.get(typ)
+        if want is not None and (entsize != want or size % want):
+            raise ImageError(f"{what}: a table of {size} bytes with entries of {entsize} "
+                             f"bytes (the ELF64 entry is {want})")
+    strtab = raw[shstrndx]
+    if strtab[1] == SHT_NOBITS:
+        raise ImageError(f"{name}: corrupt ELF file: the section name table has no bytes")
+    for i, r in enumerate(raw):
+        if r[1] != SHT_NULL and r[0] >= max(strtab[5], 1):
+            raise ImageError(f"{name}: corrupt ELF file: section {i}'s name lies outside "
+                             "the section name table")
+    return raw
+
+
 def load_object(data: bytes, *, encoding: Encoding, layout_id: int, name: str = "object",
                 base: int = layout.TEXT_BASE) -> Image:
     """Lay out a relocatable x86-64 ELF object and decode its exception table.
@@ -55,32 +117,57 @@ def load_object(data: bytes, *, encoding: Encoding, layout_id: int, name: str = 
         ImageError: not an x86-64 relocatable ELF, an unsupported relocation, or a
             malformed ``__ex_table``.
     """
-    return _parse(data, name, "object", lambda elf: _load(elf, encoding, layout_id, name, base))
+    raw = section_table(data, name)
+    # 0. Where each allocated section goes, from the headers alone: nothing is allocated
+    #    before the whole layout is known to fit the text area.
+    plan: dict[int, int] = {}
+    addr = base
+    for index, (_nm, _typ, flags, _a, _off, size, _l, _i, align, _e) in enumerate(raw):
+        if not flags & SHF_ALLOC or size == 0 or _shname(data, raw, index) == EXTABLE:
+            continue
+        if align > MAX_ALIGN:
+            raise ImageError(f"{name}: corrupt ELF object: section {index} asks for "
+                             f"{align:#x}-byte alignment")
+        align = max(align, 16)
+        addr = (addr + align - 1) & ~(align - 1)
+        plan[index] = addr
+        addr += size
+        if addr - base > layout.TEXT_LIMIT:
+            sname = _shname(data, raw, index)
+            raise ImageError(f"{name}: section {sname} ({size} bytes) does not fit the "
+                             f"{layout.TEXT_LIMIT}-byte text area ({addr - base} bytes of "
+                             "sections)")
+    return _parse(data, name, "object",
+                  lambda elf: _load(elf, encoding, layout_id, name, base, plan))
 
 
-def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int) -> Image:
+def _shname(data: bytes, raw: list[tuple[int, ...]], index: int) -> str:
+    """A section's name, read from a checked table (``section_table``)."""
+    shstr = raw[struct.unpack_from("<H", data, 62)[0]]
+    start = shstr[4] + raw[index][0]
+    end = data.find(b"\0", start, shstr[4] + shstr[5])
+    return data[start:end if end >= 0 else start].decode("latin-1") or f"#{index}"
+
+
+def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int,
+          plan: dict[int, int]) -> Image:
     if elf.header["e_machine"] != "EM_X86_64" or elf.elfclass != 64:
         raise ImageError(f"{name}: ELF for {elf.header['e_machine']}, not x86-64")
     if elf.header["e_type"] != "ET_REL":
         raise ImageError(f"{name}: {elf.header['e_type']} is not a relocatable object (.o)")
 
-    # 1. Place allocated sections (except the exception table) from `base`.
+    # 1. Place allocated sections (except the exception table) where ``plan`` says.
     placed: dict[int, tuple[str, int, bytearray, bool]] = {}
-    addr = base
     ex_index: int | None = None
     for index, sec in enumerate(elf.iter_sections()):
         if sec.name == EXTABLE:
             ex_index = index
             continue
-        if not sec["sh_flags"] & SH_FLAGS.SHF_ALLOC or sec["sh_size"] == 0:
+        if index not in plan:
             continue
-        align = max(int(sec["sh_addralign"]), 16)
-        addr = (addr + align - 1) & ~(align - 1)
         body = bytearray(sec["sh_size"]) if sec["sh_type"] == "SHT_NOBITS" else bytearray(sec.data())
-        placed[index] = (sec.name, addr, body, bool(sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR))
-        addr += len(body)
-    if addr - base > layout.TEXT_LIMIT:
-        raise ImageError(f"{name}: {addr - base} bytes of sections do not fit the text area")
+        placed[index] = (sec.name, plan[index], body,
+                         bool(sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR))
 
     # 2. Symbols: defined ones get addresses, undefined ones get ud2 stubs.
     symtab = elf.get_section_by_name(".symtab")
@@ -105,7 +192,12 @@ def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int
         if not isinstance(shndx, int) or shndx not in placed:
             sym_addr.append(None)
             continue
-        a = placed[shndx][1] + int(sym["st_value"])
+        value, size = int(sym["st_value"]), int(sym["st_size"])
+        if value > len(placed[shndx][2]) or value + size > len(placed[shndx][2]):
+            raise ImageError(f"{name}: corrupt ELF object: symbol '{sym.name}' "
+                             f"({value:#x}+{size:#x}) lies outside its section "
+                             f"{placed[shndx][0]} ({len(placed[shndx][2])} bytes)")
+        a = placed[shndx][1] + value
         sym_addr.append(a)
         if kind == "STT_SECTION" or not sym.name or _internal(sym.name):
             continue
@@ -125,6 +217,9 @@ def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int
         target = rsec["sh_info"]
         if target == ex_index:
             for rel in rsec.iter_relocations():
+                if rel["r_info_sym"] >= len(sym_addr):
+                    raise ImageError(f"{name}: __ex_table+{rel['r_offset']:#x}: relocation "
+                                     f"against symbol {rel['r_info_sym']}, which does not exist")
                 s = sym_addr[rel["r_info_sym"]]
                 if s is None:
                     raise ImageError(f"{name}: __ex_table+{rel['r_offset']:#x} refers to a "
@@ -160,16 +255,29 @@ def _addend(rel) -> int:  # type: ignore[no-untyped-def]
     return int(rel["r_addend"]) if "r_addend" in rel.entry else 0
 
 
+#: Bytes a relocation of each type writes.
+_WIDTH = {R_X86_64_64: 8, R_X86_64_PC64: 8, R_X86_64_PC32: 4, R_X86_64_PLT32: 4,
+          R_X86_64_32: 4, R_X86_64_32S: 4}
+
+
 def _apply(rel, body: bytearray, saddr: int, sym_addr: list[int | None],  # type: ignore[no-untyped-def]
            sym_name: list[str], where: str) -> None:
     off = rel["r_offset"]
+    t = rel["r_info_type"]
+    if t not in _WIDTH:
+        raise ImageError(f"{where}+{off:#x}: unsupported relocation type {t}")
+    if off + _WIDTH[t] > len(body):
+        raise ImageError(f"{where}+{off:#x}: relocation past the end of the section "
+                         f"({len(body)} bytes)")
+    if rel["r_info_sym"] >= len(sym_addr):
+        raise ImageError(f"{where}+{off:#x}: relocation against symbol {rel['r_info_sym']}, "
+                         "which does not exist")
     s = sym_addr[rel["r_info_sym"]]
     if s is None:
         raise ImageError(f"{where}+{off:#x}: relocation against '{sym_name[rel['r_info_sym']]}', "
                          "which is in a section emu does not load")
     a = _addend(rel)
     p = saddr + off
-    t = rel["r_info_type"]
     if t in (R_X86_64_PC32, R_X86_64_PLT32):
         v = s + a - p
         if not -(1 << 31) <= v < (1 << 31):
@@ -241,7 +349,7 @@ def load_linked(data: bytes | LinkedFile, *, encoding: Encoding, layout_id: int,
     lf = data if isinstance(data, LinkedFile) else LinkedFile(data, name)
     try:
         return _load_linked(lf, encoding, layout_id, name, keep)
-    except (struct.error, ValueError, KeyError, IndexError) as e:
+    except (struct.error, ValueError, KeyError, IndexError, OverflowError) as e:
         raise ImageError(f"{name}: corrupt ELF file: {e}") from e
 
 
@@ -251,7 +359,7 @@ def _parse(data: bytes, name: str, what: str, load: Callable[[ELFFile], Image]) 
         return load(ELFFile(io.BytesIO(data)))
     except ELFError as e:
         raise ImageError(f"{name}: not a valid ELF {what}: {e}") from e
-    except (struct.error, ValueError, KeyError, IndexError) as e:
+    except (struct.error, ValueError, KeyError, IndexError, OverflowError) as e:
         raise ImageError(f"{name}: corrupt ELF {what}: {e}") from e
 
 
@@ -357,10 +465,7 @@ def _load_linked(lf: LinkedFile, encoding: Encoding, layout_id: int, name: str,
 # The ELF64 layouts are those of the System V gABI (Elf64_Ehdr, Elf64_Shdr, Elf64_Sym,
 # Elf64_Nhdr); pyelftools is not used here because it reads whole sections into memory.
 
-_SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
-SHT_NOBITS = 8
-SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
 STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 1, 2, 3, 4
 STB_LOCAL = 0
 NT_GNU_BUILD_ID = 3
@@ -446,11 +551,8 @@ class LinkedFile:
             kind = {1: "ET_REL", 3: "ET_DYN", 4: "ET_CORE"}.get(e_type, f"type {e_type}")
             raise ImageError(f"{self.name}: {kind} is not a linked kernel image "
                              "(use --object for a .o)")
-        shoff, = struct.unpack_from("<Q", b, 40)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", b, 58)
-        if shentsize != _SHDR.size or shoff + shnum * shentsize > len(b) or shstrndx >= shnum:
-            raise ImageError(f"{self.name}: corrupt ELF file: bad section header table")
-        raw = [_SHDR.unpack_from(b, shoff + i * shentsize) for i in range(shnum)]
+        raw = section_table(b, self.name)
+        shstrndx, = struct.unpack_from("<H", b, 62)
         strtab = raw[shstrndx]
         names = bytes(b[strtab[4]:strtab[4] + strtab[5]])
         self.sections: list[SectionHeader] = []
@@ -466,6 +568,9 @@ class LinkedFile:
 
     def data(self, sec: SectionHeader) -> bytes:
         """A section's bytes (zeros for NOBITS)."""
+        if sec.size > MAX_READ:
+            raise ImageError(f"{self.name}: section {sec.name} claims {sec.size} bytes; emu "
+                             f"reads at most {MAX_READ} of one section")
         if sec.type == SHT_NOBITS:
             return bytes(sec.size)
         if sec.offset + sec.size > len(self.buf):
@@ -475,6 +580,8 @@ class LinkedFile:
 
     def read(self, addr: int, size: int) -> bytes:
         """``size`` bytes at a kernel address, from the allocated section holding them."""
+        if not 0 <= size <= MAX_READ:
+            raise ImageError(f"{self.name}: cannot read {size} bytes at {addr:#x}")
         for s in self.sections:
             if s.alloc and s.addr <= addr and addr + size <= s.addr + s.size:
                 if s.type == SHT_NOBITS:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.core import layout as L
+from emu.build import tool
 from emu.build.assemble import AsmConfig, c_locale_env
 from emu.errors import AssembleError
 from emu.paths import INCLUDE_DIR
@@ -182,6 +181,11 @@ class _Macro:
     body: list[Stmt]
 
 
+#: Most statements macro and ``.rept`` expansion may make (a kernel copy file: a few
+#: thousand).
+MAX_STATEMENTS = 500_000
+
+
 class _Expander:
     """gas's macro layer: everything that produces statements, nothing that encodes them."""
 
@@ -189,6 +193,7 @@ class _Expander:
         self.macros: dict[str, _Macro] = {}
         self.syms: dict[str, int] = {}
         self.counter = 0
+        self.made = 0
 
     def run(self, stmts: list[Stmt], depth: int = 0) -> list[Stmt]:
         if depth > 100:
@@ -227,6 +232,8 @@ class _Expander:
                     n = _evaluate(rest, self.syms)
                     if n is None:
                         raise AssembleError(f"{loc}: .rept count '{rest}' is not a constant")
+                    n = max(n, 0)
+                    self._spend(loc, n * max(1, len(body)))
                     out.extend(self.run(body * n, depth + 1))
                 else:
                     var, _, values = rest.partition(",")
@@ -264,9 +271,18 @@ class _Expander:
                 out.extend(self.run(self._invoke(loc, head, mac, rest), depth + 1))
                 i += 1
                 continue
+            self._spend(loc, 1)
             out.append((loc, s))
             i += 1
         return out
+
+    def _spend(self, loc: str, n: int) -> None:
+        """Count statements made by expansion; a ``.rept``/macro bomb is refused before it
+        is built (``MAX_STATEMENTS``)."""
+        self.made += n
+        if self.made > MAX_STATEMENTS:
+            raise AssembleError(f"{loc}: expands to more than {MAX_STATEMENTS} statements "
+                                "(a .rept or macro bomb?); refused")
 
     @staticmethod
     def _block_end(stmts: list[Stmt], i: int, opens: tuple[str, ...],
@@ -392,22 +408,28 @@ class KeystoneAssembler:
     # ---- stage 1-4: text --------------------------------------------------------------
 
     def preprocess(self, source: str, config: AsmConfig, name: str) -> list[Stmt]:
-        with tempfile.TemporaryDirectory(prefix="emu-ks-") as tmp:
-            src = Path(tmp) / (Path(name).stem + ".S")
+        with tool.workdir("emu-ks-") as tmp:
+            src = tmp / (Path(name).stem + ".S")
             src.write_text(source)
             cmd = [self.gcc, "-E", "-x", "assembler-with-cpp", "-nostdinc", "-I",
                    str(INCLUDE_DIR), "-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64",
                    "-DCONFIG_64BIT", *config.defines(), str(src)]
+            lim = tool.Limits.from_env()
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=c_locale_env())
+                proc = tool.run(cmd, workdir=tmp, env=c_locale_env(), limits=lim)
             except OSError as e:
                 raise AssembleError(f"cannot run the C preprocessor {self.gcc}: {e.strerror}"
                                     ) from e
+            if proc.limit:
+                raise AssembleError(f"{name}: the C preprocessor "
+                                    f"{tool.describe(proc.limit, lim)}")
             if proc.returncode != 0:
-                err = next((ln for ln in proc.stderr.splitlines() if "error" in ln),
-                           proc.stderr.strip())
+                err = next((ln for ln in proc.errors.splitlines() if "error" in ln),
+                           proc.errors.strip())
                 raise AssembleError(f"{name}: preprocessing failed: {err.replace(str(src), name)}")
-        stmts = [(loc.replace(src.name, Path(name).name), s) for loc, s in _cpp_lines(proc.stdout)]
+            # cpp's line markers carry file names, which need not be UTF-8
+            text = proc.stdout.decode("utf-8", errors="surrogateescape")
+        stmts = [(loc.replace(src.name, Path(name).name), s) for loc, s in _cpp_lines(text)]
         return stmts
 
     def assemble_image(self, source: str, config: AsmConfig, name: str, *,
@@ -522,6 +544,8 @@ class KeystoneAssembler:
                     n = _evaluate(args[0], syms)
                     if n is None:
                         raise AssembleError(f"{loc}: alignment '{args[0]}' is not a constant")
+                    if not 0 <= n <= (20 if head == ".p2align" else 1 << 20):
+                        raise AssembleError(f"{loc}: alignment '{args[0]}' is out of range")
                     nbytes = 1 << n if head == ".p2align" else n
                     fill = args[1] if len(args) > 1 and args[1] else None
                     sec.align = max(sec.align, nbytes)
@@ -688,8 +712,8 @@ class KeystoneAssembler:
         gas = GasAssembler(self.gcc)
         if not gas.available():
             return
-        ref = load_object(gas.assemble(source, config, name), encoding=encoding,
-                          layout_id=layout_id, name=name)
+        ref = gas.assemble_accepted(source, config, name, lambda obj: load_object(
+            obj, encoding=encoding, layout_id=layout_id, name=name))
         diff = compare(img, ref)
         if diff:
             raise AssembleError(f"{name}: keystone output differs from GNU as ({diff}); "
@@ -722,23 +746,38 @@ def _nops(n: int) -> list[str]:
     return out
 
 
+#: The keystone worker's time limit (it assembles chunk by chunk, slower than gas).
+KEYSTONE_SECONDS = 120.0
+
+
 def _run_keystone(chunks: list[tuple[str, int]], symbols: dict[str, int],
                   name: str) -> list[dict[str, str]]:
     req = json.dumps({"chunks": chunks, "symbols": symbols})
-    try:
-        proc = subprocess.run([sys.executable, "-c", _WORKER], input=req, capture_output=True,
-                              text=True, timeout=120)
-    except subprocess.TimeoutExpired:
-        raise AssembleError(f"{name}: keystone did not finish in 120 s") from None
+    lim = tool.Limits.from_env()
+    lim = tool.Limits(seconds=max(lim.seconds, KEYSTONE_SECONDS), output=lim.output,
+                      memory=lim.memory)
+    with tool.workdir("emu-ks-") as tmp:
+        try:
+            proc = tool.run([sys.executable, "-c", _WORKER], workdir=tmp, env=dict(os.environ),
+                            stdin=req.encode(), limits=lim)
+        except OSError as e:
+            raise AssembleError(f"{name}: cannot start the keystone worker: {e.strerror}"
+                                ) from None
+    if proc.limit:
+        raise AssembleError(f"{name}: keystone {tool.describe(proc.limit, lim)}")
     if proc.returncode < 0:
         raise AssembleError(f"{name}: keystone crashed (signal {-proc.returncode}); "
                             "use --assembler gas")
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        if "No module named 'keystone'" in proc.stderr:
+        errs = proc.errors
+        last = (errs.strip().splitlines() or ["no output"])[-1]
+        if "No module named 'keystone'" in errs:
             last = "keystone is not installed (pip install keystone-engine)"
         raise AssembleError(f"{name}: keystone failed: {last}")
-    return json.loads(proc.stdout)
+    try:
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+    except ValueError:
+        raise AssembleError(f"{name}: keystone worker gave no answer") from None
 
 
 def compare(ks: Image, gas: Image) -> str:

@@ -61,8 +61,10 @@ Backend = Callable[[str, str, Settings, frozenset[str]], Image]
 
 
 def _gas(text: str, name: str, s: Settings, cpu: frozenset[str]) -> Image:
-    obj = get_assembler("gas").assemble(text, AsmConfig(int(s.encoding), s.ex_layout, cpu), name)
-    return load_object(obj, encoding=s.encoding, layout_id=s.ex_layout, name=name)
+    # The object is cached only once it loads: a refused input leaves nothing in the cache.
+    return get_assembler("gas").assemble_accepted(
+        text, AsmConfig(int(s.encoding), s.ex_layout, cpu), name,
+        lambda obj: load_object(obj, encoding=s.encoding, layout_id=s.ex_layout, name=name))
 
 
 def _keystone(text: str, name: str, s: Settings, cpu: frozenset[str]) -> Image:

@@ -79,9 +79,17 @@ def _silence_stdout() -> None:
         pass
 
 
+def one_line(message: str) -> str:
+    """A message as one printable line: control characters (a newline in a symbol name
+    read from a corrupt file, say) are shown escaped."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def _error(message: str) -> None:
     if sys.stderr is not None:
-        print(f"emu: error: {message}", file=sys.stderr)
+        print(f"emu: error: {one_line(message)}", file=sys.stderr)
 
 
 def version_text() -> str:
