@@ -48,8 +48,9 @@ def cmd_campaign(a: argparse.Namespace, out: IO[str]) -> int:
     revs = campaign.revision_range(a.tree, a.range, a.file, patches=probe.patches,
                                    era=probe.era, assembler=probe.assembler)
     grid = sweep.grid_of(a, tuple(r.variant for r in revs), sweep.parse_step(a.step))
-    summary, units, outcomes = sweep.run_grid(a, grid)
-    rep = campaign.report(grid, revs, ((u, outcomes[u.id]) for u in units if u.id in outcomes))
+    summary, rep = sweep.run_grid(a, grid, use=lambda _s, done: campaign.report(grid, revs,
+                                                                                 done()))
+    assert rep is not None
     rep.update(tree=a.tree, range=a.range, file=a.file, cases=summary["cases"],
                pending=summary["pending"])
     if a.json:

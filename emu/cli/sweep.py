@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 from emu.cli import common
 from emu.errors import UsageError
@@ -16,6 +16,9 @@ from emu.render import report
 from emu.runs.faults import KINDS, parse_kinds
 from emu.runs.shards import parse_shard
 from emu.runs.sweep import Backend, Grid, Unit, Variant, parse_ints, variant_of
+
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -151,14 +154,17 @@ def run_options(p: argparse.ArgumentParser) -> None:
                    "(needs pip install 'mce-emu[cluster]')")
 
 
-def run_grid(a: argparse.Namespace, grid: Grid, *, check: Callable[[], None] | None = None
-             ) -> tuple[dict[str, Any], list[Unit], dict[int, dict[str, Any]]]:
+def run_grid(a: argparse.Namespace, grid: Grid, *, check: Callable[[], None] | None = None,
+             use: Callable[[dict[str, Any], Callable[[], Iterator[tuple[Unit, dict[str, Any]]]]],
+                           T] | None = None) -> tuple[dict[str, Any], T | None]:
     """Run ``grid`` as the ``run_options`` say: the store, the progress line, the local
     pool or the cluster, a shard.  ``check`` runs after the options are checked and before
-    the store is opened."""
+    the store is opened; ``use(summary, done)`` runs while the store is open, ``done()``
+    streaming every stored unit with its record in grid order (nothing of the grid or the
+    store is held in memory).  Returns the summary and what ``use`` returned."""
     from emu import __version__
     from emu.runs.store import Store
-    from emu.runs.sweep import execute
+    from emu.runs.sweep import execute, stored_units
     shard = parse_shard(a.shard) if a.shard else None
     backend = cluster_backend(a.cluster, a.jobs) if a.cluster else None
     if check is not None:
@@ -171,13 +177,20 @@ def run_grid(a: argparse.Namespace, grid: Grid, *, check: Callable[[], None] | N
     if not (a.json and tty):   # a bar on a terminal, a line every ~10 s in logs
         interval = float(os.environ.get("EMU_PROGRESS_INTERVAL", "10"))
         progress = report.SweepProgress(sys.stderr, tty=tty, interval=interval)
+    finished = False
     try:
-        return execute(grid, store, jobs=jobs, max_cases=a.max_cases, progress=progress,
-                       shard=shard, backend=backend)
+        summary = execute(grid, store, jobs=jobs, max_cases=a.max_cases, progress=progress,
+                          shard=shard, backend=backend)
+        if progress is not None:
+            progress.close()
+            progress = None
+        used = use(summary, lambda: stored_units(grid, store)) if use is not None else None
+        finished = True
     finally:
         if progress is not None:
             progress.close()
-        store.close(compact=True)
+        store.close(compact=finished)   # a refused store is left exactly as it was
+    return summary, used
 
 
 def interrupted(a: argparse.Namespace, summary: dict[str, Any]) -> int:
@@ -202,19 +215,27 @@ def cmd_sweep(a: argparse.Namespace, out: IO[str]) -> int:
                 raise UsageError(f"{p}: {opt} would overwrite the results store")
         if a.jsonl and Path(a.jsonl).exists():
             raise UsageError(f"{a.jsonl} exists; name another --jsonl file")
-    summary, units, outcomes = run_grid(a, grid, check=outputs)
-    if a.jsonl:
-        from emu.runs.export import write_jsonl
-        write_jsonl(a.jsonl, case_records(units, outcomes), summary["cases"])
-    if a.plot or a.html:
-        from emu.render import plot
-        recs = list(case_records(units, outcomes))
-        if a.plot:
-            plot.write_png(grid, recs, a.plot, metric=a.metric, y_axis=a.y_axis,
-                           worst_over_paths=a.worst_over_paths)
-        if a.html:
-            plot.write_html(grid, recs, summary, a.html, metric=a.metric, y_axis=a.y_axis,
-                            worst_over_paths=a.worst_over_paths)
+
+    def records(done: Callable[[], Iterator[tuple[Unit, dict[str, Any]]]]
+                ) -> Iterator[dict[str, Any]]:
+        for u, rec in done():
+            yield from case_records((u,), {u.id: rec})
+
+    def write(summary: dict[str, Any],
+              done: Callable[[], Iterator[tuple[Unit, dict[str, Any]]]]) -> None:
+        if a.jsonl:
+            from emu.runs.export import write_jsonl
+            write_jsonl(a.jsonl, records(done), summary["cases"])
+        if a.plot or a.html:
+            from emu.render import plot
+            recs = list(records(done))
+            if a.plot:
+                plot.write_png(grid, recs, a.plot, metric=a.metric, y_axis=a.y_axis,
+                               worst_over_paths=a.worst_over_paths)
+            if a.html:
+                plot.write_html(grid, recs, summary, a.html, metric=a.metric,
+                                y_axis=a.y_axis, worst_over_paths=a.worst_over_paths)
+    summary, _ = run_grid(a, grid, check=outputs, use=write)
     if a.json:
         out.write(report.dumps(summary))
     else:

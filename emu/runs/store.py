@@ -30,7 +30,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,37 @@ class Store:
     def done(self) -> set[int]:
         """The ids of the runs already stored."""
         return {r for (r,) in self.db.execute("SELECT id FROM runs")}
+
+    def done_ids(self) -> array:  # type: ignore[type-arg]
+        """The stored run ids, ascending, as a compact array (8 bytes a run)."""
+        return array("q", (r for (r,) in self.db.execute("SELECT id FROM runs ORDER BY id")))
+
+    def stored_cases(self) -> int:
+        """How many cases the stored runs stand for."""
+        return int(self.db.execute("SELECT COALESCE(SUM(cases), 0) FROM runs").fetchone()[0])
+
+    def iter_runs(self) -> Iterator[tuple[int, int, dict[str, Any], dict[str, Any]]]:
+        """Every stored run in id order, streamed (not held in memory): its id, how many
+        cases it stands for, its first case's fields (``sweep.Case`` names) and its outcome
+        record."""
+        cols = ", ".join(_RUN_COLS)
+        viol = self.db.execute("SELECT run, name FROM violations ORDER BY run, pos")
+        pending = next(viol, None)
+        for row in self.db.execute(f"SELECT {cols} FROM runs ORDER BY id"):
+            r = dict(zip(_RUN_COLS, row))
+            rec = {k: r[k] for k in _OUTCOME}
+            rec["tail_retry"] = bool(rec["tail_retry"])
+            names: list[str] = []
+            while pending is not None and pending[0] <= r["id"]:
+                if pending[0] == r["id"]:
+                    names.append(pending[1])
+                pending = next(viol, None)
+            rec["violations"] = names
+            case = {k: r[k] for k in ("variant", "era", "routine", "cpu", "direction",
+                                      "length", "src_align", "dst_align", "kind")}
+            case["poison"] = tuple(int(x) for x in r["poison"].split(",") if x)
+            case["unmapped"] = tuple(int(x) for x in r["unmapped"].split(",") if x)
+            yield r["id"], r["cases"], case, rec
 
     def records(self) -> dict[int, dict[str, Any]]:
         """Every stored run's outcome as the fields of a JSON record, by run id."""

@@ -50,7 +50,7 @@ from emu.core.machine import Buffers, State
 from emu.errors import EmuError, UsageError
 from emu.kernel.eras import Era, Routine, cpu_name, get_era, parse_cpu
 from emu.kernel.outcome import BENIGN_FOR_COPY_FROM_USER, VIOLATIONS, Outcome
-from emu.runs.faults import KINDS, placements
+from emu.runs.faults import KINDS, count, placements
 from emu.runs.repro import case_options
 from emu.runs.shards import Shard
 from emu.runs.store import Store
@@ -58,6 +58,10 @@ from emu.runs.store import Store
 #: Outcome classes, from best to worst (the heatmap colours follow this order).
 CLASSES: tuple[str, ...] = ("ok", "benign", "violation", "smap_violation",
                             "oops", "hang", "panic", "tool_error")
+#: Most cells a grid may have (see ``Grid.cells``): a grid is refused at once beyond this.
+MAX_CELLS = 1_000_000
+#: Most numbers one list option (``--len 0..4096``) may name.
+MAX_LIST = 1 << 17
 #: Test hooks: a worker kills itself (SIGKILL) or raises on the case with this id.
 CRASH_ENV = "EMU_SWEEP_CRASH"
 RAISE_ENV = "EMU_SWEEP_RAISE"
@@ -207,11 +211,22 @@ class Grid:
             for r in self.routines:
                 if v.era is not None and r != "all":
                     v.era.routine(r)
-        for n in self.lengths:
-            for a in self.src_aligns + self.dst_aligns:
-                if n < 0 or not 0 <= a < L.PAGE or a + n > L.MAX_SPAN:
-                    raise UsageError(f"len {n} with alignment {a:#x} does not fit the "
-                                     f"{L.MAX_SPAN}-byte buffer window (alignment < {L.PAGE})")
+        # Checked arithmetically (extremes only): a grid is never walked to be validated.
+        aligns = self.src_aligns + self.dst_aligns
+        if not self.lengths or not self.src_aligns or not self.dst_aligns:
+            raise UsageError("sweep: empty length or alignment list")
+        bad_a = next((a for a in aligns if not 0 <= a < L.PAGE), None)
+        if bad_a is not None or min(self.lengths) < 0 or \
+                max(self.lengths) + max(aligns) > L.MAX_SPAN:
+            n = min(self.lengths) if min(self.lengths) < 0 else max(self.lengths)
+            a = bad_a if bad_a is not None else max(aligns)
+            raise UsageError(f"len {n} with alignment {a:#x} does not fit the "
+                             f"{L.MAX_SPAN}-byte buffer window (alignment < {L.PAGE})")
+        cells = self.cells()
+        if cells > MAX_CELLS:
+            raise UsageError(f"sweep: the grid has {cells:,} cells (variant × CPU path × "
+                             f"routine × direction × length × alignments × fault kind), more "
+                             f"than {MAX_CELLS:,}; sweep fewer lengths or alignments")
 
     def routines_for(self, v: Variant, cpu: frozenset[str]) -> list[Routine]:
         cat = v.catalog
@@ -224,22 +239,74 @@ class Grid:
         known = {r.name: r for r in cat.routines}
         return [known.get(r) or Routine(r) for r in self.routines]
 
-    def cases(self) -> Iterator[Case]:
-        """Every case, in a fixed order (offsets innermost)."""
+    def paths(self) -> Iterator[tuple[Variant, str, Routine]]:
+        """(variant, CPU name, routine) in grid order."""
         for v in self.variants:
+            seen: set[str] = set()
             for cname in self.cpus:
                 cpu = parse_cpu(cname)
+                if cpu_name(cpu) in seen:      # "erms" and "ERMS": one path
+                    continue
+                seen.add(cpu_name(cpu))
                 for r in self.routines_for(v, cpu):
-                    for d in self.directions:
-                        for n in self.lengths:
-                            for sa in self.src_aligns:
-                                for da in self.dst_aligns:
-                                    for k in self.kinds:
+                    yield v, cpu_name(cpu), r
+
+    def cells(self) -> int:
+        """How many (path, direction, length, alignments, kind) cells the grid has: O(paths)."""
+        paths = sum(1 for _ in self.paths())
+        return (paths * len(self.directions) * len(self.lengths) * len(self.src_aligns)
+                * len(self.dst_aligns) * len(self.kinds))
+
+    def count(self) -> int:
+        """How many cases the grid has, counted arithmetically (``faults.count``, O(1) a
+        cell) and never enumerated.  A kind's count depends on the length and at most one
+        alignment (the source's for #MC kinds, the user buffer's for #PF kinds), so the
+        cost is O(lengths × alignments), not O(cases)."""
+        per_path = 0
+        for d in self.directions:
+            for k in self.kinds:
+                kind = KINDS[k]
+                on_user = kind.per_page or kind.second == "page"
+                user_dst = on_user and d != "from"   # the user buffer is the destination
+                outer = self.dst_aligns if user_dst else self.src_aligns
+                other = len(self.src_aligns) if user_dst else len(self.dst_aligns)
+                for n in self.lengths:
+                    for a in outer:
+                        sa, da = (0, a) if user_dst else (a, a)
+                        per_path += other * count(k, n, sa, da, d, self.step, self.offsets)
+        return per_path * sum(1 for _ in self.paths())
+
+    def cases(self) -> Iterator[Case]:
+        """Every case, in a fixed order (offsets innermost), made lazily."""
+        for v, cpu, r in self.paths():
+            for d in self.directions:
+                for n in self.lengths:
+                    for sa in self.src_aligns:
+                        for da in self.dst_aligns:
+                            for k in self.kinds:
+                                for off, poison, unmapped in placements(
+                                        k, n, sa, da, d, self.step, self.offsets):
+                                    yield Case(v.spec, r.name, cpu, d, n, sa, da, k, off,
+                                               poison, unmapped, v.rules, v.source)
+
+    def units(self) -> Iterator[Unit]:
+        """The grid's units in id order, made lazily: the cases of one unit never span
+        two cells, so one cell's cases (at most ``MAX_SPAN``) are grouped at a time.
+        The ids are those ``units(grid.cases())`` gives."""
+        next_id = 0
+        for v, cpu, r in self.paths():
+            for d in self.directions:
+                for n in self.lengths:
+                    for sa in self.src_aligns:
+                        for da in self.dst_aligns:
+                            for k in self.kinds:
+                                cell = (Case(v.spec, r.name, cpu, d, n, sa, da, k, off, poison,
+                                             unmapped, v.rules, v.source)
                                         for off, poison, unmapped in placements(
-                                                k, n, sa, da, d, self.step, self.offsets):
-                                            yield Case(v.spec, r.name, cpu_name(cpu), d, n, sa,
-                                                       da, k, off, poison, unmapped, v.rules,
-                                                       v.source)
+                                            k, n, sa, da, d, self.step, self.offsets))
+                                for u in units(cell, first_id=next_id):
+                                    next_id = u.id + 1
+                                    yield u
 
     def to_json(self) -> dict[str, Any]:
         return {"variants": [v.spec for v in self.variants], "routines": list(self.routines),
@@ -275,17 +342,18 @@ def member(case: Case, off: int) -> Case:
     return replace(case, offset=off, poison=move(case.poison), unmapped=move(case.unmapped))
 
 
-def units(cases: Iterable[Case]) -> list[Unit]:
-    """Group cases by machine input, in the order of each group's first case."""
+def units(cases: Iterable[Case], first_id: int = 0) -> list[Unit]:
+    """Group cases by machine input, in the order of each group's first case (ids from
+    ``first_id``)."""
     groups: dict[tuple[Any, ...], list[Case]] = {}
     for c in cases:
         groups.setdefault(c.input_key(), []).append(c)
     out: list[Unit] = []
     for cs in groups.values():
         if any(member(cs[0], c.offset) != c for c in cs[1:]):   # not one fault moving
-            out.extend(Unit(len(out) + i, c, (c.offset,)) for i, c in enumerate(cs))
+            out.extend(Unit(first_id + len(out) + i, c, (c.offset,)) for i, c in enumerate(cs))
             continue
-        out.append(Unit(len(out), cs[0], tuple(c.offset for c in cs)))
+        out.append(Unit(first_id + len(out), cs[0], tuple(c.offset for c in cs)))
     return out
 
 
@@ -299,10 +367,17 @@ def parse_ints(text: str) -> tuple[int, ...]:
             if ".." in part:
                 lo, _, rest = part.partition("..")
                 hi, _, st = rest.partition("/")
-                out.extend(range(int(lo, 0), int(hi, 0) + 1, int(st, 0) if st else 1))
+                r = range(int(lo, 0), int(hi, 0) + 1, int(st, 0) if st else 1)
+                if len(out) + len(r) > MAX_LIST:     # len(range) is O(1): nothing is built
+                    raise UsageError(f"'{text}' names more than {MAX_LIST} numbers")
+                out.extend(r)
             else:
                 out.append(int(part, 0))
-    except ValueError:
+            if len(out) > MAX_LIST:
+                raise UsageError(f"'{text}' names more than {MAX_LIST} numbers")
+    except ValueError as e:
+        if isinstance(e, UsageError):
+            raise
         raise UsageError(f"'{text}' is not a list of numbers (e.g. 64,128..256/8)") from None
     if not out:
         raise UsageError(f"'{text}' names no numbers")
@@ -427,14 +502,29 @@ OnRecord = Callable[[Unit, dict[str, Any]], None]
 Backend = Callable[[Sequence[Unit], OnRecord], None]
 
 
-def run_parallel(todo_units: Sequence[Unit], jobs: int, on_record: OnRecord) -> None:
+def run_parallel(todo_units: Iterable[Unit], jobs: int, on_record: OnRecord) -> None:
     """Run units on ``jobs`` spawned worker processes; ``on_record`` sees each unit's record.
 
-    A worker that dies (signal, os._exit, segfault in Unicorn) costs only the unit it was
-    running: that unit is reported as ``tool_error`` and the rest of its batch is requeued.
+    Units are drawn from ``todo_units`` as workers need them (a look-ahead of a few batches
+    per worker), so a lazy source is never materialised.  A worker that dies (signal,
+    os._exit, segfault in Unicorn) costs only the unit it was running: that unit is
+    reported as ``tool_error`` and the rest of its batch is requeued.
     """
     ctx = mp.get_context("spawn")
-    todo: deque[Unit] = deque(todo_units)
+    source = iter(todo_units)
+    todo: deque[Unit] = deque()
+    ahead = 2 * max(1, jobs) * 64      # enough to size batches as if the total were known
+    exhausted = False
+
+    def fill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(todo) < ahead:
+            u = next(source, None)
+            if u is None:
+                exhausted = True
+            else:
+                todo.append(u)
+
     workers: list[_Worker] = []
 
     def start() -> _Worker:
@@ -447,9 +537,16 @@ def run_parallel(todo_units: Sequence[Unit], jobs: int, on_record: OnRecord) -> 
     def batch_size() -> int:
         return max(1, min(64, len(todo) // (2 * max(1, jobs)) or 1))
 
+    fill()
+    if not todo:
+        return
+    if len(todo) < 2:
+        run_serial(todo, on_record)
+        return
     try:
         workers = [start() for _ in range(max(1, min(jobs, len(todo))))]
         while True:
+            fill()
             for w in workers:
                 if not w.batch and todo:
                     w.batch = [todo.popleft() for _ in range(min(batch_size(), len(todo)))]
@@ -505,22 +602,21 @@ def run_serial(todo_units: Iterable[Unit], on_record: OnRecord) -> None:
 # ---- summary ------------------------------------------------------------------------------
 
 
-def summarize(grid: Grid, done: Iterable[tuple[Unit, dict[str, Any]]]) -> dict[str, Any]:
+def summarize(grid: Grid, done: Iterable[tuple[Case, int, dict[str, Any]]]) -> dict[str, Any]:
     """Per variant: counts per outcome class and per violation, each with a minimal
     reproducer (the smallest case by length, fault count, alignment, offset; a unit's first
-    case is its smallest)."""
+    case is its smallest).  ``done`` gives each run's first case, how many cases it stands
+    for, and its record; it is consumed once (a stream from the store)."""
     variants: dict[str, dict[str, Any]] = {}
     best: dict[tuple[str, str, str], Case] = {}
     order = {v.spec: v for v in grid.variants}
     for spec in order:
         variants[spec] = {"label": order[spec].label, "cases": 0, "runs": 0, "classes": {},
                           "violations": {}}
-    for unit, rec in done:
-        case = unit.case
+    for case, weight, rec in done:
         v = variants.get(case.variant)
         if v is None:
             continue
-        weight = len(unit.offsets)
         v["cases"] += weight
         v["runs"] += 1
         for group, name in [("classes", rec["class"])] + [("violations", x)
@@ -547,8 +643,7 @@ def summarize(grid: Grid, done: Iterable[tuple[Unit, dict[str, Any]]]) -> dict[s
 
 def case_records(todo_units: Iterable[Unit],
                  outcomes: dict[int, dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """The JSON record of every case of the units that have an outcome, in grid order (the
-    JSON-lines export and the pictures)."""
+    """The JSON record of every case of the units that have an outcome, in grid order."""
     for u in todo_units:
         rec = outcomes.get(u.id)
         if rec is None:
@@ -558,15 +653,71 @@ def case_records(todo_units: Iterable[Unit],
                    **{k: v for k, v in rec.items() if k != "violations"}}
 
 
+def stored_case_records(grid: Grid, store: Store) -> Iterator[dict[str, Any]]:
+    """The JSON record of every stored case, in grid order (the JSON-lines export and the
+    pictures), streamed (``stored_units``)."""
+    for u, rec in stored_units(grid, store):
+        yield from case_records((u,), {u.id: rec})
+
+
+def stored_units(grid: Grid, store: Store) -> Iterator[tuple[Unit, dict[str, Any]]]:
+    """Every stored unit with its outcome record, in grid order: the grid's units and the
+    store's runs, both in id order, merged as streams (nothing is held in memory)."""
+    runs = ((rid, rec) for rid, _n, _c, rec in store.iter_runs())
+    nxt = next(runs, None)
+    for u in grid.units():
+        while nxt is not None and nxt[0] < u.id:
+            nxt = next(runs, None)
+        if nxt is None:
+            return
+        if nxt[0] == u.id:
+            yield u, nxt[1]
+
+
+def stored_summary(grid: Grid, store: Store) -> dict[str, Any]:
+    """The summary of what ``store`` holds for ``grid``, streamed from the store: memory
+    does not grow with the number of runs."""
+    specs = {v.spec: v.source for v in grid.variants}
+
+    def done() -> Iterator[tuple[Case, int, dict[str, Any]]]:
+        for _rid, n, c, rec in store.iter_runs():
+            first = c["poison"][0] if KINDS[c["kind"]].first == "mc" else c["unmapped"][0]
+            yield Case(offset=first, spec=specs.get(c["variant"]), **c), n, rec
+    return summarize(grid, done())
+
+
 #: ``progress(cases done, cases to do)``, called after each unit.
 Progress = Callable[[int, int], None]
 
 
+def todo_units(grid: Grid, store: Store, max_cases: int | None,
+               shard: Shard | None = None) -> Iterator[Unit]:
+    """The grid's (or shard's) units the store lacks, lazily, up to ``max_cases`` cases
+    (whole units).  Memory: the stored ids (8 bytes a run), never the grid."""
+    have = store.done_ids()
+    i = 0
+    budget = max_cases
+    for u in grid.units():
+        if shard is not None and not shard.owns(u.case.id):
+            continue
+        while i < len(have) and have[i] < u.id:
+            i += 1
+        if i < len(have) and have[i] == u.id:
+            continue
+        if budget is not None and budget <= 0:
+            return
+        yield u
+        if budget is not None:
+            budget -= len(u.offsets)
+
+
 def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None,
             progress: Progress | None = None, shard: Shard | None = None,
-            backend: Backend | None = None
-            ) -> tuple[dict[str, Any], list[Unit], dict[int, dict[str, Any]]]:
+            backend: Backend | None = None) -> dict[str, Any]:
     """Run the units of ``grid`` that ``store`` does not have yet, then summarise the grid.
+
+    The grid is never built as a list: units are made lazily, cell by cell, and counted
+    arithmetically (``Grid.count``), so ``max_cases`` bounds the work and the memory.
 
     Args:
         grid: the sweep space.
@@ -576,29 +727,24 @@ def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None
             for ``--resume``).
         progress: called as ``progress(cases done, cases to do)`` after each unit (the CLI
             passes ``emu.render.report.SweepProgress``); None shows nothing.
-        shard: run and summarise only this shard's units (``emu.runs.shards``).
+        shard: run and summarise only this shard's units (``emu.runs.shards``); a shard's
+            size is known unit by unit (a hash), so it is counted in one lazy pass.
         backend: runs the units instead of the local pool (e.g. on a Dask cluster);
-            records still reach ``store`` in this process, as they finish.
+            records still reach ``store`` in this process, as they finish.  It is given
+            the units to run as a list (bounded by ``max_cases`` when that is set).
 
     Returns:
-        The summary, the grid's (or shard's) units, and the outcome record of each stored
-        unit by id.
+        The summary (``pending``: the grid's, or shard's, cases not in the store); it is
+        streamed from the store, and ``stored_units`` gives the stored units themselves.
     """
-    all_units = units(grid.cases())
-    if shard is not None:
-        all_units = [u for u in all_units if shard.owns(u.case.id)]
-    have = store.done()
-    todo: list[Unit] = []
-    budget = max_cases
-    for u in all_units:
-        if u.id in have:
-            continue
-        if budget is not None and budget <= 0:
-            break
-        todo.append(u)
-        if budget is not None:
-            budget -= len(u.offsets)
-    total = sum(len(u.offsets) for u in todo)
+    if shard is None:
+        total_cases = grid.count()
+    else:
+        total_cases = sum(len(u.offsets) for u in grid.units() if shard.owns(u.case.id))
+    store.verify(max_cases=total_cases, variants={v.spec for v in grid.variants},
+                 kinds=set(grid.kinds))
+    remaining = total_cases - store.stored_cases()
+    total = remaining if max_cases is None else min(max_cases, remaining)
     finished = 0
 
     def on_record(unit: Unit, rec: dict[str, Any]) -> None:
@@ -606,13 +752,14 @@ def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None
         store.add(unit.id, unit.case, unit.offsets, rec)
         finished += len(unit.offsets)
         if progress is not None:
-            progress(finished, total)
+            progress(finished, max(total, finished))
 
     interrupted = False
+    todo = todo_units(grid, store, max_cases, shard)
     try:
         if backend is not None:
-            backend(todo, on_record)
-        elif jobs <= 1 or len(todo) < 2:
+            backend(list(todo), on_record)
+        elif jobs <= 1:
             run_serial(todo, on_record)
         else:
             run_parallel(todo, jobs, on_record)
@@ -620,11 +767,10 @@ def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None
         interrupted = True   # Ctrl-C: every finished unit is committed; summarise those
     finally:
         store.commit()
-    outcomes = store.records()
-    summary = summarize(grid, ((u, outcomes[u.id]) for u in all_units if u.id in outcomes))
-    summary["pending"] = sum(len(u.offsets) for u in all_units if u.id not in outcomes)
+    summary = stored_summary(grid, store)
+    summary["pending"] = total_cases - summary["cases"]
     if shard is not None:
         summary["shard"] = shard.text
     if interrupted:
         summary["interrupted"] = True
-    return summary, all_units, outcomes
+    return summary
