@@ -32,6 +32,7 @@ import sqlite3
 import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ FORMAT = "emu-sweep-store 1"
 #: The meta key of a shard's store: ``K/N`` (absent from unsharded and merged stores).
 SHARD_KEY = "shard"
 _MAGIC = b"SQLite format 3\x00"
+#: Largest store ``verify`` runs SQLite's quick_check on (it reads the whole file).
+QUICK_CHECK_MAX = 512 << 20
 #: Seconds between commits while a sweep runs (what a SIGKILL can cost).
 COMMIT_EVERY = 0.5
 
@@ -179,13 +182,16 @@ class Store:
             self._check_header()
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as e:
+            raise InputError(f"{self.path}: cannot open: {e}") from None
+        if exists:   # read before anything is written: a foreign file stays as it was
+            self._check_grid(grid)
+        try:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as e:
             raise InputError(f"{self.path}: cannot open: {e}") from None
-        if exists:
-            self._check_grid(grid)
-        else:
+        if not exists:
             self._create(grid, emu_version)
         self.db.execute("BEGIN")
 
@@ -212,7 +218,13 @@ class Store:
             raise InputError(f"{self.path}: store format {meta.get('format')!r}, not "
                              f"{FORMAT!r}; refusing to resume into it")
         if meta.get("grid") != _canonical(grid):
-            theirs = json.loads(meta.get("grid", "{}"))
+            try:
+                theirs = json.loads(meta.get("grid", "{}"))
+                if not isinstance(theirs, dict):
+                    raise ValueError
+            except ValueError:
+                raise InputError(f"{self.path}: not an emu sweep store (its grid is not "
+                                 "JSON); refusing to resume into it") from None
             raise UsageError(f"{self.path}: made by a different sweep "
                              f"({grid_difference(grid, theirs)}); --resume continues the "
                              "same sweep only")
@@ -234,6 +246,43 @@ class Store:
         except sqlite3.Error as e:
             raise InputError(f"{self.path}: cannot write: {e}") from None
 
+    def verify(self, *, max_cases: int, variants: set[str], kinds: set[str]) -> None:
+        """Check a resumed store's rows before any is trusted: an intact file (SQLite's
+        ``quick_check``, for files up to ``QUICK_CHECK_MAX`` bytes), runs of this grid's
+        variants and kinds only, offsets that add up to each run's case count, fault lists
+        that are numbers, and no more cases than the grid has.
+
+        Raises:
+            InputError: the first thing that is wrong, in one line.
+        """
+        where = f"{self.path}: not a store emu can resume"
+        try:
+            if self.path is not None and self.path.stat().st_size <= QUICK_CHECK_MAX:
+                res = self.db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if res != "ok":
+                    raise InputError(f"{where}: the file is damaged ({res})")
+            bad = self.db.execute(
+                "SELECT id, variant, kind FROM runs WHERE variant NOT IN (SELECT value FROM "
+                "json_each(?)) OR kind NOT IN (SELECT value FROM json_each(?)) LIMIT 1",
+                (json.dumps(sorted(variants)), json.dumps(sorted(kinds)))).fetchone()
+            if bad is not None:
+                raise InputError(f"{where}: run {bad[0]} is of variant {bad[1]!r}, kind "
+                                 f"{bad[2]!r}, which this sweep does not have")
+            bad = self.db.execute(
+                "SELECT id FROM runs WHERE poison GLOB '*[^0-9,]*' OR unmapped GLOB "
+                "'*[^0-9,]*' OR cases < 1 OR cases != (SELECT COALESCE(SUM((hi - lo) / step "
+                "+ 1), 0) FROM offsets WHERE run = runs.id AND step > 0 AND hi >= lo) "
+                "LIMIT 1").fetchone()
+            if bad is not None:
+                raise InputError(f"{where}: run {bad[0]} is malformed (its fault offsets or "
+                                 "its case count)")
+            n = self.stored_cases()
+        except sqlite3.Error as e:
+            raise InputError(f"{where}: {e}") from None
+        if n > max_cases:
+            raise InputError(f"{where}: it holds {n} cases, more than the sweep's "
+                             f"{max_cases}")
+
     # ---- reading --------------------------------------------------------------------------
 
     def done(self) -> set[int]:
@@ -242,16 +291,30 @@ class Store:
 
     def done_ids(self) -> array:  # type: ignore[type-arg]
         """The stored run ids, ascending, as a compact array (8 bytes a run)."""
-        return array("q", (r for (r,) in self.db.execute("SELECT id FROM runs ORDER BY id")))
+        with self._errors():
+            return array("q", (r for (r,) in self.db.execute("SELECT id FROM runs ORDER BY id")))
 
     def stored_cases(self) -> int:
         """How many cases the stored runs stand for."""
-        return int(self.db.execute("SELECT COALESCE(SUM(cases), 0) FROM runs").fetchone()[0])
+        with self._errors():
+            return int(self.db.execute("SELECT COALESCE(SUM(cases), 0) FROM runs").fetchone()[0])
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """A damaged file found while reading is one line, not a traceback."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise InputError(f"{self.path or 'results store'}: cannot read: {e}") from None
 
     def iter_runs(self) -> Iterator[tuple[int, int, dict[str, Any], dict[str, Any]]]:
         """Every stored run in id order, streamed (not held in memory): its id, how many
         cases it stands for, its first case's fields (``sweep.Case`` names) and its outcome
         record."""
+        with self._errors():
+            yield from self._iter_runs()
+
+    def _iter_runs(self) -> Iterator[tuple[int, int, dict[str, Any], dict[str, Any]]]:
         cols = ", ".join(_RUN_COLS)
         viol = self.db.execute("SELECT run, name FROM violations ORDER BY run, pos")
         pending = next(viol, None)
@@ -337,8 +400,11 @@ class Store:
     def commit(self) -> None:
         """Make every added run durable (a SIGKILL after this loses none of them)."""
         if self.db.in_transaction:
-            self.db.execute("COMMIT")
-            self.db.execute("BEGIN")
+            try:
+                self.db.execute("COMMIT")
+                self.db.execute("BEGIN")
+            except sqlite3.Error as e:
+                raise InputError(f"{self.path}: cannot write: {e}") from None
         self._last_commit = time.monotonic()
         self._pending = 0
 
