@@ -87,8 +87,34 @@ class Image:
         return sym
 
     def functions(self) -> list[Symbol]:
-        return sorted((s for s in self.symbols.values() if s.kind == "func"),
+        """The functions: ``func`` symbols, and global code labels without a type (a
+        ``SYM_FUNC_START`` whose ``SYM_FUNC_END`` is missing, which is what emits the
+        ``.type`` and the ``.size``)."""
+        return sorted((s for s in self.symbols.values() if self.is_function(s)),
                       key=lambda s: s.addr)
+
+    def is_function(self, sym: Symbol) -> bool:
+        if sym.kind == "func":
+            return True
+        if sym.kind != "notype" or not sym.is_global or sym.size:
+            return False
+        sec = self._section_of(sym.addr)
+        return sec is not None and sec.executable
+
+    def extent(self, sym: Symbol) -> int:
+        """The bytes ``sym`` covers: its size; for a function without one (a missing
+        ``SYM_FUNC_END`` leaves no ``.size``) up to the next function or global symbol of
+        its section, else to the section's end — as far as ``emu run`` would execute it."""
+        if sym.size or not self.is_function(sym):
+            return sym.size
+        sec = self._section_of(sym.addr)
+        if sec is None:
+            return 0
+        end = sec.end
+        for s in self.symbols.values():
+            if (s.kind == "func" or s.is_global) and sym.addr < s.addr < end:
+                end = s.addr
+        return end - sym.addr
 
     def symbolize(self, addr: int) -> str:
         """``name+0xoff`` for an address: the innermost sized symbol (function or SYM_CODE
@@ -107,6 +133,11 @@ class Image:
             if s.size and s.addr <= addr < s.addr + s.size:
                 if best is None or s.addr > best.addr or (s.addr == best.addr and s.kind == "func"):
                     best = s
+        if best is None:   # a function without a size (no SYM_FUNC_END): its extent
+            for s in self.symbols.values():
+                if not s.size and self.is_function(s) and s.addr <= addr < s.addr + self.extent(s):
+                    if best is None or s.addr > best.addr:
+                        best = s
         if best is not None:
             off = addr - best.addr
             return best.name if off == 0 else f"{best.name}+{off:#x}"

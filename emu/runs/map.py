@@ -86,7 +86,7 @@ def build(image: Image, severity: Severity, functions: list[str] | None = None
     syms = ([image.symbol(f) for f in functions] if functions else image.functions())
     out: list[Access] = []
     for sym in syms:
-        code = image.read(sym.addr, sym.size)
+        code = image.read(sym.addr, image.extent(sym))   # a missing .size: its extent
         for insn in md.disasm(code, sym.addr):
             if insn.mnemonic.startswith(_SKIP_PREFIXES):
                 continue
