@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 EMU    := $(VENV)/bin/emu
 SEED   := --len 4096 --src-align 0x7e0 --poison 0x960
 
-.PHONY: install demo test golden bench bench-sweep clean
+.PHONY: install demo test golden bench bench-sweep soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: install
 bench-sweep: install
 	$(PY) bench/bench_sweep.py
 	$(PY) bench/bench_cluster.py
+
+# The long soak of issue 17: the 125,376-case sweep (eras A-F, 4-16 KiB, 8 alignment pairs,
+# every line, every CPU path, #MC and #PF) under ulimit -v, sampling parent and worker RSS.
+soak: install
+	$(PY) bench/soak.py
 
 golden: install
 	$(PY) -m pytest -q tests/golden --update-golden

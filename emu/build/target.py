@@ -32,6 +32,13 @@ from emu.kernel.severity import Severity
 
 _MISSING = object()
 
+#: Clean-run recordings for fast-forward, by (target, routine, direction, length,
+#: alignments, budget), shared by every target of the process.  A recording of a 16 KiB
+#: copy holds a checkpoint per line (the CPU context and the dirty pages: ~1-2 MB); a sweep
+#: runs a cell's offsets in a row, so a few recordings serve it.  One bound for the process,
+#: not 16 per target (issue 17: 16 per target × 24 targets grew a worker to 1 GB).
+_RECORDINGS: Bounded[tuple[object, ...], Any] = Bounded(8, "target.recordings")
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -118,7 +125,6 @@ class Target:
         self.detection = detection
         self.machine = Machine(image, count_insns=count_insns, smap="SMAP" in cpu)
         self.kernel = Kernel(image.extable, settings.severity, image.read)
-        self._ff: Bounded[tuple[object, ...], Any] = Bounded(16, "target.recordings")
         self._calls: Bounded[tuple[object, ...], Call] = Bounded(256, "target.calls")
 
     def routine_for(self, name: str | None, cpu: frozenset[str] | None = None) -> Routine:
@@ -191,13 +197,14 @@ class Target:
         """
         if not (bufs.poison or bufs.unmapped) or self.machine.count_insns:
             return None
-        key = (routine.name, bufs.direction, bufs.length, bufs.src_align, bufs.dst_align, budget)
-        ff = self._ff.get(key, _MISSING)
+        key = (self, routine.name, bufs.direction, bufs.length, bufs.src_align,
+               bufs.dst_align, budget)
+        ff = _RECORDINGS.get(key, _MISSING)
         if ff is _MISSING:
             clean = Buffers(bufs.direction, bufs.length, bufs.src_align, bufs.dst_align)
             kwargs = {} if budget is None else {"budget": budget}
-            ff = self._ff[key] = self.machine.record(self._call(routine, clean), clean,
-                                                     self.kernel, **kwargs)
+            ff = _RECORDINGS[key] = self.machine.record(self._call(routine, clean), clean,
+                                                        self.kernel, **kwargs)
         return ff.start_for(bufs) if ff is not None else None  # type: ignore[union-attr]
 
     def describe(self) -> str:
@@ -205,8 +212,11 @@ class Target:
 
 
 #: Assembled targets by (text digest, settings, CPU, backend, counting, catalog).  Each holds
-#: a Unicorn instance (~10 MB), so the bound keeps a long multi-variant sweep's RSS flat.
-_CACHE: Bounded[tuple[Any, ...], Target] = Bounded(48, "target.targets")
+#: a Unicorn instance (~7-10 MB with its translations), so the bound keeps a long
+#: multi-variant sweep's RSS flat (issue 17: 48 targets let a worker pass 1 GB).  A sweep
+#: runs one path's cells in a row, so a few suffice; a miss costs a new Unicorn (the object
+#: comes from the disk cache).
+_CACHE: Bounded[tuple[Any, ...], Target] = Bounded(12, "target.targets")
 
 
 def read_source(path: str) -> str:

@@ -97,13 +97,19 @@ def test_an_object_emu_refuses_is_not_cached(tmp_path: Path, text: str) -> None:
     assert len(cached(tmp_path)) == 1
 
 
+def default_sigint() -> None:
+    """A test run in the background of a shell inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler: give emu the default, as on a terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_bomb(tmp: Path) -> tuple[subprocess.Popen[str], int]:
     """emu assembling the .rept bomb (60 s limit); returns it and the tool's group id."""
     src = tmp / "in.S"
     src.write_text(REPT_BOMB)
     p = subprocess.Popen([*EMU, "run", str(src), "--routine", "f", "--len", "64"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env(tmp, timeout=60))
+                         env=env(tmp, timeout=60), preexec_fn=default_sigint)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         kids = [pid for pid, (pp, _g) in procs().items() if pp == p.pid]

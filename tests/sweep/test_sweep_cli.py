@@ -247,7 +247,10 @@ def test_ctrl_c_prints_the_partial_summary_and_resume_finishes(results: Path) ->
     g = Grid(variants=tuple(parse_variant(v, None) for v in "CDEF"),
              lengths=tuple(range(64, 4097, 64)), src_aligns=(0x7E0,), step=64, kinds=("mc",))
     total = len({c.id for c in g.cases()})
-    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT at its default (a suite started in the background of a shell inherits it
+    # ignored, and Python would then install no KeyboardInterrupt handler)
+    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and p.poll() is None:
         if runs_committed(results) >= 40:
