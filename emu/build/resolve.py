@@ -31,13 +31,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emu.build.detect import Detection, detect
+from emu.build.rules import SEVERITY_C, read_rules
 from emu.build.sources import (COPY_USER, DEBIAN_VERSIONS, Source, apply_patches, debian_file,
-                               read_file, read_rev)
+                               patched_paths, read_file, read_rev)
 from emu.build.target import BACKENDS, Settings, Target, era_target, get_target
 from emu.caching import Bounded
-from emu.errors import UsageError
+from emu.errors import InputError, UsageError
 from emu.kernel.eras import ERAS, Era, Routine, get_era
-from emu.kernel.severity import Severity
+from emu.kernel.severity import MceRules, Severity
 
 #: Every kind of source spec (the CLI's subcommand × spec-kind test iterates these).
 KINDS = ("era", "file", "debian", "rev", "object", "vmlinux")
@@ -59,6 +60,7 @@ class Spec:
         assembler: the backend (``gas`` or ``keystone``).
         inline: the source text itself, patches applied (``portable``): resolving it reads
             no file, so a machine without the user's files (a cluster worker) can build it.
+        rules: with ``inline``, the #MC rules read from the tree's severity.c (``tree_rules``).
     """
 
     kind: str
@@ -69,6 +71,7 @@ class Spec:
     era: str | None = None
     assembler: str = "gas"
     inline: Source | None = None
+    rules: MceRules | None = None
 
     @property
     def is_era(self) -> bool:
@@ -215,7 +218,43 @@ def portable(spec: Spec) -> Spec:
     if spec.kind not in TEXT_KINDS:
         raise UsageError(f"{spec.text}: a built {spec.kind} cannot be sent to cluster workers "
                          "yet; sweep it locally, or give its source")
-    return replace(spec, inline=source_of(spec), patches=())
+    return replace(spec, inline=source_of(spec), patches=(), rules=tree_rules(spec)[0])
+
+
+def _text(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""     # source_of has named the unreadable patch already
+
+
+def tree_rules(spec: Spec) -> tuple[MceRules | None, str]:
+    """The #MC rules of the tree a source comes from, read from its own severity.c.
+
+    A Debian source reads the package's ``arch/x86/kernel/cpu/mce/severity.c`` (extracted by
+    scripts/linux-sources), a revision ``git show REV:...severity.c``; patches that change
+    severity.c apply to it too.  Era keys, bare files and built objects have none.
+
+    Returns:
+        (the rules, or None; why there are none, for the note that the era's rules apply).
+    """
+    if spec.inline is not None:
+        return spec.rules, ""
+    try:
+        if spec.kind == "debian":
+            p = debian_file(spec.value, SEVERITY_C)
+            src = Source(read_file(str(p)).text, f"debian-{spec.value} severity.c", SEVERITY_C)
+        elif spec.kind == "rev":
+            got = read_rev(str(spec.tree), spec.value, SEVERITY_C)
+            src = Source(got.text, f"{spec.value}:severity.c", SEVERITY_C)
+        else:
+            return None, ""
+    except InputError as e:
+        return None, str(e)
+    touched = [p for p in spec.patches if SEVERITY_C in patched_paths(_text(p))]
+    if touched:
+        src = apply_patches(src, touched)
+    return read_rules(src.text, src.name)
 
 
 #: Built targets (objects and images) by (path, size, mtime, spec, CPU, ...): one Unicorn each.
@@ -251,18 +290,26 @@ def resolve(spec: Spec, cpu: frozenset[str], *, count_insns: bool = False,
             and spec.assembler == "gas"):
         return era_target(get_era(spec.value), cpu, count_insns=count_insns, severity=severity)
     forced = spec.era or (spec.value if spec.kind == "era" else None)
-    return source_target(source_of(spec), cpu, era=forced, assembler=spec.assembler,
-                         count_insns=count_insns, severity=severity)
+    src = source_of(spec)
+    rules, why = (None, "") if severity is not None or spec.era else tree_rules(spec)
+    return source_target(src, cpu, era=forced, assembler=spec.assembler,
+                         count_insns=count_insns, severity=severity, rules=rules, why=why)
 
 
 def source_target(src: Source, cpu: frozenset[str], *, era: str | None = None,
                   assembler: str = "gas", count_insns: bool = False,
-                  severity: Severity | None = None) -> Target:
+                  severity: Severity | None = None, rules: MceRules | None = None,
+                  why: str = "") -> Target:
     """The target of a kernel source text: its era detected (or ``era``), its routines
-    those the file defines, assembled once per (text, rules, CPU, backend)."""
+    those the file defines, assembled once per (text, rules, CPU, backend).
+
+    The #MC rules are ``severity`` (``--mce-rules``), else ``rules`` (the tree's severity.c,
+    ``tree_rules``), else the era's; ``why`` says why a tree's rules are missing."""
     det = detect(src.text, name=src.name, forced=era)
-    return get_target(src.text, src.name, Settings.of(det.era, severity), cpu, assembler,
-                      count_insns, catalog=det, era=det.era, detection=det)
+    how = f"era {det.era.key}'s rules" + (" (--era)" if det.forced else "") + (
+        f"; {why}" if why else "")
+    return get_target(src.text, src.name, Settings.of(det.era, severity, rules, how), cpu,
+                      assembler, count_insns, catalog=det, era=det.era, detection=det)
 
 
 def label(spec: Spec, t: Target) -> str:

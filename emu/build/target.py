@@ -28,7 +28,7 @@ from emu.kernel.extable import Encoding
 from emu.kernel.image import Image
 from emu.kernel.outcome import Outcome
 from emu.kernel.policy import Kernel
-from emu.kernel.severity import Severity
+from emu.kernel.severity import MceRules, Severity
 
 _MISSING = object()
 
@@ -47,10 +47,18 @@ class Settings:
     encoding: Encoding
     ex_layout: int
     severity: Severity
+    how: str = ""       # how emu knew the #MC rules (``MceRules.how``)
 
     @classmethod
-    def of(cls, era: Era, severity: Severity | None = None) -> Settings:
-        return cls(era.encoding, era.ex_layout, severity or era.severity)
+    def of(cls, era: Era, severity: Severity | None = None,
+           rules: MceRules | None = None, how: str | None = None) -> Settings:
+        """An era's settings; #MC rules from ``severity`` (``--mce-rules``), else ``rules``
+        (a tree's severity.c), else the era's (``how`` says why)."""
+        if severity is not None:
+            return cls(era.encoding, era.ex_layout, severity, "--mce-rules")
+        if rules is not None:
+            return cls(era.encoding, era.ex_layout, rules.severity, rules.how)
+        return cls(era.encoding, era.ex_layout, era.severity, how or f"era {era.key}'s rules")
 
 
 class Catalog(Protocol):
@@ -126,6 +134,13 @@ class Target:
         self.machine = Machine(image, count_insns=count_insns, smap="SMAP" in cpu)
         self.kernel = Kernel(image.extable, settings.severity, image.read)
         self._calls: Bounded[tuple[object, ...], Call] = Bounded(256, "target.calls")
+
+    @property
+    def rules(self) -> MceRules:
+        """The #MC rules this target is judged by, and how emu knew."""
+        return MceRules(self.settings.severity,
+                        self.settings.how or (f"era {self.era.key}'s rules" if self.era
+                                              else "default"))
 
     def routine_for(self, name: str | None, cpu: frozenset[str] | None = None) -> Routine:
         """The routine ``--routine NAME`` names, else the one the kernel calls on ``cpu``.

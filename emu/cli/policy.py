@@ -144,10 +144,10 @@ def cmd_explain(a: argparse.Namespace, out: IO[str]) -> int:
     if a.json:
         out.write(report.dumps({"variant": name, "routine": routine.name,
                                 "cpu": cpu_name(cpu), "mce_rules": sev.value,
-                                **tr.outcome.to_json()}))
+                                "rules": t.rules.to_json(), **tr.outcome.to_json()}))
         return 0
     explain.copy(tr, t.image, bufs, f"{name}: {routine.name} [cpu {cpu_name(cpu)}, #MC rules "
-                 f"{sev.value}]", routine.ret_reg, out)
+                 f"{t.rules.describe()}]", routine.ret_reg, out)
     return 0
 
 
@@ -168,18 +168,21 @@ def cmd_map(a: argparse.Namespace, out: IO[str]) -> int:
         for text in a.diff:
             spec = common.spec(a, text)
             t = resolve(spec, cpu, severity=sev)
-            sides.append((label(spec, t), t.settings.severity,
+            sides.append((label(spec, t), t.rules,
                           umap.build(t.image, t.settings.severity, funcs)))
-        (la, sa, ma), (lb, sb, mb) = sides
+        (la, ra, ma), (lb, rb, mb) = sides
+        sa, sb = ra.severity, rb.severity
         changes = umap.diff(ma, mb)
         if a.json:
-            out.write(report.dumps({"a": {"source": la, "mce_rules": sa.value},
-                                    "b": {"source": lb, "mce_rules": sb.value},
+            out.write(report.dumps({"a": {"source": la, "mce_rules": sa.value,
+                                          "rules": ra.to_json()},
+                                    "b": {"source": lb, "mce_rules": sb.value,
+                                          "rules": rb.to_json()},
                                     "changes": [c.to_json() for c in changes],
                                     "flagged": sum(1 for c in changes if c.flag)}))
         else:
-            explain.map_diff(changes, f"map diff: {la} [#MC rules {sa.value}] -> {lb} "
-                             f"[#MC rules {sb.value}], cpu {cpu_name(cpu)}", out)
+            explain.map_diff(changes, f"map diff: {la} [#MC rules {ra.describe()}] -> {lb} "
+                             f"[#MC rules {rb.describe()}], cpu {cpu_name(cpu)}", out)
         # like diff(1): 1 when a load that recovered an #MC now panics
         return 1 if any(c.flag.endswith("now panics") for c in changes) else 0
     if not (a.source or a.object or a.vmlinux):
@@ -189,10 +192,11 @@ def cmd_map(a: argparse.Namespace, out: IO[str]) -> int:
     name, used = label(spec, t), t.settings.severity
     rows = umap.build(t.image, used, funcs)
     if a.json:
-        out.write(report.dumps({"source": name, "mce_rules": used.value, "cpu": cpu_name(cpu),
+        out.write(report.dumps({"source": name, "mce_rules": used.value,
+                                "rules": t.rules.to_json(), "cpu": cpu_name(cpu),
                                 "accesses": [r.to_json() for r in rows]}))
         return 0
-    explain.map_table(rows, f"map: {name} [#MC rules {used.value}, cpu {cpu_name(cpu)}; "
+    explain.map_table(rows, f"map: {name} [#MC rules {t.rules.describe()}, cpu {cpu_name(cpu)}; "
                       "#MC verdicts assume copy_from_user]", out)
     return 0
 

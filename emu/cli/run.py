@@ -50,13 +50,14 @@ def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
     name = label(spec, t)
     routine = t.routine_for(a.routine, cpu)
     rules = {"mce_rules": sev.value} if sev else {}
+    rules["rules"] = t.rules.to_json()
     if is_get_user(routine.name):
         g = run_get_user(t, routine.name, common.buffers(a))
         if a.json:
             out.write(report.dumps({"variant": name, "cpu": cpu_name(cpu), **rules,
                                     **g.to_json()}))
         else:
-            report.get_user_table(g, f"{name}: {routine.name}", out)
+            report.get_user_table(g, f"{name}: {routine.name}", out, rules=t.rules.describe())
         return 0
     o = t.run(routine, common.buffers(a))
     if a.json:
@@ -64,7 +65,8 @@ def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
                                 **rules, **o.to_json()}))
     else:
         extra = f", #MC rules {sev.value}" if sev else ""
-        report.run_table(o, f"{name}: {routine.name} [cpu {cpu_name(cpu)}{extra}]", out)
+        report.run_table(o, f"{name}: {routine.name} [cpu {cpu_name(cpu)}{extra}]", out,
+                         rules=t.rules.describe())
     if o.state is State.HANG:
         # A routine that never returns (or whose fixup faults forever) is a broken input:
         # the outcome is printed above, and the exit code says the input is at fault.
@@ -84,20 +86,24 @@ def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
     if a.patch:   # the last variant once more, with the patch series applied
         specs.append(specs[-1].with_patches(tuple(a.patch)))
     rows = []
+    notes = []
     for spec in specs:
         t = resolve(spec, cpu, severity=sev, routine=a.routine)
         routine = t.routine_for(a.routine, cpu)
         name = label(spec, t) + (f" (#MC {sev.value})" if sev else "")
         rows.append((name, routine.name, t.run(routine, bufs)))
+        notes.append((name, t.rules))
     if a.json:
         out.write(report.dumps({"cpu": cpu_name(cpu), "case": _case_json(a),
                                 **({"mce_rules": sev.value} if sev else {}), "rows": [
-            {"variant": v, "routine": r, **o.to_json()} for v, r, o in rows]}))
+            {"variant": v, "routine": r, "rules": n.to_json(), **o.to_json()}
+            for (v, r, o), (_, n) in zip(rows, notes)]}))
     else:
         title = (f"copy_{a.direction}_user len={bufs.length} src+{bufs.src_align:#x} "
                  f"dst+{bufs.dst_align:#x} poison={common.fmt_offsets(bufs.poison)} "
                  f"unmapped={common.fmt_offsets(bufs.unmapped)} cpu={cpu_name(cpu)}")
         report.diff_table(rows, title, out)
+        report.rules_notes([(v, n.describe()) for v, n in notes], out)
     return 0
 
 

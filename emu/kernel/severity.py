@@ -7,6 +7,7 @@ reading the era catalog does not load the emulator.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -18,3 +19,23 @@ class Severity(str, Enum):
     V5_16 = "v5.16"    # switch on EX_TYPE: UACCESS/COPY + copy-from-user, *_MCE_SAFE (2cadf5248b93)
     V5_17 = "v5.17"    # as 5.16; EFAULT_REG/DEFAULT fixups are not recoverable (to v6.14)
     V2025 = "2025"     # is_copy_from_user first, whatever the type (1a15bb8303b6)
+
+
+@dataclass(frozen=True, slots=True)
+class MceRules:
+    """The #MC rules a target is judged by, and how emu knew (shown with every result).
+
+    Attributes:
+        severity: the rule set.
+        how: where it came from, e.g. "from debian-6.1 severity.c: ...", "era E's rules",
+            "--mce-rules".
+    """
+
+    severity: Severity
+    how: str
+
+    def describe(self) -> str:
+        return f"{self.severity.value} ({self.how})"
+
+    def to_json(self) -> dict[str, str]:
+        return {"mce": self.severity.value, "how": self.how}

@@ -94,8 +94,9 @@ def _ret(o: Outcome) -> str:
     return "-" if o.return_value is None else str(o.return_value)
 
 
-def run_table(o: Outcome, title: str, stream: IO[str]) -> None:
-    """One case: the summary, then every fault with its extable entry and fixup."""
+def run_table(o: Outcome, title: str, stream: IO[str], *, rules: str | None = None) -> None:
+    """One case: the summary, then every fault with its extable entry and fixup
+    (``rules``: the #MC rules and how emu knew them)."""
     c = console(stream)
     t = Table(title=escape(title), show_header=False, title_justify="left")
     t.add_column("field", style="bold")
@@ -111,6 +112,8 @@ def run_table(o: Outcome, title: str, stream: IO[str]) -> None:
         t.add_row("instructions", str(o.insns))
     if o.message:
         t.add_row("message", o.message)
+    if rules:
+        t.add_row("#MC rules", escape(rules))
     print_table(c, t)
     if o.faults:
         ft = Table(title="faults", title_justify="left")
@@ -207,7 +210,17 @@ def fuzz_result(res: dict[str, Any], stream: IO[str]) -> None:
         w(f"  saved: {res['saved']}\n")
 
 
-def get_user_table(g: Any, title: str, stream: IO[str]) -> None:
+def rules_notes(notes: Sequence[tuple[str, str]], stream: IO[str]) -> None:
+    """Under a table: the #MC rules each variant was judged by, and how emu knew (one line
+    when every variant has its era's own rules)."""
+    if all(rules.endswith("'s rules)") and "(era " in rules for _, rules in notes):
+        stream.write("#MC rules: each variant's era's own (emu eras lists them)\n")
+        return
+    for variant, rules in notes:
+        stream.write(f"#MC rules: {variant}: {rules}\n")
+
+
+def get_user_table(g: Any, title: str, stream: IO[str], *, rules: str | None = None) -> None:
     """One __get_user_N call (``emu.runs.getuser.GetUserResult``): error code, value, faults."""
     c = console(stream)
     t = Table(title=escape(title), show_header=False, title_justify="left")
@@ -220,6 +233,8 @@ def get_user_table(g: Any, title: str, stream: IO[str]) -> None:
     t.add_row("verdict", g.verdict)
     if g.message:
         t.add_row("message", g.message)
+    if rules:
+        t.add_row("#MC rules", escape(rules))
     for i, f in enumerate(g.faults, 1):
         t.add_row(f"fault {i}", escape(f"{f.kind.upper()} at {f.where}, {f.handler or 'no entry'}"
                                        f" -> {f.action} {f.fixup_where or ''}".rstrip()))
