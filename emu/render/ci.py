@@ -24,6 +24,7 @@ from rich.text import Text
 from emu.render.report import console, print_table
 
 if TYPE_CHECKING:
+    from emu.kernel.severity import MceRules
     from emu.runs.check import Finding, Result
     from emu.runs.checkrange import RangeResult, Row
 
@@ -54,6 +55,17 @@ def _split(f: Finding) -> str:
     return f"worse {f.count('worse')}, better {f.count('better')}, neutral {f.count('neutral')}"
 
 
+def _mce_line(old: MceRules | None, new: MceRules | None) -> str:
+    """Which #MC rules judged the sides, when they came from the trees' severity.c."""
+    if old == new and old is not None:
+        return f"#MC rules: {old.describe()}"
+    def one(r: MceRules | None) -> str:
+        return r.describe() if r else "the era's"
+    if old and new and old.severity is new.severity:
+        return f"#MC rules: {old.severity.value} (OLD {old.how}; NEW {new.how})"
+    return f"#MC rules: OLD {one(old)}; NEW {one(new)}"
+
+
 def _header(res: Result) -> list[str]:
     o, n = res.old, res.new
     cases = sum(1 for k in n.results if k in o.results)
@@ -61,6 +73,7 @@ def _header(res: Result) -> list[str]:
     lines = [f"emu check: {o.label} -> {n.label}",
              f"era rules: {rules}" + (f"; NEW alone would detect era {n.detected}"
                                       if n.detected and n.detected != n.era else ""),
+             *([_mce_line(o.mce, n.mce)] if o.mce or n.mce else []),
              f"matrix {MATRIX_VERSION}: {len(res.common)} routine(s) by name"
              + (f" + copy_user_generic() on {len(res.callers)} CPU path(s)" if res.callers
                 else "")

@@ -76,11 +76,12 @@ from pathlib import Path
 from typing import Any
 
 from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES
-from emu.build.resolve import Spec, resolve, source_of
+from emu.build.resolve import Spec, resolve, source_of, tree_rules
 from emu.caching import Bounded
 from emu.core.machine import Buffers, State
 from emu.errors import EmuError, InputError, UsageError
 from emu.kernel.eras import CPUS, ERAS, Routine, get_era
+from emu.kernel.severity import MceRules
 from emu.kernel.outcome import Outcome
 from emu.runs import map as umap
 from emu.runs.getuser import GetUserResult, run_get_user
@@ -287,6 +288,9 @@ class Side:
     #: Every routine of the file emu knows how to call (a caller may reach one not selected).
     known: dict[str, Routine] = field(default_factory=dict, repr=False)
     distinct_runs: int = 0
+    #: The #MC rules both sides run under when they come from OLD's tree (its severity.c)
+    #: rather than from the era; None: the era's.
+    mce: MceRules | None = None
 
     @property
     def run_prefix(self) -> list[str]:
@@ -298,7 +302,8 @@ class Side:
     def command(self, c: MCase) -> str:
         if c.routine == CALLER:
             c = replace(c, routine=self.callers[c.cpu])
-        return shlex.join([*self.run_prefix, "--era", self.era, *c.args()])
+        rules = ["--mce-rules", self.mce.severity.value] if self.mce else []
+        return shlex.join([*self.run_prefix, "--era", self.era, *rules, *c.args()])
 
 
 def side_of(spec: Spec) -> Side:
@@ -358,7 +363,8 @@ def _panic_site(o: Outcome | GetUserResult) -> str | None:
 def _targets(side: Side, cpus: tuple[str, ...]) -> dict[str, Any]:
     assert side.spec is not None
     spec = replace(side.spec, era=side.era)
-    return {c: resolve(spec, CPUS[c]) for c in cpus}
+    sev = side.mce.severity if side.mce else None
+    return {c: resolve(spec, CPUS[c], severity=sev) for c in cpus}
 
 
 def prepare(side: Side, era: str, names: list[str]) -> None:
@@ -880,7 +886,8 @@ class Result:
 
 def _side_json(s: Side) -> dict[str, Any]:
     return {"source": s.label, "era": s.era, "detected_era": s.detected,
-            "routines": sorted(s.routines), "callers": dict(s.callers)}
+            "routines": sorted(s.routines), "callers": dict(s.callers),
+            "mce_rules": (s.mce.to_json() if s.mce else None)}
 
 
 def _modern(key: str) -> bool:
@@ -936,6 +943,12 @@ def run_check(old_spec: Spec | None, new_spec: Spec, *, against: str | None = No
         rules = odet if era is None else rules_for(era, old)
         if era is None and _modern(ndet) != _modern(odet):
             rules = "each"
+        if era is None:
+            # the #MC rules of OLD's own tree (its severity.c) judge both sides, as the era
+            # does; with each side on its own era, each side's tree rules
+            old.mce = step("old", lambda: tree_rules(old.spec)[0])  # type: ignore[arg-type]
+            new.mce = (step("new", lambda: tree_rules(new.spec)[0])  # type: ignore[arg-type]
+                       if rules == "each" else old.mce)
         step("old", prepare, old, odet if rules == "each" else rules, names)
         step("new", prepare, new, ndet if rules == "each" else rules, names)
     if names:
