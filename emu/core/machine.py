@@ -27,13 +27,14 @@ import ctypes
 import struct
 from dataclasses import dataclass, field
 
-from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_INTR,
-                     UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_CODE,
+                     UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
+from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
 
 from emu.caching import Bounded
 from emu.core import layout as L
+from emu.core import strings
 from emu.errors import EmulationError, UsageError
 from emu.core.engine import Engine, RegBatch
 from emu.core.records import (DST_FILL, TRAPNR, VECTORS, WINDOW_PAGES, WINDOW_SPAN, Buffers, Call, Code,
@@ -80,12 +81,17 @@ class Machine:
         image: the code to run.
         count_insns: count executed instructions with a block hook (slower; ``emu run``).
         smap: the CPU has SMAP: CR4.SMAP is set (user accesses need EFLAGS.AC).
+        bulk_strings: run the unwatched iterations of ``rep movs``/``rep stos`` in one step
+            (``strings.py``); off, every iteration is a pass through Unicorn.  Instruction
+            counting needs the iterations, so ``count_insns`` turns it off.
     """
 
-    def __init__(self, image: Code, *, count_insns: bool = False, smap: bool = True) -> None:
+    def __init__(self, image: Code, *, count_insns: bool = False, smap: bool = True,
+                 bulk_strings: bool = True) -> None:
         self.image = image
         self.count_insns = count_insns
         self.smap = smap
+        self.bulk_strings = bulk_strings and not count_insns
         try:
             self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
             # Skylake-Server so that stac/clac execute (unicorn-notes §4).
@@ -148,6 +154,28 @@ class Machine:
         self._insns = 0
         if count_insns:
             self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        # rep movs / rep stos: one code hook per place one could start (added before any
+        # block is translated: hooks are not retroactive, unicorn-notes §3).
+        self._string_ops: dict[int, strings.StringOp] = {}
+        self._string_cb = HOOK_CODE_CFUNC(self._string_entry)
+        self._string_regs = self._eng.batch((X.UC_X86_REG_RCX, X.UC_X86_REG_RSI,
+                                             X.UC_X86_REG_RDI, X.UC_X86_REG_RAX,
+                                             X.UC_X86_REG_EFLAGS))
+        self._string_out = self._eng.batch((X.UC_X86_REG_RCX, X.UC_X86_REG_RSI,
+                                            X.UC_X86_REG_RDI))
+        # Window pages: virtual page → (physical page, PTE address, needs EFLAGS.AC: a user
+        # page on a CPU with SMAP).
+        self._bulk_pages: dict[int, tuple[int, int, bool]] = {}
+        for base in (L.USER_WINDOW - L.PAGE, L.KERNEL_WINDOW - L.PAGE):
+            for i in range(WINDOW_PAGES):
+                va = base + i * L.PAGE
+                pa, pte, flags = self._pages[va]
+                self._bulk_pages[va] = (pa, pte, bool(flags & PTE_U) and smap)
+        if self.bulk_strings:
+            found = strings.find((s.addr, s.data) for s in image.sections if s.executable)
+            for op in found:
+                self._string_ops[op.addr] = op
+                self._eng.hook_add(UC_HOOK_CODE, self._string_cb, op.addr, op.addr, op.addr)
         self._run: _RunState | None = None
         self._snap: tuple[int, ...] | None = None   # the snapshot of the fault being decided
 
@@ -728,6 +756,98 @@ class Machine:
         rip, before = values[0], tuple(values[2:])
         va = self._hook_lines[line] + max(addr - line, 0)
         self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX), before)
+
+    # -- rep movs / rep stos in bulk (strings.py) -------------------------------------------
+
+    def _string_entry(self, _uch: object, address: int, _size: int, _ud: object) -> None:
+        """UC_HOOK_CODE callback at a rep string instruction (C API)."""
+        try:
+            self._on_string(address)
+        except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start
+            self._hook_failed(e)
+
+    def _on_string(self, addr: int) -> None:
+        """Before an iteration of a rep string instruction: run the iterations nothing
+        watches in one step and leave the rest (from the first watched one) to Unicorn.
+
+        1. Read RCX, RSI, RDI, RAX, EFLAGS; nothing to do when RCX is 0.
+        2. ``strings.plan``: iterations whose pages are window pages, present and (for user
+           pages) accessible under SMAP, and whose reads meet no poisoned line and no line
+           the fast-forward recording has still to see.
+        3. Copy (or store) them, set the accessed/dirty bits the CPU would have set, and
+           advance RCX, RSI, RDI (the string instructions change no other register or flag).
+        """
+        run = self._run
+        if run is None or run.halt is not None:
+            return
+        op = self._string_ops[addr]
+        rcx, rsi, rdi, rax, eflags = self._string_regs.read()
+        if rcx == 0:
+            return
+        pages, absent, ac = self._bulk_pages, run.absent, eflags & EFLAGS_AC
+
+        def allowed(page: int) -> bool:
+            p = pages.get(page)
+            return p is not None and page not in absent and bool(ac or not p[2])
+
+        watched = [(va, va + L.LINE) for va in self._hook_lines.values()]
+        rec = self._recording
+        if rec is not None and rec.low < rec.hi:
+            watched.append((rec.va + max(rec.low, rec.lo) - rec.lo, rec.va + rec.hi - rec.lo))
+        k = strings.plan(op, rcx, rsi, rdi, eflags, allowed, allowed, watched)
+        if not k:
+            return
+        down = bool(eflags & strings.EFLAGS_DF)
+        size = op.size
+        wlo, whi = strings.span(rdi, size, down, k)
+        if op.op == "stos":
+            self._vwrite(wlo, strings.stos_bytes(rax, size, k))
+        else:
+            rlo, rhi = strings.span(rsi, size, down, k)
+            if rhi <= wlo or whi <= rlo:
+                self._vwrite(wlo, self._vread(rlo, rhi))
+            else:                                          # overlapping: element order matters
+                ulo, uhi = min(rlo, wlo), max(rhi, whi)
+                mem = bytearray(self._vread(ulo, uhi))
+                strings.sequential_copy(mem, rsi - ulo, rdi - ulo, k, size, down)
+                self._vwrite(wlo, bytes(mem[wlo - ulo:whi - ulo]))
+            self._touch(rlo, rhi, PTE_A)
+        self._touch(wlo, whi, PTE_A | PTE_D)
+        step = -k * size if down else k * size
+        mask = 0xFFFFFFFFFFFFFFFF
+        self._string_out.write([rcx - k, (rsi + step) & mask if op.op == "movs" else rsi,
+                                (rdi + step) & mask])
+
+    def _vread(self, lo: int, hi: int) -> bytes:
+        """Bytes [lo, hi) of window pages (virtual addresses)."""
+        out = []
+        pages, read = self._bulk_pages, self._eng.mem_read
+        while lo < hi:
+            n = min(hi, (lo & ~0xFFF) + L.PAGE) - lo
+            out.append(read(pages[lo & ~0xFFF][0] + (lo & 0xFFF), n))
+            lo += n
+        return b"".join(out)
+
+    def _vwrite(self, lo: int, data: bytes) -> None:
+        """Write ``data`` at ``lo`` (virtual, window pages)."""
+        pages, write = self._bulk_pages, self._eng.mem_write
+        pos, hi = 0, len(data)
+        while pos < hi:
+            n = min(hi - pos, L.PAGE - (lo & 0xFFF))
+            write(pages[lo & ~0xFFF][0] + (lo & 0xFFF), data[pos:pos + n])
+            lo += n
+            pos += n
+
+    def _touch(self, lo: int, hi: int, bits: int) -> None:
+        """Set ``bits`` (accessed, dirty) in the PTEs of the window pages [lo, hi) covers."""
+        eng = self._eng
+        page = lo & ~0xFFF
+        while page < hi:
+            pte = self._bulk_pages[page][1]
+            v = int.from_bytes(eng.mem_read(pte, 8), "little")
+            if v & bits != bits:
+                eng.mem_write(pte, (v | bits).to_bytes(8, "little"))
+            page += L.PAGE
 
     def _on_block(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         key = (address, size)
