@@ -129,7 +129,7 @@ class BareSweep:
         from unicorn.unicorn_py3.unicorn import HOOK_MEM_ACCESS_CFUNC
 
         from emu.core.engine import Engine
-        self.m = m = Machine(target.image)
+        self.m = m = Machine(target.image, bulk_strings=False)
         assert (m._user_pa, m._kern_pa) == (target.machine._user_pa, target.machine._kern_pa)
         uc = m.uc
         self.eng = eng = Engine(uc, 8)

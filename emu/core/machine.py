@@ -818,36 +818,48 @@ class Machine:
         self._string_out.write([rcx - k, (rsi + step) & mask if op.op == "movs" else rsi,
                                 (rdi + step) & mask])
 
+    def _runs(self, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
+        """[lo, hi) (virtual, window pages) as runs of physically contiguous pages:
+        (physical address, bytes, first PTE address, PTE count).  A window's pages, and
+        their PTEs, are contiguous, so a copy within one window is one run."""
+        out: list[list[int]] = []
+        pages = self._bulk_pages
+        while lo < hi:
+            page = lo & ~0xFFF
+            n = min(hi, page + L.PAGE) - lo
+            pa, pte, _ = pages[page]
+            pa += lo & 0xFFF
+            last = out[-1] if out else None
+            if last is not None and last[0] + last[1] == pa and last[2] + 8 * last[3] == pte:
+                last[1] += n
+                last[3] += 1
+            else:
+                out.append([pa, n, pte, 1])
+            lo += n
+        return [(a, b, c, d) for a, b, c, d in out]
+
     def _vread(self, lo: int, hi: int) -> bytes:
         """Bytes [lo, hi) of window pages (virtual addresses)."""
-        out = []
-        pages, read = self._bulk_pages, self._eng.mem_read
-        while lo < hi:
-            n = min(hi, (lo & ~0xFFF) + L.PAGE) - lo
-            out.append(read(pages[lo & ~0xFFF][0] + (lo & 0xFFF), n))
-            lo += n
-        return b"".join(out)
+        read = self._eng.mem_read_span
+        parts = [read(pa, n) for pa, n, _, _ in self._runs(lo, hi)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _vwrite(self, lo: int, data: bytes) -> None:
         """Write ``data`` at ``lo`` (virtual, window pages)."""
-        pages, write = self._bulk_pages, self._eng.mem_write
-        pos, hi = 0, len(data)
-        while pos < hi:
-            n = min(hi - pos, L.PAGE - (lo & 0xFFF))
-            write(pages[lo & ~0xFFF][0] + (lo & 0xFFF), data[pos:pos + n])
-            lo += n
+        write = self._eng.mem_write
+        pos = 0
+        for pa, n, _, _ in self._runs(lo, lo + len(data)):
+            write(pa, data if n == len(data) else data[pos:pos + n])
             pos += n
 
     def _touch(self, lo: int, hi: int, bits: int) -> None:
         """Set ``bits`` (accessed, dirty) in the PTEs of the window pages [lo, hi) covers."""
         eng = self._eng
-        page = lo & ~0xFFF
-        while page < hi:
-            pte = self._bulk_pages[page][1]
-            v = int.from_bytes(eng.mem_read(pte, 8), "little")
-            if v & bits != bits:
-                eng.mem_write(pte, (v | bits).to_bytes(8, "little"))
-            page += L.PAGE
+        for _, _, pte, count in self._runs(lo, hi):
+            old = int.from_bytes(eng.mem_read_span(pte, 8 * count), "little")
+            new = old | (bits * ((1 << (64 * count)) - 1) // 0xFFFFFFFFFFFFFFFF)
+            if new != old:
+                eng.mem_write(pte, new.to_bytes(8 * count, "little"))
 
     def _on_block(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         key = (address, size)
