@@ -34,7 +34,7 @@ from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_INTR_CFUNC, HOOK_M
 
 from emu.caching import Bounded
 from emu.core import layout as L
-from emu.core import strings
+from emu.core import native, strings
 from emu.errors import EmulationError, UsageError
 from emu.core.engine import Engine, RegBatch
 from emu.core.records import (DST_FILL, TRAPNR, VECTORS, WINDOW_PAGES, WINDOW_SPAN, Buffers, Call, Code,
@@ -84,10 +84,13 @@ class Machine:
         bulk_strings: run the unwatched iterations of ``rep movs``/``rep stos`` in one step
             (``strings.py``); off, every iteration is a pass through Unicorn.  Instruction
             counting needs the iterations, so ``count_insns`` turns it off.
+        compiled: run the bulk step in the compiled helper (``_fast.c``) rather than in
+            Python; None (default): when it is available and ``EMU_PURE`` is not set.  The
+            results are the same either way.
     """
 
     def __init__(self, image: Code, *, count_insns: bool = False, smap: bool = True,
-                 bulk_strings: bool = True) -> None:
+                 bulk_strings: bool = True, compiled: bool | None = None) -> None:
         self.image = image
         self.count_insns = count_insns
         self.smap = smap
@@ -171,11 +174,25 @@ class Machine:
                 va = base + i * L.PAGE
                 pa, pte, flags = self._pages[va]
                 self._bulk_pages[va] = (pa, pte, bool(flags & PTE_U) and smap)
+        self._native: native.EmuStrings | None = None
+        self._native_lines: object = None
+        self._native_absent: object = None
+        self._native_rec = False
+        self._native_absent_over = False    # more absent pages / watched ranges than the
+        self._native_watch_over = False     # compiled hook's record holds: iterate instead
         if self.bulk_strings:
             found = strings.find((s.addr, s.data) for s in image.sections if s.executable)
+            hook = native.string_hook() if compiled is not False else None
+            if compiled and hook is None:
+                raise EmulationError("the compiled helper is not available (gcc, EMU_PURE?)")
+            if hook is not None and len(found) <= native.MAX_OPS:
+                self._native = self._native_state(found)
+                cb, ud = ctypes.c_void_p(hook), ctypes.addressof(self._native)
+            else:
+                cb, ud = self._string_cb, 0
             for op in found:
                 self._string_ops[op.addr] = op
-                self._eng.hook_add(UC_HOOK_CODE, self._string_cb, op.addr, op.addr, op.addr)
+                self._eng.hook_add(UC_HOOK_CODE, cb, ud, op.addr, op.addr)
         self._run: _RunState | None = None
         self._snap: tuple[int, ...] | None = None   # the snapshot of the fault being decided
 
@@ -336,12 +353,17 @@ class Machine:
         self._run = _RunState(handler, absent)
         self._insns = 0
         self._hook_error = None
+        if self._native is not None:
+            self._native_sync(absent)
         # 5. Run.
         try:
             # Uc.emu_start, called directly; a binding hook (count_insns) that raised left
             # its exception in the binding's _hook_exception.
             uc._hook_exception = None  # noqa: SLF001
-            status = eng.emu_start(begin, L.SENTINEL, budget)
+            try:
+                status = eng.emu_start(begin, L.SENTINEL, budget)
+            finally:
+                self._native_off()
             if status:
                 raise UcError(status)
             if uc._hook_exception is not None:  # noqa: SLF001
@@ -455,6 +477,8 @@ class Machine:
         if rec.low < rec.hi:
             rec.hook = self._eng.hook_add(UC_HOOK_MEM_READ, self._record_cb, 0,
                                           max(rec.low, rec.lo) - 7, rec.hi - 1)
+        if self._native is not None and self._run is not None:
+            self._native_watch()
 
     def _record_entry(self, _uch: object, _access: int, addr: int, size: int, _value: int,
                       _ud: object) -> None:
@@ -626,6 +650,7 @@ class Machine:
         run.faults.append(FaultRecord(event, res, before))
         if isinstance(res, Halt):
             run.halt = res
+            self._native_off()
             self._eng.emu_stop()
             return
         if res.regs:
@@ -714,6 +739,7 @@ class Machine:
                            f"{self.image.symbolize(rip)}")
                 run.faults.append(FaultRecord(event, res, before))
                 run.halt = res
+                self._native_off()
                 self._eng.emu_stop()
                 return
             self._dispatch(FaultEvent(kind, rip, addr, user), before)
@@ -725,6 +751,7 @@ class Machine:
                     res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
                     run.faults.append(FaultRecord(event, res, before))
                     run.halt = res
+                    self._native_off()
                     self._eng.emu_stop()
                     return
         self._dispatch(FaultEvent(kind, rip, 0, False), before)
@@ -740,6 +767,7 @@ class Machine:
             res = Halt(State.OOPS, f"invalid opcode at {self.image.symbolize(rip)}")
         run.faults.append(FaultRecord(event, res, self._snapshot()))
         run.halt = res
+        self._native_off()
 
     def _on_read(self, addr: int, size: int, line: int) -> None:
         run = self._run
@@ -758,6 +786,70 @@ class Machine:
         self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX), before)
 
     # -- rep movs / rep stos in bulk (strings.py) -------------------------------------------
+
+    def _native_state(self, ops: list[strings.StringOp]) -> native.EmuStrings:
+        """The compiled hook's record: Unicorn's entry points, the windows, the instructions."""
+        from unicorn.unicorn_py3.unicorn import uclib
+        st = native.EmuStrings()
+        addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        st.f_reg_read_batch = addr(uclib.uc_reg_read_batch)
+        st.f_reg_write_batch = addr(uclib.uc_reg_write_batch)
+        st.f_mem_read = addr(uclib.uc_mem_read)
+        st.f_mem_write = addr(uclib.uc_mem_write)
+        st.reg_ids[:] = [X.UC_X86_REG_RCX, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI,
+                         X.UC_X86_REG_RAX, X.UC_X86_REG_EFLAGS]
+        for w, ((base, ptes), wpa) in enumerate(zip(self._window_ptes,
+                                                    (self._user_pa, self._kern_pa))):
+            for i in range(WINDOW_PAGES):        # the C code takes each window as one run
+                assert self._bulk_pages[base + i * L.PAGE][:2] == (wpa + i * L.PAGE,
+                                                                   ptes + 8 * i)
+            st.win_va[w], st.win_pa[w], st.win_pte[w] = base, wpa, ptes
+            st.win_user[w], st.win_pages[w] = int(w == 0 and self.smap), WINDOW_PAGES
+        st.nops = len(ops)
+        for i, op in enumerate(ops):
+            st.op_addr[i], st.op_size[i] = op.addr, op.size
+            st.op_kind[i] = 0 if op.op == "movs" else 1
+        self._native_buf = ctypes.create_string_buffer(WINDOW_SPAN)
+        st.buf, st.buf_size = ctypes.addressof(self._native_buf), WINDOW_SPAN
+        return st
+
+    def _native_sync(self, absent: frozenset[int]) -> None:
+        """Give the compiled hook this run's absent pages and watched ranges (poisoned
+        lines, the recording's unseen lines) and switch it on."""
+        st = self._native
+        assert st is not None
+        if absent is not self._native_absent:
+            pages = sorted(absent)
+            self._native_absent_over = len(pages) > native.MAX_ABSENT
+            st.nabsent = min(len(pages), native.MAX_ABSENT)
+            st.absent[:st.nabsent] = pages[:st.nabsent]
+            self._native_absent = absent
+        if (self._hook_lines is not self._native_lines or self._native_rec
+                or self._recording is not None):
+            self._native_watch()
+        st.active = int(not (self._native_absent_over or self._native_watch_over))
+
+    def _native_watch(self) -> None:
+        st = self._native
+        assert st is not None
+        ranges = [(va, va + L.LINE) for va in self._hook_lines.values()]
+        rec = self._recording
+        if rec is not None and rec.low < rec.hi:
+            ranges.append((rec.va + max(rec.low, rec.lo) - rec.lo, rec.va + rec.hi - rec.lo))
+        self._native_watch_over = len(ranges) > native.MAX_WATCH
+        if self._native_watch_over:                # more than the record holds: iterate
+            st.active = 0
+            ranges = []
+        st.nwatch = len(ranges)
+        for i, (a, b) in enumerate(ranges):
+            st.watch_lo[i], st.watch_hi[i] = a, b
+        self._native_lines = self._hook_lines
+        self._native_rec = rec is not None
+
+    def _native_off(self) -> None:
+        """The run halted: the compiled hook does nothing more in it."""
+        if self._native is not None:
+            self._native.active = 0
 
     def _string_entry(self, _uch: object, address: int, _size: int, _ud: object) -> None:
         """UC_HOOK_CODE callback at a rep string instruction (C API)."""

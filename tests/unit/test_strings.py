@@ -1,8 +1,9 @@
 """rep movs / rep stos in bulk (emu/core/strings.py) against iteration-by-iteration execution.
 
 The machine with ``bulk_strings=False`` lets Unicorn run every iteration; with it on, the
-unwatched iterations run in one step.  Both must leave the same registers, memory, faults and
-end state for any length, element size, direction, alignment, overlap and fault placement.
+unwatched iterations run in one step, in the compiled helper (``_fast.c``) or in Python
+(``EMU_PURE=1``).  All three must leave the same registers, memory, faults and end state for
+any length, element size, direction, alignment, overlap and fault placement.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from emu.core import layout as L
-from emu.core import strings
+from emu.core import native, strings
 from emu.core.machine import Buffers, Call, Halt, Machine, RawRun, Redirect, State
 
 # ---- a hand-assembled image: one routine per (op, size, direction) -----------------------
@@ -62,11 +63,16 @@ CODE = _Code()
 
 @pytest.fixture(scope="module")
 def machines():  # type: ignore[no-untyped-def]
-    bulk, iterate = Machine(CODE), Machine(CODE, bulk_strings=False)
-    assert bulk._string_ops and not iterate._string_ops
-    yield bulk, iterate
-    bulk.close()
-    iterate.close()
+    """(compiled bulk, Python bulk, iterating) machines on the same image."""
+    if native.load() is None:
+        pytest.skip("the compiled helper cannot be built here (gcc missing, or EMU_PURE=1)")
+    ms = (Machine(CODE, compiled=True), Machine(CODE, compiled=False),
+          Machine(CODE, bulk_strings=False))
+    assert ms[0]._native is not None and ms[1]._native is None and ms[1]._string_ops
+    assert not ms[2]._string_ops
+    yield ms
+    for m in ms:
+        m.close()
 
 
 def handler_for(resume: int):  # type: ignore[no-untyped-def]
@@ -120,21 +126,33 @@ SPAN = L.MAX_SPAN
 def test_bulk_matches_iteration_by_iteration(machines, op, down, src_win, dst_win,  # type: ignore[no-untyped-def]
                                              src_off, dst_off, count, stac, poison,
                                              unmapped, rax) -> None:
-    bulk, iterate = machines
+    compiled, python, iterate = machines
     name, size = op
     rsi, rdi = WINDOWS[src_win] + src_off, WINDOWS[dst_win] + dst_off
     call = Call(CODE.entry[name, size, down],
                 (("rsi", rsi), ("rdi", rdi), ("rcx", count), ("rax", rax)), stac=stac)
     bufs = Buffers("from", SPAN, 0, 0, poison=tuple(poison), unmapped=tuple(unmapped))
     handler = handler_for(CODE.resume[name, size, down])
-    a = bulk.run(call, bufs, handler)
-    b = iterate.run(call, bufs, handler)
-    same(a, b)
+    want = iterate.run(call, bufs, handler)
+    same(compiled.run(call, bufs, handler), want)
+    same(python.run(call, bufs, handler), want)
+
+
+def test_the_compiled_hook_copies_a_4k_movsb_in_one_step(machines) -> None:  # type: ignore[no-untyped-def]
+    compiled = machines[0]
+    st = compiled._native
+    calls, bulked = st.calls, st.bulked
+    call = Call(CODE.entry["movs", 1, False],
+                (("rsi", L.USER_WINDOW), ("rdi", L.KERNEL_WINDOW), ("rcx", 4096), ("rax", 0)),
+                stac=True)
+    raw = compiled.run(call, Buffers("from", 4096), handler_for(0))
+    assert raw.state is State.RETURNED and dict(raw.regs)["rcx"] == 0
+    assert st.bulked - bulked == 4096 and st.calls - calls <= 2
 
 
 def test_bulk_takes_the_iterations_a_4k_copy_would_run_one_by_one(machines) -> None:  # type: ignore[no-untyped-def]
-    """The code hook runs once for the whole copy (and once more for the RCX = 0 pass)."""
-    bulk, _ = machines
+    """The Python hook runs once for the whole copy (and once more for the RCX = 0 pass)."""
+    bulk = machines[1]
     calls = []
     real = bulk._on_string
     bulk._on_string = lambda addr: (calls.append(addr), real(addr))  # type: ignore[method-assign]
@@ -182,3 +200,13 @@ def test_decode_takes_only_rep_string_forms() -> None:
     assert strings.decode(b"\xa4", 0) is None                 # no rep
     assert strings.decode(b"\xf3\x67\xa4", 0) is None         # 32-bit addressing
     assert strings.decode(b"\xf3\x90", 0) is None             # pause
+
+
+def test_emu_pure_selects_the_python_hook(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("EMU_PURE", "1")
+    assert native.load() is None
+    m = Machine(CODE)
+    try:
+        assert m._native is None and m._string_ops     # the Python bulk hook
+    finally:
+        m.close()
