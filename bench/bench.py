@@ -285,24 +285,28 @@ def main() -> int:
         print("4 KiB fast-forward speedup: " + ", ".join(f"{k} {v:.2f}" for k, v in ff4k.items())
               + " (target >= 5)")
     print()
-    print("rep movsb (ERMS) in bulk against iterating, one case with one #MC on the line at")
-    print("offset 0x960, cases/s")
-    print(f"{'bytes':>6} {'bulk':>8} {'iterating':>9} {'speedup':>7}")
+    print("rep movsb (ERMS): offset sweep (one #MC on each line), full re-execution, cases/s,")
+    print("rep strings in bulk against iterating (every 4th line), and the string routine in bulk")
+    print(f"{'bytes':>6} {'ERMS bulk':>9} {'iterating':>9} {'speedup':>7} {'string':>7}"
+          f" {'ERMS/string':>11}")
     era = ERAS["E"]
     t = era_target(era, CPUS["erms"])
+    ts = era_target(era, CPUS["rep_good"])
     ti = iterating(t)
     r = era.routine("copy_user_enhanced_fast_string")
+    rs = era.routine("copy_user_generic_string")
     for length in (4096, 61440):
-        b = Buffers(length=length, src_align=0x7E0, poison=(0x960,))
-        n = max(20, a.n * 4096 // length)
-        for tt in (t, ti):
-            sweep_loop(tt, r, [b] * 5, False)
-        bs, its = [], []
+        cases = sweep_cases(length)
+        for tt, rr in ((t, r), (ti, r), (ts, rs)):
+            sweep_loop(tt, rr, cases[:8], False)
+        bs, its, ss = [], [], []
         for _ in range(a.r):
-            bs.append(sweep_loop(t, r, [b] * n, False))
-            its.append(sweep_loop(ti, r, [b] * max(5, n // 10), False))
-        bulk, it = statistics.median(bs), statistics.median(its)
-        print(f"{length:>6} {1 / bulk:8.0f} {1 / it:9.0f} {it / bulk:7.2f}")
+            bs.append(sweep_loop(t, r, cases, False))
+            its.append(sweep_loop(ti, r, cases[::4], False))
+            ss.append(sweep_loop(ts, rs, cases, False))
+        bulk, it, st = (statistics.median(x) for x in (bs, its, ss))
+        print(f"{length:>6} {1 / bulk:9.0f} {1 / it:9.0f} {it / bulk:7.2f} {1 / st:7.0f}"
+              f" {st / bulk:11.2f}")
     ti.machine.close()
     return 0
 

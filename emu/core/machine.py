@@ -832,8 +832,16 @@ class Machine:
     def _native_watch(self) -> None:
         st = self._native
         assert st is not None
-        ranges = [(va, va + L.LINE) for va in self._hook_lines.values()]
         rec = self._recording
+        lines = self._hook_lines
+        if rec is None and len(lines) <= 1:        # a sweep's usual case: no or one line
+            for va in lines.values():
+                st.watch_lo[0], st.watch_hi[0] = va, va + L.LINE
+            st.nwatch = len(lines)
+            self._native_watch_over = False
+            self._native_lines, self._native_rec = lines, False
+            return
+        ranges = [(va, va + L.LINE) for va in lines.values()]
         if rec is not None and rec.low < rec.hi:
             ranges.append((rec.va + max(rec.low, rec.lo) - rec.lo, rec.va + rec.hi - rec.lo))
         self._native_watch_over = len(ranges) > native.MAX_WATCH
