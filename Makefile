@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,plot,fuzz]'
+	$(PY) -m emu.core.native
 	touch $@
 
 install: $(VENV)/.installed
