@@ -61,13 +61,15 @@ class _Code:
 CODE = _Code()
 
 
-@pytest.fixture(scope="module")
-def machines():  # type: ignore[no-untyped-def]
-    """(compiled bulk, Python bulk, iterating) machines on the same image."""
+@pytest.fixture(scope="module", params=[True, False], ids=["smap", "no-smap"])
+def machines(request):  # type: ignore[no-untyped-def]
+    """(compiled bulk, Python bulk, iterating) machines on the same image, on a CPU with
+    SMAP and on one without (where user pages need no EFLAGS.AC)."""
     if native.load() is None:
         pytest.skip("the compiled helper cannot be built here (gcc missing, or EMU_PURE=1)")
-    ms = (Machine(CODE, compiled=True), Machine(CODE, compiled=False),
-          Machine(CODE, bulk_strings=False))
+    smap = request.param
+    ms = (Machine(CODE, compiled=True, smap=smap), Machine(CODE, compiled=False, smap=smap),
+          Machine(CODE, bulk_strings=False, smap=smap))
     assert ms[0]._native is not None and ms[1]._native is None and ms[1]._string_ops
     assert not ms[2]._string_ops
     yield ms
