@@ -1,4 +1,4 @@
-/* emu/core/_fast.c: the rep movs / rep stos bulk step as a Unicorn code hook in C.
+/* emu/core/_fast.c: the rep movs / rep stos bulk step as a Unicorn block hook in C.
  *
  * The same algorithm as emu/core/strings.py (plan, first_hit, walk_pages, sequential_copy)
  * and Machine._on_string, with no Python in the hook: the hook reads RCX, RSI, RDI, RAX and

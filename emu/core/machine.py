@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from typing import Any
 from dataclasses import dataclass, field
 
-from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_CODE,
-                     UC_HOOK_INTR, UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
+from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_INTR,
+                     UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
 
@@ -117,7 +118,9 @@ class Machine:
         # The same by id(call) (the Call is kept so that its id is not reused).
         self._entry_by_call: dict[int, tuple[RegBatch, list[int], Call]] = {}
         self._layout: str | None = None
-        self._pte_cache: Bounded[frozenset[int], list[bytes]] = Bounded(256, "machine.pte_tables")
+        self._pte_cache: Bounded[tuple[object, ...], list[bytes]] = Bounded(
+            256, "machine.pte_tables")
+        self._keeps: Bounded[tuple[object, ...], Any] = Bounded(256, "machine.keep_pages")
         # Window pages that may not hold their initial contents, with the contents they do
         # hold: (window physical base, page index) → bytes.  Every other window page holds
         # its initial contents.  A run leaves the pages it dirtied here, and the next run
@@ -132,9 +135,9 @@ class Machine:
         for base, ptes in self._window_ptes:
             last = self._pages[base + (WINDOW_PAGES - 1) * L.PAGE][1]
             assert last == ptes + 8 * (WINDOW_PAGES - 1), "window PTEs must be contiguous"
-        # Per window (user, kernel): the absent pages its PTE array is known to hold with no
-        # dirty bit set, or None (``run`` step 2).
-        self._pte_ok: list[frozenset[int] | None] = [None, None]
+        # Per window (user, kernel): the (absent pages, kept-dirty pages) its PTE array is
+        # known to hold exactly, or None (``run`` step 2).
+        self._pte_ok: list[tuple[object, ...] | None] = [None, None]
         self._poison_hooks: list[int] = []
         self._poison_key: tuple[int, ...] = ()
         self._instrumented = False
@@ -157,8 +160,13 @@ class Machine:
         self._insns = 0
         if count_insns:
             self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
-        # rep movs / rep stos: one code hook per place one could start (added before any
-        # block is translated: hooks are not retroactive, unicorn-notes §3).
+        # rep movs / rep stos: one block hook per place one could start (added before any
+        # block is translated: hooks are not retroactive, unicorn-notes §3).  A block hook,
+        # not a code hook: any UC_HOOK_CODE, even one whose range no executed instruction
+        # meets, cost the unrolled copy ~10% (measured with make bench's harness loop),
+        # while QEMU's rep loop re-enters a block at the instruction at every iteration
+        # after the first, which is all the bulk step needs (the first iteration runs in
+        # the block that reached the instruction).
         self._string_ops: dict[int, strings.StringOp] = {}
         self._string_cb = HOOK_CODE_CFUNC(self._string_entry)
         self._string_regs = self._eng.batch((X.UC_X86_REG_RCX, X.UC_X86_REG_RSI,
@@ -192,7 +200,7 @@ class Machine:
                 cb, ud = self._string_cb, 0
             for op in found:
                 self._string_ops[op.addr] = op
-                self._eng.hook_add(UC_HOOK_CODE, cb, ud, op.addr, op.addr)
+                self._eng.hook_add(UC_HOOK_BLOCK, cb, ud, op.addr, op.addr)
         self._run: _RunState | None = None
         self._snap: tuple[int, ...] | None = None   # the snapshot of the fault being decided
 
@@ -286,16 +294,24 @@ class Machine:
             uc.mem_write(dst_pa, DST_WINDOW_BYTES)
             self._layout = bufs.direction
             self._resident = {}
-        # 2. Page tables of both windows: present bits for this case, accessed/dirty bits
-        #    cleared; the CR3 write flushes the TLB so the CPU sets them again.
+        # 2. Page tables of both windows: present bits for this case; dirty bits set on the
+        #    destination buffer's pages (``keep``: the run will most likely write them, and
+        #    they are read back whatever it does) and clear elsewhere, so that the CPU marks
+        #    any other page it writes.  A window whose PTEs already say exactly that needs no
+        #    write (accessed bits may stay set); after a write, the CR3 write in step 4
+        #    flushes the TLB so that the CPU walks the new entries.  Without one, the TLB
+        #    stays warm from the last run: a sweep's cases usually rewrite nothing.
         absent = (frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
                   if bufs.unmapped else _NO_PAGES)
-        #    A window whose PTEs the last run left without dirty bits, for the same pages
-        #    present, needs no write (accessed bits may stay set).
+        keep = self._keep(bufs)
         pte_ok = self._pte_ok
-        for w, table in enumerate(self._pte_tables(absent)):
-            if pte_ok[w] != absent:
+        flush = False
+        for w, table in enumerate(self._pte_tables(absent, keep)):
+            key = (absent, keep[w])
+            if pte_ok[w] != key:
                 eng.mem_write(self._window_ptes[w][1], table)
+                pte_ok[w] = key
+                flush = True
         # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical),
         #    on translated blocks that call read hooks (``_instrument``).
         if bufs.poison:
@@ -321,10 +337,12 @@ class Machine:
             self._poison_key = lines
         self._hook_lines = line_va
         # 4. Window pages as the start needs them (initial contents, or the checkpoint's),
-        #    registers (one batch write; CR3 last, which flushes the TLB for step 2) and
+        #    CR3 if step 2 wrote PTEs (the TLB flush), the registers (one batch write) and
         #    the return address, or the checkpoint's stack.
         if self._resident or start is not None:
             self._settle(start.page_map if start is not None else {})
+        if flush:
+            eng.write(X.UC_X86_REG_CR3, self._pml4)
         if start is None:
             rsp = L.STACK_TOP - 8
             eng.mem_write(self._stack_page + (rsp & 0xFFF), SENTINEL_BYTES)
@@ -338,16 +356,15 @@ class Machine:
                         self._entry_regs.clear()
                     regs = self._entry_regs[key] = (
                         eng.batch((X.UC_X86_REG_RSP, *(REGS[n] for n, _ in call.regs),
-                                   X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CR3)),
+                                   X.UC_X86_REG_EFLAGS)),
                         [rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
-                         0x2 | (EFLAGS_AC if call.stac else 0), self._pml4])
+                         0x2 | (EFLAGS_AC if call.stac else 0)])
                 if len(self._entry_by_call) >= 64:
                     self._entry_by_call.clear()
                 entry = self._entry_by_call[id(call)] = (*regs, call)
             entry[0].write(entry[1])
             begin = call.entry
         else:
-            eng.write(X.UC_X86_REG_CR3, self._pml4)
             eng.mem_write(self._stack_page, start.stack)
             begin = start.rip
         self._run = _RunState(handler, absent)
@@ -407,9 +424,12 @@ class Machine:
         dirty = self._dirty_pages()
         for key in dirty:
             resident[key] = eng.mem_read(key[0] + key[1] * L.PAGE, L.PAGE)
-        written = {wpa for wpa, _ in dirty}
-        self._pte_ok = [None if wpa in written else absent
-                        for wpa in (self._user_pa, self._kern_pa)]
+        #    A window where the CPU dirtied a page outside ``keep`` needs its PTEs
+        #    rewritten before the next run.
+        for w, (wpa, lo_hi) in enumerate(zip((self._user_pa, self._kern_pa), keep)):
+            lo, hi = lo_hi
+            if any(d_wpa == wpa and not lo <= i < hi for d_wpa, i in dirty):
+                pte_ok[w] = None
         src_pa, _ = self._window_pa(bufs.direction)
         src_pages, dst_pages = [], []
         for (wpa, i), data in sorted(resident.items()):
@@ -557,16 +577,32 @@ class Machine:
             self.uc.ctl_flush_tb()
             self._instrumented = True
 
-    def _pte_tables(self, absent: frozenset[int]) -> list[bytes]:
-        """PTE arrays of both windows with accessed/dirty clear and ``absent`` pages not present."""
-        cached = self._pte_cache.get(absent)
+    def _keep(self, bufs: Buffers) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Per window (user, kernel): the [first, last+1) page indices (0: the lower guard
+        page) whose PTEs keep the dirty bit set across runs: the destination buffer's."""
+        key = (bufs.direction, bufs.dst_align, bufs.length)
+        got = self._keeps.get(key)
+        if got is None:
+            lo = L.PAGE + bufs.dst_align
+            rng = (lo // L.PAGE, (lo + bufs.length + L.PAGE - 1) // L.PAGE) if bufs.length \
+                else (0, 0)
+            got = self._keeps[key] = ((0, 0), rng) if bufs.direction == "from" else \
+                (rng, (0, 0))
+        return got
+
+    def _pte_tables(self, absent: frozenset[int],
+                    keep: tuple[tuple[int, int], tuple[int, int]]) -> list[bytes]:
+        """PTE arrays of both windows: ``absent`` pages not present, accessed and dirty bits
+        set on the ``keep`` pages and clear elsewhere."""
+        cached = self._pte_cache.get((absent, keep))
         if cached is None:
             cached = [b"".join(struct.pack("<Q", self._pages[base + i * L.PAGE][0]
                                            | self._pages[base][2]
-                                           | (0 if base + i * L.PAGE in absent else PTE_P))
+                                           | (0 if base + i * L.PAGE in absent else PTE_P)
+                                           | (PTE_A | PTE_D if lo <= i < hi else 0))
                                for i in range(WINDOW_PAGES))
-                      for base, _ in self._window_ptes]
-            self._pte_cache[absent] = cached
+                      for (base, _), (lo, hi) in zip(self._window_ptes, keep)]
+            self._pte_cache[absent, keep] = cached
         return cached
 
     def _window_pa(self, direction: str) -> tuple[int, int]:
@@ -860,7 +896,7 @@ class Machine:
             self._native.active = 0
 
     def _string_entry(self, _uch: object, address: int, _size: int, _ud: object) -> None:
-        """UC_HOOK_CODE callback at a rep string instruction (C API)."""
+        """UC_HOOK_BLOCK callback of a block starting at a rep string instruction (C API)."""
         try:
             self._on_string(address)
         except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start

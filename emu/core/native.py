@@ -94,7 +94,7 @@ def load() -> ctypes.CDLL | None:
 
 
 def string_hook() -> int | None:
-    """Address of ``emu_string_hook`` (a UC_HOOK_CODE callback), or None."""
+    """Address of ``emu_string_hook`` (a UC_HOOK_BLOCK callback), or None."""
     lib = load()
     if lib is None:
         return None

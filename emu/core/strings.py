@@ -2,14 +2,16 @@
 
 QEMU (and so Unicorn 2.1) runs a ``rep``-prefixed string instruction one iteration per pass
 through its translated block (unicorn-notes §3, "rep strings are slow"): about 33 ns an
-iteration, so a 60 KiB ``rep movsb`` costs 2 ms.  The machine puts a code hook on every
-``rep movs``/``rep stos`` of the image; the hook asks ``plan`` how many of the remaining
-iterations nothing watches (no poisoned line, no absent or SMAP-protected page, no page outside
-the buffer windows, no line the fast-forward recording has yet to see), does those in one step
-(``execute``: read, copy with the instruction's element-by-element semantics, write) and sets
-RCX, RSI and RDI as the CPU would have left them.  The instruction then runs on in Unicorn: with
-RCX = 0 it does nothing, otherwise its next iteration is the first watched one, which Unicorn
-executes itself (and which faults precisely, unicorn-notes §1).
+iteration, so a 60 KiB ``rep movsb`` costs 2 ms.  QEMU ends a block after each iteration and
+starts the next one at the instruction itself, so a block hook at every ``rep movs``/``rep
+stos`` of the image runs before each iteration but the first.  The hook asks ``plan`` how many
+of the remaining iterations nothing watches (no poisoned line, no absent or SMAP-protected
+page, no page outside the buffer windows, no line the fast-forward recording has yet to see),
+does those in one step (read, copy with the instruction's element-by-element semantics
+(``sequential_copy``) or store (``stos_bytes``), write) and sets RCX, RSI and RDI as the CPU
+would have left them.  The instruction then runs on in Unicorn: with RCX = 0 it does nothing,
+otherwise its next iteration is the first watched one, which Unicorn executes itself (and
+which faults precisely, unicorn-notes §1).
 
 The string instructions change no arithmetic flag; EFLAGS.DF picks the direction (Intel SDM
 vol. 2B, MOVS/STOS and REP).  Only the forms a kernel copy routine uses are taken: an F3
@@ -66,8 +68,8 @@ def find(sections: Iterable[tuple[int, bytes]]) -> list[StringOp]:
     """Every byte position of the executable ``sections`` ((address, bytes)) where a rep
     string instruction would decode.
 
-    A position that is not an instruction boundary is harmless: a code hook there never
-    fires (Unicorn tests the hook range against the start of each executed instruction).
+    A position that is not an instruction boundary is harmless: a block hook there never
+    fires (no block starts there).
     """
     out = []
     for base, data in sections:

@@ -149,7 +149,9 @@ def test_the_compiled_hook_copies_a_4k_movsb_in_one_step(machines) -> None:  # t
                 stac=True)
     raw = compiled.run(call, Buffers("from", 4096), handler_for(0))
     assert raw.state is State.RETURNED and dict(raw.regs)["rcx"] == 0
-    assert st.bulked - bulked == 4096 and st.calls - calls <= 2
+    # The first iteration runs in the block that reached the instruction; the hook takes
+    # the rest at the start of the next block (and sees RCX = 0 once more).
+    assert st.bulked - bulked == 4095 and st.calls - calls <= 2
 
 
 def test_bulk_takes_the_iterations_a_4k_copy_would_run_one_by_one(machines) -> None:  # type: ignore[no-untyped-def]
