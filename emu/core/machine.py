@@ -71,6 +71,8 @@ PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 #: little-endian integer.
 _DIRTY_MASK = sum(PTE_D << (64 * i) for i in range(WINDOW_PAGES))
 MAX_FAULTS = 256
+#: The longest destination buffer (in pages) whose dirty bits stay set between runs.
+KEEP_PAGES = 2
 RECORDINGS_PER_FLUSH = 8
 DEFAULT_BUDGET = 5_000_000
 
@@ -579,13 +581,17 @@ class Machine:
 
     def _keep(self, bufs: Buffers) -> tuple[tuple[int, int], tuple[int, int]]:
         """Per window (user, kernel): the [first, last+1) page indices (0: the lower guard
-        page) whose PTEs keep the dirty bit set across runs: the destination buffer's."""
+        page) whose PTEs keep the dirty bit set across runs: the destination buffer's, when
+        it spans at most ``KEEP_PAGES`` pages (a page kept dirty is read back after every
+        run, so for a long buffer the TLB flush costs less than the reads)."""
         key = (bufs.direction, bufs.dst_align, bufs.length)
         got = self._keeps.get(key)
         if got is None:
             lo = L.PAGE + bufs.dst_align
             rng = (lo // L.PAGE, (lo + bufs.length + L.PAGE - 1) // L.PAGE) if bufs.length \
                 else (0, 0)
+            if rng[1] - rng[0] > KEEP_PAGES:
+                rng = (0, 0)
             got = self._keeps[key] = ((0, 0), rng) if bufs.direction == "from" else \
                 (rng, (0, 0))
         return got
