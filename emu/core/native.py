@@ -53,23 +53,27 @@ def library_path() -> Path:
 
 
 def build() -> Path | None:
-    """Compile ``_fast.c`` unless the library of this source version exists; None if gcc
-    is missing or fails.  Concurrent builds (sweep workers) each write a temporary file and
-    rename it into place, so a reader never sees half a library."""
-    out = library_path()
-    if out.exists():
-        return out
+    """Compile ``_fast.c`` unless the library of this source version exists; None if the
+    source is missing or gcc is missing or fails.  Concurrent builds (sweep workers) each
+    write a temporary file and rename it into place, so a reader never sees half a library."""
     try:
+        out = library_path()
+        if out.exists():
+            return out
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
-        r = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
-                           capture_output=True, env={**os.environ, "LC_ALL": "C"}, check=False)
-        if r.returncode != 0:
-            os.unlink(tmp)
-            return None
-        os.replace(tmp, out)
-    except OSError:
+        try:
+            r = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
+                               capture_output=True, env={**os.environ, "LC_ALL": "C"},
+                               check=False)
+            if r.returncode != 0:
+                return None
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:                      # no source (a partial install), no gcc, no cache dir
         return None
     return out
 

@@ -214,3 +214,12 @@ def test_emu_pure_selects_the_python_hook(monkeypatch) -> None:  # type: ignore[
         assert m._native is None and m._string_ops     # the Python bulk hook
     finally:
         m.close()
+
+
+def test_without_gcc_or_source_the_python_hook_is_used(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A failed build is no error: ``load()`` gives None and the machine uses Python."""
+    monkeypatch.setenv("EMU_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))             # no gcc on it
+    assert native.build() is None and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(native, "SOURCE", tmp_path / "missing.c")
+    assert native.build() is None
