@@ -39,14 +39,22 @@ def part(n: int) -> str:
     return "0..128" if n <= 128 else str(n)
 
 
-def units() -> list[tuple[str, str, str, int]]:
+Unit = tuple[str, str, str, int, int]
+
+
+def units() -> list[Unit]:
+    """(era, routine, CPU path, length, source alignment or -1 for all of them): lengths from
+    4096 on are split by source alignment, so that a worker holds one alignment's runs."""
+    from emu.core.layout import MAX_SPAN
     from emu.kernel.eras import ERAS
     out = []
     for era in ERAS.values():
         for r in era.routines:
             for cpu in CPU_PATHS:
                 for n in LENGTHS:
-                    out.append((era.key, r.name, cpu, n))
+                    for sa in (ALIGNS if n >= 4096 else (-1,)):
+                        if sa + n <= MAX_SPAN:
+                            out.append((era.key, r.name, cpu, n, sa))
     return out
 
 
@@ -104,20 +112,20 @@ def target_for(era_key: str, cpu: str):  # type: ignore[no-untyped-def]
 Run = tuple[int, object, list[tuple[int, int, int]], dict]
 
 
-def work(job: tuple[int, tuple[str, str, str, int]]
+def work(job: tuple[int, Unit]
          ) -> tuple[int, str, Counter[str], int, int, int, float, list[Run]]:
     from emu.core import layout as L
     from emu.core.machine import Buffers
     from emu.kernel.eras import ERAS
     from emu.runs.sweep import Case, classify, record
     t0 = time.process_time()
-    index, (era_key, routine, cpu, n) = job
+    index, (era_key, routine, cpu, n, only_sa) = job
     stored: list[Run] = []
     t = target_for(era_key, cpu)
     r = ERAS[era_key].routine(routine)
     counts: Counter[str] = Counter()
     runs = cases = 0
-    for sa in ALIGNS:
+    for sa in (ALIGNS if only_sa < 0 else (only_sa,)):
         for da in ALIGNS:
             if max(sa, da) + n > L.MAX_SPAN:
                 continue
@@ -171,9 +179,9 @@ def main() -> int:
     # targets (and machines) rarely.
     todo.sort(key=lambda u: (-u[3] if u[3] > 128 else 0, u[0], u[2], u[1], -u[3]))
     # Units with the same machine input share one run: the first stands for the others.
-    same: dict[tuple[str, str, int], list[tuple[str, str, str, int]]] = {}
+    same: dict[tuple[str, str, int, int], list[Unit]] = {}
     for u in todo:
-        same.setdefault((digest[u[0], u[2]], u[1], u[3]), []).append(u)
+        same.setdefault((digest[u[0], u[2]], u[1], u[3], u[4]), []).append(u)
     distinct = [group[0] for group in same.values()]
     members = {group[0]: group for group in same.values()}
     index = {u: i for i, u in enumerate(units())}   # run ids independent of order and filters
