@@ -204,7 +204,7 @@ def iterating(target):  # type: ignore[no-untyped-def]
     the harness's own overhead, against bare loops that iterate too."""
     t = copy.copy(target)
     t.machine = Machine(target.image, bulk_strings=False, smap=target.machine.smap)
-    t._ff, t._calls = {}, {}
+    t._calls = {}              # its own calls; recordings are keyed by target already
     return t
 
 
