@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,plot,fuzz]'
+	$(PY) -m emu.core.native
 	touch $@
 
 install: $(VENV)/.installed
@@ -41,9 +42,10 @@ bench: install
 	scripts/linux-dbg
 	$(PY) bench/bench_vmlinux.py
 
-# The full catalog sweep: every era x routine x lengths 0..128 and 4096 x 8x8 alignments x
-# every offset x {#MC, #PF}; prints wall time, cases/s and the largest worker RSS.  Then one
-# grid through the local pool and through Dask (1 and 2 workers): cases/s and Dask's overhead.
+# The extended catalog sweep: every era x routine x CPU path x lengths 0..128, 4096, 16384 and
+# 65536 x 8x8 alignments x every offset x {#MC, #PF}; prints wall time, cases/s, the rates of
+# each part and the largest worker RSS.  Then one grid through the local pool and through
+# Dask (1 and 2 workers): cases/s and Dask's overhead.
 bench-sweep: install
 	$(PY) bench/bench_sweep.py
 	$(PY) bench/bench_cluster.py

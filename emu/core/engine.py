@@ -35,6 +35,7 @@ class Engine:
         self._buf = ctypes.c_uint64()
         self._ref = ctypes.byref(self._buf)
         self._mem = ctypes.create_string_buffer(L.PAGE)
+        self._span = ctypes.create_string_buffer(L.PAGE)
         self._ptes = ctypes.create_string_buffer(pte_bytes)
         self._hook = ctypes.c_size_t()
         self._hook_ref = ctypes.byref(self._hook)
@@ -84,6 +85,14 @@ class Engine:
         self._f_mem_read(self._h, u.get(pa) or self.u64(pa), self._mem,
                          u.get(size) or self.u64(size))
         return self._mem.raw[:size] if size < L.PAGE else self._mem.raw
+
+    def mem_read_span(self, pa: int, size: int) -> bytes:
+        """``size`` bytes of physical memory, any size (a buffer of the largest size asked
+        for is kept)."""
+        if size > len(self._span):
+            self._span = ctypes.create_string_buffer(size)
+        self._f_mem_read(self._h, self.u64(pa), self._span, self.u64(size))
+        return ctypes.string_at(self._span, size)
 
     def pte_array(self, pa: int) -> bytes:
         """The ``WINDOW_PAGES`` page-table entries of one window."""

@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from typing import Any
 from dataclasses import dataclass, field
 
 from unicorn import (UC_ARCH_X86, UC_ERR_INSN_INVALID, UC_HOOK_BLOCK, UC_HOOK_INTR,
                      UC_HOOK_MEM_READ, UC_MODE_64, Uc, UcError)
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
+from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_INTR_CFUNC, HOOK_MEM_ACCESS_CFUNC
 
 from emu.caching import Bounded
 from emu.core import layout as L
+from emu.core import native, strings
 from emu.errors import EmulationError, UsageError
 from emu.core.engine import Engine, RegBatch
 from emu.core.records import (DST_FILL, TRAPNR, VECTORS, WINDOW_PAGES, WINDOW_SPAN, Buffers, Call, Code,
@@ -69,6 +71,8 @@ PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
 #: little-endian integer.
 _DIRTY_MASK = sum(PTE_D << (64 * i) for i in range(WINDOW_PAGES))
 MAX_FAULTS = 256
+#: The longest destination buffer (in pages) whose dirty bits stay set between runs.
+KEEP_PAGES = 2
 RECORDINGS_PER_FLUSH = 8
 DEFAULT_BUDGET = 5_000_000
 
@@ -80,12 +84,20 @@ class Machine:
         image: the code to run.
         count_insns: count executed instructions with a block hook (slower; ``emu run``).
         smap: the CPU has SMAP: CR4.SMAP is set (user accesses need EFLAGS.AC).
+        bulk_strings: run the unwatched iterations of ``rep movs``/``rep stos`` in one step
+            (``strings.py``); off, every iteration is a pass through Unicorn.  Instruction
+            counting needs the iterations, so ``count_insns`` turns it off.
+        compiled: run the bulk step in the compiled helper (``_fast.c``) rather than in
+            Python; None (default): when it is available and ``EMU_PURE`` is not set.  The
+            results are the same either way.
     """
 
-    def __init__(self, image: Code, *, count_insns: bool = False, smap: bool = True) -> None:
+    def __init__(self, image: Code, *, count_insns: bool = False, smap: bool = True,
+                 bulk_strings: bool = True, compiled: bool | None = None) -> None:
         self.image = image
         self.count_insns = count_insns
         self.smap = smap
+        self.bulk_strings = bulk_strings and not count_insns
         try:
             self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
             # Skylake-Server so that stac/clac execute (unicorn-notes §4).
@@ -108,7 +120,9 @@ class Machine:
         # The same by id(call) (the Call is kept so that its id is not reused).
         self._entry_by_call: dict[int, tuple[RegBatch, list[int], Call]] = {}
         self._layout: str | None = None
-        self._pte_cache: Bounded[frozenset[int], list[bytes]] = Bounded(256, "machine.pte_tables")
+        self._pte_cache: Bounded[tuple[object, ...], list[bytes]] = Bounded(
+            256, "machine.pte_tables")
+        self._keeps: Bounded[tuple[object, ...], Any] = Bounded(256, "machine.keep_pages")
         # Window pages that may not hold their initial contents, with the contents they do
         # hold: (window physical base, page index) → bytes.  Every other window page holds
         # its initial contents.  A run leaves the pages it dirtied here, and the next run
@@ -123,9 +137,9 @@ class Machine:
         for base, ptes in self._window_ptes:
             last = self._pages[base + (WINDOW_PAGES - 1) * L.PAGE][1]
             assert last == ptes + 8 * (WINDOW_PAGES - 1), "window PTEs must be contiguous"
-        # Per window (user, kernel): the absent pages its PTE array is known to hold with no
-        # dirty bit set, or None (``run`` step 2).
-        self._pte_ok: list[frozenset[int] | None] = [None, None]
+        # Per window (user, kernel): the (absent pages, kept-dirty pages) its PTE array is
+        # known to hold exactly, or None (``run`` step 2).
+        self._pte_ok: list[tuple[object, ...] | None] = [None, None]
         self._poison_hooks: list[int] = []
         self._poison_key: tuple[int, ...] = ()
         self._instrumented = False
@@ -148,6 +162,47 @@ class Machine:
         self._insns = 0
         if count_insns:
             self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        # rep movs / rep stos: one block hook per place one could start (added before any
+        # block is translated: hooks are not retroactive, unicorn-notes §3).  A block hook,
+        # not a code hook: any UC_HOOK_CODE, even one whose range no executed instruction
+        # meets, cost the unrolled copy ~10% (measured with make bench's harness loop),
+        # while QEMU's rep loop re-enters a block at the instruction at every iteration
+        # after the first, which is all the bulk step needs (the first iteration runs in
+        # the block that reached the instruction).
+        self._string_ops: dict[int, strings.StringOp] = {}
+        self._string_cb = HOOK_CODE_CFUNC(self._string_entry)
+        self._string_regs = self._eng.batch((X.UC_X86_REG_RCX, X.UC_X86_REG_RSI,
+                                             X.UC_X86_REG_RDI, X.UC_X86_REG_RAX,
+                                             X.UC_X86_REG_EFLAGS))
+        self._string_out = self._eng.batch((X.UC_X86_REG_RCX, X.UC_X86_REG_RSI,
+                                            X.UC_X86_REG_RDI))
+        # Window pages: virtual page → (physical page, PTE address, needs EFLAGS.AC: a user
+        # page on a CPU with SMAP).
+        self._bulk_pages: dict[int, tuple[int, int, bool]] = {}
+        for base in (L.USER_WINDOW - L.PAGE, L.KERNEL_WINDOW - L.PAGE):
+            for i in range(WINDOW_PAGES):
+                va = base + i * L.PAGE
+                pa, pte, flags = self._pages[va]
+                self._bulk_pages[va] = (pa, pte, bool(flags & PTE_U) and smap)
+        self._native: native.EmuStrings | None = None
+        self._native_lines: object = None
+        self._native_absent: object = None
+        self._native_rec = False
+        self._native_absent_over = False    # more absent pages / watched ranges than the
+        self._native_watch_over = False     # compiled hook's record holds: iterate instead
+        if self.bulk_strings:
+            found = strings.find((s.addr, s.data) for s in image.sections if s.executable)
+            hook = native.string_hook() if compiled is not False else None
+            if compiled and hook is None:
+                raise EmulationError("the compiled helper is not available (gcc, EMU_PURE?)")
+            if hook is not None and len(found) <= native.MAX_OPS:
+                self._native = self._native_state(found)
+                cb, ud = ctypes.c_void_p(hook), ctypes.addressof(self._native)
+            else:
+                cb, ud = self._string_cb, 0
+            for op in found:
+                self._string_ops[op.addr] = op
+                self._eng.hook_add(UC_HOOK_BLOCK, cb, ud, op.addr, op.addr)
         self._run: _RunState | None = None
         self._snap: tuple[int, ...] | None = None   # the snapshot of the fault being decided
 
@@ -241,16 +296,24 @@ class Machine:
             uc.mem_write(dst_pa, DST_WINDOW_BYTES)
             self._layout = bufs.direction
             self._resident = {}
-        # 2. Page tables of both windows: present bits for this case, accessed/dirty bits
-        #    cleared; the CR3 write flushes the TLB so the CPU sets them again.
+        # 2. Page tables of both windows: present bits for this case; dirty bits set on the
+        #    destination buffer's pages (``keep``: the run will most likely write them, and
+        #    they are read back whatever it does) and clear elsewhere, so that the CPU marks
+        #    any other page it writes.  A window whose PTEs already say exactly that needs no
+        #    write (accessed bits may stay set); after a write, the CR3 write in step 4
+        #    flushes the TLB so that the CPU walks the new entries.  Without one, the TLB
+        #    stays warm from the last run: a sweep's cases usually rewrite nothing.
         absent = (frozenset((bufs.user + off) & ~0xFFF for off in bufs.unmapped)
                   if bufs.unmapped else _NO_PAGES)
-        #    A window whose PTEs the last run left without dirty bits, for the same pages
-        #    present, needs no write (accessed bits may stay set).
+        keep = self._keep(bufs)
         pte_ok = self._pte_ok
-        for w, table in enumerate(self._pte_tables(absent)):
-            if pte_ok[w] != absent:
+        flush = False
+        for w, table in enumerate(self._pte_tables(absent, keep)):
+            key = (absent, keep[w])
+            if pte_ok[w] != key:
                 eng.mem_write(self._window_ptes[w][1], table)
+                pte_ok[w] = key
+                flush = True
         # 3. Poisoned lines: one read hook per line over [line-7, line+63] (physical),
         #    on translated blocks that call read hooks (``_instrument``).
         if bufs.poison:
@@ -276,10 +339,12 @@ class Machine:
             self._poison_key = lines
         self._hook_lines = line_va
         # 4. Window pages as the start needs them (initial contents, or the checkpoint's),
-        #    registers (one batch write; CR3 last, which flushes the TLB for step 2) and
+        #    CR3 if step 2 wrote PTEs (the TLB flush), the registers (one batch write) and
         #    the return address, or the checkpoint's stack.
         if self._resident or start is not None:
             self._settle(start.page_map if start is not None else {})
+        if flush:
+            eng.write(X.UC_X86_REG_CR3, self._pml4)
         if start is None:
             rsp = L.STACK_TOP - 8
             eng.mem_write(self._stack_page + (rsp & 0xFFF), SENTINEL_BYTES)
@@ -293,27 +358,31 @@ class Machine:
                         self._entry_regs.clear()
                     regs = self._entry_regs[key] = (
                         eng.batch((X.UC_X86_REG_RSP, *(REGS[n] for n, _ in call.regs),
-                                   X.UC_X86_REG_EFLAGS, X.UC_X86_REG_CR3)),
+                                   X.UC_X86_REG_EFLAGS)),
                         [rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
-                         0x2 | (EFLAGS_AC if call.stac else 0), self._pml4])
+                         0x2 | (EFLAGS_AC if call.stac else 0)])
                 if len(self._entry_by_call) >= 64:
                     self._entry_by_call.clear()
                 entry = self._entry_by_call[id(call)] = (*regs, call)
             entry[0].write(entry[1])
             begin = call.entry
         else:
-            eng.write(X.UC_X86_REG_CR3, self._pml4)
             eng.mem_write(self._stack_page, start.stack)
             begin = start.rip
         self._run = _RunState(handler, absent)
         self._insns = 0
         self._hook_error = None
+        if self._native is not None:
+            self._native_sync(absent)
         # 5. Run.
         try:
             # Uc.emu_start, called directly; a binding hook (count_insns) that raised left
             # its exception in the binding's _hook_exception.
             uc._hook_exception = None  # noqa: SLF001
-            status = eng.emu_start(begin, L.SENTINEL, budget)
+            try:
+                status = eng.emu_start(begin, L.SENTINEL, budget)
+            finally:
+                self._native_off()
             if status:
                 raise UcError(status)
             if uc._hook_exception is not None:  # noqa: SLF001
@@ -357,9 +426,12 @@ class Machine:
         dirty = self._dirty_pages()
         for key in dirty:
             resident[key] = eng.mem_read(key[0] + key[1] * L.PAGE, L.PAGE)
-        written = {wpa for wpa, _ in dirty}
-        self._pte_ok = [None if wpa in written else absent
-                        for wpa in (self._user_pa, self._kern_pa)]
+        #    A window where the CPU dirtied a page outside ``keep`` needs its PTEs
+        #    rewritten before the next run.
+        for w, (wpa, lo_hi) in enumerate(zip((self._user_pa, self._kern_pa), keep)):
+            lo, hi = lo_hi
+            if any(d_wpa == wpa and not lo <= i < hi for d_wpa, i in dirty):
+                pte_ok[w] = None
         src_pa, _ = self._window_pa(bufs.direction)
         src_pages, dst_pages = [], []
         for (wpa, i), data in sorted(resident.items()):
@@ -427,6 +499,8 @@ class Machine:
         if rec.low < rec.hi:
             rec.hook = self._eng.hook_add(UC_HOOK_MEM_READ, self._record_cb, 0,
                                           max(rec.low, rec.lo) - 7, rec.hi - 1)
+        if self._native is not None and self._run is not None:
+            self._native_watch()
 
     def _record_entry(self, _uch: object, _access: int, addr: int, size: int, _value: int,
                       _ud: object) -> None:
@@ -505,16 +579,36 @@ class Machine:
             self.uc.ctl_flush_tb()
             self._instrumented = True
 
-    def _pte_tables(self, absent: frozenset[int]) -> list[bytes]:
-        """PTE arrays of both windows with accessed/dirty clear and ``absent`` pages not present."""
-        cached = self._pte_cache.get(absent)
+    def _keep(self, bufs: Buffers) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Per window (user, kernel): the [first, last+1) page indices (0: the lower guard
+        page) whose PTEs keep the dirty bit set across runs: the destination buffer's, when
+        it spans at most ``KEEP_PAGES`` pages (a page kept dirty is read back after every
+        run, so for a long buffer the TLB flush costs less than the reads)."""
+        key = (bufs.direction, bufs.dst_align, bufs.length)
+        got = self._keeps.get(key)
+        if got is None:
+            lo = L.PAGE + bufs.dst_align
+            rng = (lo // L.PAGE, (lo + bufs.length + L.PAGE - 1) // L.PAGE) if bufs.length \
+                else (0, 0)
+            if rng[1] - rng[0] > KEEP_PAGES:
+                rng = (0, 0)
+            got = self._keeps[key] = ((0, 0), rng) if bufs.direction == "from" else \
+                (rng, (0, 0))
+        return got
+
+    def _pte_tables(self, absent: frozenset[int],
+                    keep: tuple[tuple[int, int], tuple[int, int]]) -> list[bytes]:
+        """PTE arrays of both windows: ``absent`` pages not present, accessed and dirty bits
+        set on the ``keep`` pages and clear elsewhere."""
+        cached = self._pte_cache.get((absent, keep))
         if cached is None:
             cached = [b"".join(struct.pack("<Q", self._pages[base + i * L.PAGE][0]
                                            | self._pages[base][2]
-                                           | (0 if base + i * L.PAGE in absent else PTE_P))
+                                           | (0 if base + i * L.PAGE in absent else PTE_P)
+                                           | (PTE_A | PTE_D if lo <= i < hi else 0))
                                for i in range(WINDOW_PAGES))
-                      for base, _ in self._window_ptes]
-            self._pte_cache[absent] = cached
+                      for (base, _), (lo, hi) in zip(self._window_ptes, keep)]
+            self._pte_cache[absent, keep] = cached
         return cached
 
     def _window_pa(self, direction: str) -> tuple[int, int]:
@@ -598,6 +692,7 @@ class Machine:
         run.faults.append(FaultRecord(event, res, before))
         if isinstance(res, Halt):
             run.halt = res
+            self._native_off()
             self._eng.emu_stop()
             return
         if res.regs:
@@ -686,6 +781,7 @@ class Machine:
                            f"{self.image.symbolize(rip)}")
                 run.faults.append(FaultRecord(event, res, before))
                 run.halt = res
+                self._native_off()
                 self._eng.emu_stop()
                 return
             self._dispatch(FaultEvent(kind, rip, addr, user), before)
@@ -697,6 +793,7 @@ class Machine:
                     res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
                     run.faults.append(FaultRecord(event, res, before))
                     run.halt = res
+                    self._native_off()
                     self._eng.emu_stop()
                     return
         self._dispatch(FaultEvent(kind, rip, 0, False), before)
@@ -712,6 +809,7 @@ class Machine:
             res = Halt(State.OOPS, f"invalid opcode at {self.image.symbolize(rip)}")
         run.faults.append(FaultRecord(event, res, self._snapshot()))
         run.halt = res
+        self._native_off()
 
     def _on_read(self, addr: int, size: int, line: int) -> None:
         run = self._run
@@ -728,6 +826,182 @@ class Machine:
         rip, before = values[0], tuple(values[2:])
         va = self._hook_lines[line] + max(addr - line, 0)
         self._dispatch(FaultEvent(FaultKind.MC, rip, va, va < L.TASK_SIZE_MAX), before)
+
+    # -- rep movs / rep stos in bulk (strings.py) -------------------------------------------
+
+    def _native_state(self, ops: list[strings.StringOp]) -> native.EmuStrings:
+        """The compiled hook's record: Unicorn's entry points, the windows, the instructions."""
+        from unicorn.unicorn_py3.unicorn import uclib
+        st = native.EmuStrings()
+        addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        st.f_reg_read_batch = addr(uclib.uc_reg_read_batch)
+        st.f_reg_write_batch = addr(uclib.uc_reg_write_batch)
+        st.f_mem_read = addr(uclib.uc_mem_read)
+        st.f_mem_write = addr(uclib.uc_mem_write)
+        st.reg_ids[:] = [X.UC_X86_REG_RCX, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI,
+                         X.UC_X86_REG_RAX, X.UC_X86_REG_EFLAGS]
+        for w, ((base, ptes), wpa) in enumerate(zip(self._window_ptes,
+                                                    (self._user_pa, self._kern_pa))):
+            for i in range(WINDOW_PAGES):        # the C code takes each window as one run
+                assert self._bulk_pages[base + i * L.PAGE][:2] == (wpa + i * L.PAGE,
+                                                                   ptes + 8 * i)
+            st.win_va[w], st.win_pa[w], st.win_pte[w] = base, wpa, ptes
+            st.win_user[w], st.win_pages[w] = int(w == 0 and self.smap), WINDOW_PAGES
+        st.nops = len(ops)
+        for i, op in enumerate(ops):
+            st.op_addr[i], st.op_size[i] = op.addr, op.size
+            st.op_kind[i] = 0 if op.op == "movs" else 1
+        self._native_buf = ctypes.create_string_buffer(WINDOW_SPAN)
+        st.buf, st.buf_size = ctypes.addressof(self._native_buf), WINDOW_SPAN
+        return st
+
+    def _native_sync(self, absent: frozenset[int]) -> None:
+        """Give the compiled hook this run's absent pages and watched ranges (poisoned
+        lines, the recording's unseen lines) and switch it on."""
+        st = self._native
+        assert st is not None
+        if absent is not self._native_absent:
+            pages = sorted(absent)
+            self._native_absent_over = len(pages) > native.MAX_ABSENT
+            st.nabsent = min(len(pages), native.MAX_ABSENT)
+            st.absent[:st.nabsent] = pages[:st.nabsent]
+            self._native_absent = absent
+        if (self._hook_lines is not self._native_lines or self._native_rec
+                or self._recording is not None):
+            self._native_watch()
+        st.active = int(not (self._native_absent_over or self._native_watch_over))
+
+    def _native_watch(self) -> None:
+        st = self._native
+        assert st is not None
+        rec = self._recording
+        lines = self._hook_lines
+        if rec is None and len(lines) <= 1:        # a sweep's usual case: no or one line
+            for va in lines.values():
+                st.watch_lo[0], st.watch_hi[0] = va, va + L.LINE
+            st.nwatch = len(lines)
+            self._native_watch_over = False
+            self._native_lines, self._native_rec = lines, False
+            return
+        ranges = [(va, va + L.LINE) for va in lines.values()]
+        if rec is not None and rec.low < rec.hi:
+            ranges.append((rec.va + max(rec.low, rec.lo) - rec.lo, rec.va + rec.hi - rec.lo))
+        self._native_watch_over = len(ranges) > native.MAX_WATCH
+        if self._native_watch_over:                # more than the record holds: iterate
+            st.active = 0
+            ranges = []
+        st.nwatch = len(ranges)
+        for i, (a, b) in enumerate(ranges):
+            st.watch_lo[i], st.watch_hi[i] = a, b
+        self._native_lines = self._hook_lines
+        self._native_rec = rec is not None
+
+    def _native_off(self) -> None:
+        """The run halted: the compiled hook does nothing more in it."""
+        if self._native is not None:
+            self._native.active = 0
+
+    def _string_entry(self, _uch: object, address: int, _size: int, _ud: object) -> None:
+        """UC_HOOK_BLOCK callback of a block starting at a rep string instruction (C API)."""
+        try:
+            self._on_string(address)
+        except BaseException as e:  # noqa: BLE001 - re-raised by run() after emu_start
+            self._hook_failed(e)
+
+    def _on_string(self, addr: int) -> None:
+        """Before an iteration of a rep string instruction: run the iterations nothing
+        watches in one step and leave the rest (from the first watched one) to Unicorn.
+
+        1. Read RCX, RSI, RDI, RAX, EFLAGS; nothing to do when RCX is 0.
+        2. ``strings.plan``: iterations whose pages are window pages, present and (for user
+           pages) accessible under SMAP, and whose reads meet no poisoned line and no line
+           the fast-forward recording has still to see.
+        3. Copy (or store) them, set the accessed/dirty bits the CPU would have set, and
+           advance RCX, RSI, RDI (the string instructions change no other register or flag).
+        """
+        run = self._run
+        if run is None or run.halt is not None:
+            return
+        op = self._string_ops[addr]
+        rcx, rsi, rdi, rax, eflags = self._string_regs.read()
+        if rcx == 0:
+            return
+        pages, absent, ac = self._bulk_pages, run.absent, eflags & EFLAGS_AC
+
+        def allowed(page: int) -> bool:
+            p = pages.get(page)
+            return p is not None and page not in absent and bool(ac or not p[2])
+
+        watched = [(va, va + L.LINE) for va in self._hook_lines.values()]
+        rec = self._recording
+        if rec is not None and rec.low < rec.hi:
+            watched.append((rec.va + max(rec.low, rec.lo) - rec.lo, rec.va + rec.hi - rec.lo))
+        k = strings.plan(op, rcx, rsi, rdi, eflags, allowed, allowed, watched)
+        if not k:
+            return
+        down = bool(eflags & strings.EFLAGS_DF)
+        size = op.size
+        wlo, whi = strings.span(rdi, size, down, k)
+        if op.op == "stos":
+            self._vwrite(wlo, strings.stos_bytes(rax, size, k))
+        else:
+            rlo, rhi = strings.span(rsi, size, down, k)
+            if rhi <= wlo or whi <= rlo:
+                self._vwrite(wlo, self._vread(rlo, rhi))
+            else:                                          # overlapping: element order matters
+                ulo, uhi = min(rlo, wlo), max(rhi, whi)
+                mem = bytearray(self._vread(ulo, uhi))
+                strings.sequential_copy(mem, rsi - ulo, rdi - ulo, k, size, down)
+                self._vwrite(wlo, bytes(mem[wlo - ulo:whi - ulo]))
+            self._touch(rlo, rhi, PTE_A)
+        self._touch(wlo, whi, PTE_A | PTE_D)
+        step = -k * size if down else k * size
+        mask = 0xFFFFFFFFFFFFFFFF
+        self._string_out.write([rcx - k, (rsi + step) & mask if op.op == "movs" else rsi,
+                                (rdi + step) & mask])
+
+    def _runs(self, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
+        """[lo, hi) (virtual, window pages) as runs of physically contiguous pages:
+        (physical address, bytes, first PTE address, PTE count).  A window's pages, and
+        their PTEs, are contiguous, so a copy within one window is one run."""
+        out: list[list[int]] = []
+        pages = self._bulk_pages
+        while lo < hi:
+            page = lo & ~0xFFF
+            n = min(hi, page + L.PAGE) - lo
+            pa, pte, _ = pages[page]
+            pa += lo & 0xFFF
+            last = out[-1] if out else None
+            if last is not None and last[0] + last[1] == pa and last[2] + 8 * last[3] == pte:
+                last[1] += n
+                last[3] += 1
+            else:
+                out.append([pa, n, pte, 1])
+            lo += n
+        return [(a, b, c, d) for a, b, c, d in out]
+
+    def _vread(self, lo: int, hi: int) -> bytes:
+        """Bytes [lo, hi) of window pages (virtual addresses)."""
+        read = self._eng.mem_read_span
+        parts = [read(pa, n) for pa, n, _, _ in self._runs(lo, hi)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _vwrite(self, lo: int, data: bytes) -> None:
+        """Write ``data`` at ``lo`` (virtual, window pages)."""
+        write = self._eng.mem_write
+        pos = 0
+        for pa, n, _, _ in self._runs(lo, lo + len(data)):
+            write(pa, data if n == len(data) else data[pos:pos + n])
+            pos += n
+
+    def _touch(self, lo: int, hi: int, bits: int) -> None:
+        """Set ``bits`` (accessed, dirty) in the PTEs of the window pages [lo, hi) covers."""
+        eng = self._eng
+        for _, _, pte, count in self._runs(lo, hi):
+            old = int.from_bytes(eng.mem_read_span(pte, 8 * count), "little")
+            new = old | (bits * ((1 << (64 * count)) - 1) // 0xFFFFFFFFFFFFFFFF)
+            if new != old:
+                eng.mem_write(pte, new.to_bytes(8 * count, "little"))
 
     def _on_block(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         key = (address, size)
