@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from unicorn import Uc
 
+from emu.caching import Bounded
 from emu.core import layout as L
 
 
@@ -39,7 +40,7 @@ class Engine:
         self._ptes = ctypes.create_string_buffer(pte_bytes)
         self._hook = ctypes.c_size_t()
         self._hook_ref = ctypes.byref(self._hook)
-        self._u64: dict[int, ctypes.c_uint64] = {}
+        self._u64: Bounded[int, ctypes.c_uint64] = Bounded(4096, "engine.u64")
         self._f_reg_read = _raw(uclib, "uc_reg_read")
         self._f_reg_write = _raw(uclib, "uc_reg_write")
         self._f_mem_read = _raw(uclib, "uc_mem_read")
@@ -49,14 +50,12 @@ class Engine:
         self._f_ctx_restore = _raw(uclib, "uc_context_restore")
         self._zero = ctypes.c_uint64(0)
         self._pte_size = ctypes.c_uint64(pte_bytes)
-        self._batches: dict[tuple[int, ...], RegBatch] = {}
+        self._batches: Bounded[tuple[int, ...], RegBatch] = Bounded(256, "engine.batches")
 
     def u64(self, value: int) -> ctypes.c_uint64:
         """``value`` as a (shared, never modified) c_uint64: addresses and sizes repeat."""
         v = self._u64.get(value)
         if v is None:
-            if len(self._u64) >= 4096:
-                self._u64.clear()
             v = self._u64[value] = ctypes.c_uint64(value)
         return v
 

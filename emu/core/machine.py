@@ -116,9 +116,11 @@ class Machine:
         self._fault_regs = self._eng.batch(tuple(REGS[n] for n in FAULT_REGS))
         self._result_regs = self._eng.batch(tuple(REGS[n] for n in RESULT_REGS))
         # Entry register writes by (argument registers, STAC): the batch and its values.
-        self._entry_regs: dict[tuple[object, ...], tuple[RegBatch, list[int]]] = {}
+        self._entry_regs: Bounded[tuple[object, ...], tuple[RegBatch, list[int]]] = Bounded(
+            64, "machine.entry_regs")
         # The same by id(call) (the Call is kept so that its id is not reused).
-        self._entry_by_call: dict[int, tuple[RegBatch, list[int], Call]] = {}
+        self._entry_by_call: Bounded[int, tuple[RegBatch, list[int], Call]] = Bounded(
+            64, "machine.entry_by_call")
         self._layout: str | None = None
         self._pte_cache: Bounded[tuple[object, ...], list[bytes]] = Bounded(
             256, "machine.pte_tables")
@@ -147,7 +149,8 @@ class Machine:
         self._hook_lines: dict[int, int] = {}
         # (direction, source alignment, poison offsets) → (lines' physical addresses, sorted;
         # physical line → virtual line).  The dicts are only read once built.
-        self._poison_lines: dict[tuple[object, ...], tuple[tuple[int, ...], dict[int, int]]] = {}
+        self._poison_lines: Bounded[tuple[object, ...], tuple[tuple[int, ...], dict[int, int]]] \
+            = Bounded(4096, "machine.poison_lines")
         # INTR and poison hooks are added through the C API with callbacks built once
         # (``Engine``); an exception in them is kept here and raised after emu_start, as the
         # binding does for its own hooks.
@@ -158,7 +161,8 @@ class Machine:
         self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
         self._insn_cache: Bounded[tuple[int, int], int] = Bounded(4096, "machine.block_sizes")
         # Registers a redirect writes → their batch register write and values.
-        self._redirects: dict[tuple[object, ...], tuple[RegBatch, list[int]]] = {}
+        self._redirects: Bounded[tuple[object, ...], tuple[RegBatch, list[int]]] = Bounded(
+            256, "machine.redirects")
         self._insns = 0
         if count_insns:
             self.uc.hook_add(UC_HOOK_BLOCK, self._on_block)
@@ -169,7 +173,7 @@ class Machine:
         # while QEMU's rep loop re-enters a block at the instruction at every iteration
         # after the first, which is all the bulk step needs (the first iteration runs in
         # the block that reached the instruction).
-        self._string_ops: dict[int, strings.StringOp] = {}
+        self._string_ops: dict[int, strings.StringOp] = {}   # the image's rep strings (not a cache)
         self._string_cb = HOOK_CODE_CFUNC(self._string_entry)
         self._string_regs = self._eng.batch((X.UC_X86_REG_RCX, X.UC_X86_REG_RSI,
                                              X.UC_X86_REG_RDI, X.UC_X86_REG_RAX,
@@ -323,8 +327,6 @@ class Machine:
                 src = bufs.src
                 lv = {self.pa(va): va for va in {(src + off) & ~(L.LINE - 1)
                                                 for off in bufs.poison}}
-                if len(self._poison_lines) >= 4096:
-                    self._poison_lines.clear()
                 hit = self._poison_lines[pkey] = (tuple(sorted(lv)), lv)
             lines, line_va = hit
         else:
@@ -354,15 +356,11 @@ class Machine:
                 key = (call.regs, call.stac)
                 regs = self._entry_regs.get(key)
                 if regs is None:
-                    if len(self._entry_regs) >= 64:
-                        self._entry_regs.clear()
                     regs = self._entry_regs[key] = (
                         eng.batch((X.UC_X86_REG_RSP, *(REGS[n] for n, _ in call.regs),
                                    X.UC_X86_REG_EFLAGS)),
                         [rsp, *(value & 0xFFFFFFFFFFFFFFFF for _, value in call.regs),
                          0x2 | (EFLAGS_AC if call.stac else 0)])
-                if len(self._entry_by_call) >= 64:
-                    self._entry_by_call.clear()
                 entry = self._entry_by_call[id(call)] = (*regs, call)
             entry[0].write(entry[1])
             begin = call.entry
@@ -699,8 +697,6 @@ class Machine:
             # One batch write per distinct set of registers, built once.
             writes = self._redirects.get(res.regs)
             if writes is None:
-                if len(self._redirects) >= 256:
-                    self._redirects.clear()
                 writes = self._redirects[res.regs] = (
                     self._eng.batch(tuple(REGS[n] for n, _ in res.regs)),
                     [v & 0xFFFFFFFFFFFFFFFF for _, v in res.regs])

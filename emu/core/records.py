@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from emu.caching import Bounded
 from emu.core import layout as L
 from emu.errors import UsageError
 
@@ -303,7 +304,7 @@ def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int
     return b"".join(pieces)
 
 
-_SLICES: dict[tuple[int, int, int], bytes] = {}
+_SLICES: Bounded[tuple[int, int, int], bytes] = Bounded(64, "records.slices")
 
 
 def base_slice(base: bytes, lo: int, hi: int) -> bytes:
@@ -312,8 +313,6 @@ def base_slice(base: bytes, lo: int, hi: int) -> bytes:
     key = (id(base), lo, hi)             # the bases are the two module-level windows
     got = _SLICES.get(key)
     if got is None:
-        if len(_SLICES) >= 64:
-            _SLICES.clear()
         got = _SLICES[key] = base[lo:hi]
     return got
 

@@ -44,3 +44,27 @@ def test_pickles_as_an_empty_cache_with_its_bound() -> None:
 def test_a_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError):
         Bounded(0, "t-bad")
+
+
+def test_no_cache_clears_itself_by_hand() -> None:
+    """Every cache goes through ``Bounded`` (or lru_cache): no module counts its own entries
+    and clears itself at a limit of its own."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "emu"
+    pattern = re.compile(r"if len\((?P<c>[\w.]+)\) >=? \d+:\s*\n\s*(?P=c)\.clear\(\)")
+    hits = [f"{p.relative_to(root)}" for p in root.rglob("*.py")
+            if pattern.search(p.read_text())]
+    assert not hits, f"hand-rolled self-clearing caches: {hits}"
+
+
+def test_the_hot_caches_are_bounded() -> None:
+    """The per-machine and per-engine caches of the core are ``Bounded`` instances."""
+    from emu.build.target import era_target
+    from emu.kernel.eras import ERAS
+    t = era_target(ERAS["E"], frozenset())
+    m = t.machine
+    for name in ("_entry_regs", "_entry_by_call", "_poison_lines", "_redirects", "_pte_cache",
+                 "_insn_cache"):
+        assert isinstance(getattr(m, name), Bounded), name
+    assert isinstance(m._eng._u64, Bounded) and isinstance(m._eng._batches, Bounded)
