@@ -71,19 +71,6 @@ def _spec(a: argparse.Namespace, text: str | None, patches: bool) -> Spec:
     return common.spec(a, text, patches=patches, use_era=False, several=True)
 
 
-def _allow(values: list[str]) -> set[str]:
-    out: set[str] = set()
-    for v in values:
-        for name in (x.strip() for x in v.split(",")):
-            if not name:
-                continue
-            if name not in CLASSES:
-                raise UsageError(f"--allow: unknown class '{name}' (classes: "
-                                 f"{', '.join(CLASSES)})")
-            out.add(name)
-    return out
-
-
 def _check_outputs(a: argparse.Namespace) -> None:
     if a.ktap and a.json:
         raise UsageError("--ktap and --json both write to stdout; choose one")
@@ -146,7 +133,7 @@ def cmd_check(a: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _run(a: argparse.Namespace) -> check.Result:
-    allow = _allow(a.allow)
+    allow = check.parse_allow(a.allow)
     if a.against:
         if a.new is not None:
             raise UsageError("check --against SNAPSHOT takes one source (NEW), not two")
@@ -179,7 +166,7 @@ def _range(a: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _check_range(a: argparse.Namespace, out: IO[str], start: str, end: str) -> int:
-    allow = _allow(a.allow)
+    allow = check.parse_allow(a.allow)
     if a.era is not None and a.era.lower() != "each":
         check.rules_for(a.era, check.Side("", None))      # validates the key
     stream = a.ktap or a.json
@@ -219,7 +206,7 @@ def _bisect(a: argparse.Namespace, out: IO[str]) -> int:
         good = _spec(a, a.old, False)
         new = _spec(a, a.new if a.new is not None else "HEAD", True)
         code, res, why = checkrange.bisect(good, new, era=a.era, routines=a.routine,
-                                           allow=_allow(a.allow), strict=a.strict)
+                                           allow=check.parse_allow(a.allow), strict=a.strict)
     except EmuError as e:
         print(f"emu: error: {e} (--bisect: exit 128 stops git bisect)", file=sys.stderr)
         return checkrange.BISECT_ABORT

@@ -804,7 +804,8 @@ def load_snapshot(path: str) -> Side:
 # ---- the commands -------------------------------------------------------------------------
 
 
-def _allow(values: list[str]) -> set[str]:
+def parse_allow(values: list[str]) -> set[str]:
+    """``--allow`` values (repeatable, comma lists) → class names, each one checked."""
     out: set[str] = set()
     for v in values:
         for name in (x.strip() for x in v.split(",")):
