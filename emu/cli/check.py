@@ -216,6 +216,26 @@ def _bisect(a: argparse.Namespace, out: IO[str]) -> int:
     return code
 
 
+def command_line_error(argv: list[str], message: str, out: IO[str]) -> None:
+    """``emu check`` whose command line itself is wrong: with ``--ktap`` / ``--junit FILE``
+    the dashboard still gets a ``not ok`` / an ``<error>`` (then exit 2, as for any error)."""
+    if "--ktap" in argv:
+        out.write(ci.ktap_error(message))
+    junit = next((argv[i + 1] for i, x in enumerate(argv[:-1]) if x == "--junit"), None) or \
+        next((x.split("=", 1)[1] for x in argv if x.startswith("--junit=")), None)
+    if not junit:
+        return
+    p = Path(junit)
+    try:
+        ours = not p.exists() or (p.is_file() and b"<testsuite" in p.read_bytes()[:4096])
+        if ours:
+            common.write_atomic(junit, ci.junit_error(message, "UsageError",
+                                                      started=time.time(), seconds=0.0),
+                                True, "--junit")
+    except (OSError, EmuError):
+        pass
+
+
 def cmd_snapshot(a: argparse.Namespace, out: IO[str]) -> int:
     target = Path(a.output)
     if target.is_dir():

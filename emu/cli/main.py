@@ -122,7 +122,12 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
         stream.write(version_text())
         return 0
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except UsageError as e:
+            if argv and argv[0] == "check":
+                check.command_line_error(argv, str(e), stream)
+            raise
         code = args.func(args, stream)
         stream.flush()
         return code  # type: ignore[no-any-return]

@@ -73,6 +73,8 @@ def test_the_kernels_ktap_parser_reads_the_nested_output(sources: dict[str, Path
     (["{base}", "/nonexistent.S"], "no such file"),
     (["--against", "{empty}", "{type}"], "no cases"),
     (["{base}", "{type}", "--routine", "nope"], "defined in neither"),
+    (["{base}", "{type}", "--no-such-option"], "unrecognized arguments"),
+    (["{base}", "{type}", "--allow", "nope"], "unknown class"),
 ])
 def test_an_input_error_is_still_ktap_and_junit(argv: list[str], needle: str,
                                                 sources: dict[str, Path], tmp_path: Path,
