@@ -3,7 +3,7 @@
 Frozen, slotted dataclasses (equality means "same behaviour"): ``Buffers`` and ``Call`` in,
 ``FaultEvent`` / ``Redirect`` / ``Halt`` / ``FaultRecord`` / ``RawRun`` out, the fault kinds
 and end states, and the deterministic source pattern and destination fill the windows hold.
-``machine.py`` re-exports every name, so ``from emu.machine import Buffers`` keeps working.
+``machine.py`` re-exports every name, so ``from emu.core.machine import Buffers`` works too.
 """
 
 from __future__ import annotations

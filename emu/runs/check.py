@@ -59,7 +59,7 @@ a #PF) is neutral.  A class with a worse case or map site that is not ``--allow`
 regression: exit 1; with ``strict`` any change that is not allowed is.  Bad input is exit 2
 (``EmuError``).
 
-Era rules: by default OLD's detected era (``emu.detect``) is used for both sides, because a CI
+Era rules: by default OLD's detected era (``emu.build.detect``) is used for both sides, because a CI
 change replaces the file inside the same kernel; ``--era KEY`` forces one, ``--era each``
 lets each side use its own detection (for distant revisions).
 """
