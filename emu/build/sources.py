@@ -119,14 +119,7 @@ def read_rev(tree: str, rev: str, path: str = COPY_USER) -> Source:
     Raises:
         InputError: not a git tree, unknown revision, or no such file at that revision.
     """
-    if not Path(tree).is_dir():
-        raise InputError(f"{tree}: no such directory (--tree)")
-    top = _git(["rev-parse", "--show-toplevel"], cwd=tree)
-    if top.returncode != 0:
-        raise InputError(f"{tree}: not a git tree (--tree): {_first_line(top.stderr)}")
-    commit = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=tree)
-    if commit.returncode != 0:
-        raise InputError(f"{tree}: unknown revision '{rev}'")
+    rev_parse(tree, rev)
     show = _git(["show", f"{rev}:{path}"], cwd=tree)
     if show.returncode != 0:
         raise InputError(f"{tree}: {rev} has no {path}")
@@ -148,26 +141,10 @@ def revisions(tree: str, span: str, paths: list[str]) -> list[tuple[str, str]]:
     start, sep, end = span.partition("..")
     if not sep or not start or not end or end.startswith("."):
         raise UsageError(f"'{span}': give a revision range A..B (e.g. v5.9..v6.4)")
-    if not Path(tree).is_dir():
-        raise InputError(f"{tree}: no such directory (--tree)")
-    top = _git(["rev-parse", "--show-toplevel"], cwd=tree)
-    if top.returncode != 0:
-        raise InputError(f"{tree}: not a git tree (--tree): {_first_line(top.stderr)}")
-    for rev in (start, end):
-        if _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-                cwd=tree).returncode != 0:
-            raise InputError(f"{tree}: unknown revision '{rev}'")
-    log = _git(["log", "--reverse", "--format=%H %s", "--no-walk", start], cwd=tree)
-    more = _git(["log", "--reverse", "--format=%H %s", f"{start}..{end}", "--", *paths],
-                cwd=tree)
-    if log.returncode != 0 or more.returncode != 0:
-        raise InputError(f"{tree}: git log {span} failed: "
-                         f"{_first_line(log.stderr or more.stderr)}")
-    out = []
-    for line in (log.stdout + more.stdout).splitlines():
-        sha, _, subject = line.partition(" ")
-        out.append((sha[:12], subject))
-    return out
+    base = rev_parse(tree, start)
+    subject = _git(["log", "-1", "--format=%s", base], cwd=tree).stdout.strip()
+    return [(base[:12], subject),
+            *((sha[:12], s) for sha, s in rev_list(tree, start, end, paths))]
 
 
 def _tree_top(tree: str) -> str:

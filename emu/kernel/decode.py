@@ -36,6 +36,16 @@ def disassembler():  # type: ignore[no-untyped-def]
     return md
 
 
+@lru_cache(maxsize=1)
+def att_disassembler():  # type: ignore[no-untyped-def]
+    """The capstone handle in AT&T syntax (as the kernel's sources spell instructions)."""
+    from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    md.syntax = CS_OPT_SYNTAX_ATT
+    return md
+
+
 def opcode_value(insn: Any) -> int:
     """The opcode bytes of a capstone instruction packed little-endian, zero bytes skipped."""
     value = 0

@@ -32,7 +32,6 @@ import bisect
 import struct
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from emu.build import boot
@@ -43,7 +42,7 @@ from emu.errors import ImageError
 from emu.kernel.cpus import KernelVersion
 from emu.kernel.extable import Encoding, Extable, ExType, decode
 from emu.kernel.image import Section
-from emu.kernel.decode import LOADS as _LOADS, MOVS as _MOVS
+from emu.kernel.decode import LOADS as _LOADS, MOVS as _MOVS, att_disassembler
 from emu.kernel.policy import Kernel, grade
 from emu.kernel.severity import Severity
 
@@ -59,15 +58,6 @@ _KIND = {ExType.RDMSR: "msr", ExType.WRMSR: "msr", ExType.RDMSR_SAFE: "msr",
 #: UAPI struct mce offsets (arch/x86/include/uapi/asm/mce.h; the layout is ABI).
 MCE_MCGSTATUS, MCE_IP, MCE_CS, MCE_KFLAGS, MCE_SIZE = 0x18, 0x20, 0x40, 0x78, 0x80
 IN_KERNEL_RECOV = 3
-
-
-@lru_cache(maxsize=1)
-def _att():  # type: ignore[no-untyped-def]
-    from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
-    md = Cs(CS_ARCH_X86, CS_MODE_64)
-    md.detail = True
-    md.syntax = CS_OPT_SYNTAX_ATT
-    return md
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +227,7 @@ def census(lf: LinkedFile, version: KernelVersion | None,
             sev = _table_rules(version)
             rules = Rules(sev.value, f"documented version table ({e})")
             mce_rules = sev
-    md = _att()
+    md = att_disassembler()
     sites: list[Site] = []
     for insn_addr, fixup, third, handler in raw:
         entry = decode(enc, lay, insn_addr, fixup, third, handler=handler)

@@ -20,25 +20,15 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from emu.kernel.extable import ExtableEntry
 from emu.kernel.image import Image
-from emu.kernel.decode import LOADS, MOVS, opcode_value
+from emu.kernel.decode import LOADS, MOVS, att_disassembler, opcode_value
 from emu.kernel.policy import grade
 from emu.kernel.severity import Severity
 
 _SKIP_PREFIXES = ("lea", "nop", "prefetch", "clflush", "clwb", "clde")
-
-
-@lru_cache(maxsize=1)
-def _cs():  # type: ignore[no-untyped-def]
-    from capstone import CS_ARCH_X86, CS_MODE_64, CS_OPT_SYNTAX_ATT, Cs
-    md = Cs(CS_ARCH_X86, CS_MODE_64)
-    md.detail = True
-    md.syntax = CS_OPT_SYNTAX_ATT
-    return md
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +72,7 @@ def build(image: Image, severity: Severity, functions: list[str] | None = None
     """
     from capstone import CS_AC_READ, CS_AC_WRITE
     from capstone import x86_const as C
-    md = _cs()
+    md = att_disassembler()
     syms = ([image.symbol(f) for f in functions] if functions else image.functions())
     out: list[Access] = []
     for sym in syms:
