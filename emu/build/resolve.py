@@ -261,6 +261,33 @@ def tree_rules(spec: Spec) -> tuple[MceRules | None, str]:
 _BUILT: Bounded[tuple[object, ...], Target] = Bounded(16, "resolve.built")
 
 
+#: A text spec's source and its tree's #MC rules, read once per process: a sweep worker
+#: resolves the same spec for every case, and a revision costs two ``git show`` (and a
+#: patch series a scratch repository) each time.
+#: Files (the spec's own and its patches) are keyed with their size and mtime, so an edited
+#: file is read again.
+_READ: Bounded[tuple[object, ...], tuple[Source, MceRules | None, str]] = Bounded(
+    64, "resolve.sources")
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _read(spec: Spec) -> tuple[Source, MceRules | None, str]:
+    files = ([spec.value] if spec.kind == "file" and spec.inline is None else []) + \
+        list(spec.patches)
+    key = (spec, *(_stamp(f) for f in files))
+    got = _READ.get(key)
+    if got is None:
+        got = _READ[key] = (source_of(spec), *tree_rules(spec))
+    return got
+
+
 def resolve(spec: Spec, cpu: frozenset[str], *, count_insns: bool = False,
             severity: Severity | None = None, routine: str | None = None) -> Target:
     """Build (or reuse) the target a spec names, for ``cpu``.
@@ -290,8 +317,9 @@ def resolve(spec: Spec, cpu: frozenset[str], *, count_insns: bool = False,
             and spec.assembler == "gas"):
         return era_target(get_era(spec.value), cpu, count_insns=count_insns, severity=severity)
     forced = spec.era or (spec.value if spec.kind == "era" else None)
-    src = source_of(spec)
-    rules, why = (None, "") if severity is not None or spec.era else tree_rules(spec)
+    src, rules, why = _read(spec)
+    if severity is not None or spec.era:
+        rules, why = None, ""
     return source_target(src, cpu, era=forced, assembler=spec.assembler,
                          count_insns=count_insns, severity=severity, rules=rules, why=why)
 
