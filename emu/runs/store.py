@@ -161,6 +161,7 @@ class Store:
         self.shard = shard
         self._last_commit = time.monotonic()
         self._pending = 0
+        self._partial = False
         if self.path is None:
             if resume:
                 raise UsageError("--resume needs --results FILE")
@@ -365,40 +366,54 @@ class Store:
                count, rec["class"], rec["state"], rec["return_value"], rec["exact"],
                rec["error"], rec["bytes_copied"], rec["mc"], rec["pf"], int(rec["tail_retry"]),
                rec["message"])
-        try:
-            cur = self.db.execute(f"INSERT OR IGNORE INTO runs VALUES "
-                                  f"({', '.join('?' * len(_RUN_COLS))})", row)
-            if cur.rowcount:
-                self.db.executemany("INSERT INTO violations VALUES (?, ?, ?)",
-                                    [(run, i, v) for i, v in enumerate(rec["violations"])])
-                self.db.executemany("INSERT INTO offsets VALUES (?, ?, ?, ?)",
-                                    [(run, *s) for s in sp])
-        except sqlite3.Error as e:
-            raise InputError(f"{self.path}: cannot write: {e}") from None
-        self._pending += 1
-        if time.monotonic() - self._last_commit >= COMMIT_EVERY:
-            self.commit()
+        self._insert(row, rec["violations"], sp)
 
     def add_row(self, row: Sequence[Any], violations: Sequence[str],
                 offset_spans: Sequence[tuple[int, int, int]]) -> None:
         """Store one run as another store holds it (``merge``): a ``runs`` row in
         ``RUN_COLUMNS`` order, its violation names in order, its offset spans."""
+        self._insert(tuple(row), violations, offset_spans)
+
+    def _insert(self, row: tuple[Any, ...], violations: Sequence[str],
+                offset_spans: Sequence[tuple[int, int, int]]) -> None:
+        """One run's rows, all or nothing: inside a savepoint, so that an exception raised
+        half-way (Ctrl-C's KeyboardInterrupt can land between any two statements) leaves
+        no run without its offsets for ``commit`` to make durable (``_drop_partial``)."""
+        db = self.db
         try:
-            cur = self.db.execute(f"INSERT OR IGNORE INTO runs VALUES "
-                                  f"({', '.join('?' * len(_RUN_COLS))})", tuple(row))
+            self._partial = True
+            db.execute("SAVEPOINT add_run")
+            cur = db.execute(f"INSERT OR IGNORE INTO runs VALUES "
+                             f"({', '.join('?' * len(_RUN_COLS))})", row)
             if cur.rowcount:
-                self.db.executemany("INSERT INTO violations VALUES (?, ?, ?)",
-                                    [(row[0], i, v) for i, v in enumerate(violations)])
-                self.db.executemany("INSERT INTO offsets VALUES (?, ?, ?, ?)",
-                                    [(row[0], *s) for s in offset_spans])
+                db.executemany("INSERT INTO violations VALUES (?, ?, ?)",
+                               [(row[0], i, v) for i, v in enumerate(violations)])
+                db.executemany("INSERT INTO offsets VALUES (?, ?, ?, ?)",
+                               [(row[0], *s) for s in offset_spans])
+            db.execute("RELEASE add_run")
+            self._partial = False
         except sqlite3.Error as e:
+            self._drop_partial()
             raise InputError(f"{self.path}: cannot write: {e}") from None
         self._pending += 1
         if time.monotonic() - self._last_commit >= COMMIT_EVERY:
             self.commit()
 
+    def _drop_partial(self) -> None:
+        """Undo the rows of a run whose ``_insert`` did not finish (none if it did: the
+        savepoint is then released and rolling back to it fails, which is fine)."""
+        if self._partial:
+            self._partial = False
+            try:
+                self.db.execute("ROLLBACK TO add_run")
+                self.db.execute("RELEASE add_run")
+            except sqlite3.Error:
+                pass
+
     def commit(self) -> None:
-        """Make every added run durable (a SIGKILL after this loses none of them)."""
+        """Make every added run durable (a SIGKILL after this loses none of them); a run
+        whose rows were being written when an exception struck is dropped first."""
+        self._drop_partial()
         if self.db.in_transaction:
             try:
                 self.db.execute("COMMIT")
@@ -410,6 +425,7 @@ class Store:
 
     def close(self, *, compact: bool = False) -> None:
         """Commit, optionally compact (VACUUM: rows in id order, no free pages), close."""
+        self._drop_partial()
         if self.path is not None:
             if self.db.in_transaction:
                 self.db.execute("COMMIT")

@@ -139,3 +139,74 @@ def test_progress_is_quiet_for_short_sweeps_and_every_interval_after() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 4
     assert lines[0] == "sweep: 200/1000 cases (20%), 20 cases/s, ETA 40 s"
+
+
+class _Interrupting:
+    """A store connection that raises KeyboardInterrupt (Ctrl-C) before, or just after, the
+    first statement containing ``text`` — where a real SIGINT can land."""
+
+    def __init__(self, db: sqlite3.Connection, text: str, after: bool) -> None:
+        self.db, self.text, self.after = db, text, after
+
+    def _call(self, method: str, sql: str, *args: object) -> object:
+        if self.text not in sql:
+            return getattr(self.db, method)(sql, *args)
+        self.text = "\0"                                  # once
+        if not self.after:
+            raise KeyboardInterrupt
+        out = getattr(self.db, method)(sql, *args)
+        raise KeyboardInterrupt
+
+    def execute(self, sql: str, *args: object) -> object:
+        return self._call("execute", sql, *args)
+
+    def executemany(self, sql: str, *args: object) -> object:
+        return self._call("executemany", sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+
+@pytest.mark.parametrize("text,after", [
+    ("SAVEPOINT", False), ("INSERT OR IGNORE INTO runs", False),
+    ("INSERT OR IGNORE INTO runs", True), ("INSERT INTO violations", True),
+    ("INSERT INTO offsets", False), ("INSERT INTO offsets", True), ("RELEASE", False),
+    ("RELEASE", True)])
+def test_ctrl_c_mid_insert_leaves_no_run_without_its_offsets(tmp_path: Path, text: str,
+                                                              after: bool) -> None:
+    """A Ctrl-C that lands between two statements of one run's insert: the store that is
+    committed afterwards holds that run whole or not at all, and every earlier run whole
+    (it was the cause of the Ctrl-C test's off-by-one: a run row stored without offsets)."""
+    from emu.runs import store as S
+    src = tmp_path / "src.db"
+    rc, _ = emu("sweep", "E", "--len", "256", "--src-align", "0x7e0", "--step", "line",
+                "--results", str(src), "--json", "--jobs", "1")
+    assert rc == 0
+    grid, _ = S.read(src)
+    runs = query(src, "SELECT * FROM runs ORDER BY id")
+    assert len(runs) >= 3
+    out = tmp_path / "out.db"
+    st_ = S.Store(str(out), grid, resume=False)
+
+    def add(row: tuple[object, ...]) -> None:
+        viol = [v for (v,) in query(src, f"SELECT name FROM violations WHERE run = {row[0]} "
+                                         "ORDER BY pos")]
+        sp = query(src, f"SELECT lo, hi, step FROM offsets WHERE run = {row[0]}")
+        st_.add_row(row, viol, sp)
+
+    add(runs[0])
+    real = st_.db
+    st_.db = _Interrupting(real, text, after)  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        add(runs[1])
+    st_.db = real
+    st_.commit()
+    st_.close()
+    stored = query(out, "SELECT id, cases FROM runs ORDER BY id")
+    assert stored[0][0] == runs[0][0]
+    assert len(stored) in (1, 2)
+    for run, cases in stored:
+        assert sum(len(range(lo, hi + 1, step)) for lo, hi, step in
+                   query(out, f"SELECT lo, hi, step FROM offsets WHERE run = {run}")) == cases
+    # the run whose insert finished before the interrupt is kept (it was released)
+    assert (len(stored) == 2) == (text == "RELEASE" and after)
