@@ -117,11 +117,13 @@ class GasAssembler:
             src = tmp / "input.S"
             src.write_text(source)
             obj = tmp / "out.o"
-            cmd = [self.gcc, "-c", "-x", "assembler-with-cpp", "-nostdinc",
-                   "-I", str(INCLUDE_DIR), *_FLAGS, *config.defines(), "-o", str(obj), str(src)]
+            env = c_locale_env()
+            cmd = [self.gcc, *tool.gcc_wrapper(self.gcc, env), "-c", "-x",
+                   "assembler-with-cpp", "-nostdinc", "-I", str(INCLUDE_DIR), *_FLAGS,
+                   *config.defines(), "-o", str(obj), str(src)]
             lim = tool.Limits.from_env()
             try:
-                proc = tool.run(cmd, workdir=tmp, env=c_locale_env(), limits=lim)
+                proc = tool.run(cmd, workdir=tmp, env=env, limits=lim)
             except OSError as e:
                 raise AssembleError(f"cannot run {self.gcc}: {e.strerror} "
                                     "(install it with: apt-get install gcc binutils)") from e

@@ -411,12 +411,14 @@ class KeystoneAssembler:
         with tool.workdir("emu-ks-") as tmp:
             src = tmp / (Path(name).stem + ".S")
             src.write_text(source)
-            cmd = [self.gcc, "-E", "-x", "assembler-with-cpp", "-nostdinc", "-I",
-                   str(INCLUDE_DIR), "-D__ASSEMBLY__", "-D__KERNEL__", "-DCONFIG_X86_64",
-                   "-DCONFIG_64BIT", *config.defines(), str(src)]
+            env = c_locale_env()
+            cmd = [self.gcc, *tool.gcc_wrapper(self.gcc, env), "-E", "-x",
+                   "assembler-with-cpp", "-nostdinc", "-I", str(INCLUDE_DIR), "-D__ASSEMBLY__",
+                   "-D__KERNEL__", "-DCONFIG_X86_64", "-DCONFIG_64BIT", *config.defines(),
+                   str(src)]
             lim = tool.Limits.from_env()
             try:
-                proc = tool.run(cmd, workdir=tmp, env=c_locale_env(), limits=lim)
+                proc = tool.run(cmd, workdir=tmp, env=env, limits=lim)
             except OSError as e:
                 raise AssembleError(f"cannot run the C preprocessor {self.gcc}: {e.strerror}"
                                     ) from e

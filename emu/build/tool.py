@@ -13,7 +13,10 @@ therefore runs
    every file it writes, the object and its captured stdout/stderr included, and an
    address-space limit (``RLIMIT_AS``, 2 GiB);
 4. with ``PR_SET_PDEATHSIG`` = SIGKILL on the direct child, and its temporary files
-   (``TMPDIR``) inside emu's own temporary folder;
+   (``TMPDIR``) inside emu's own temporary folder.  PDEATHSIG is not inherited, so gcc runs
+   its own programs (cc1, as) through a wrapper that sets it on each before it execs it
+   (``gcc_wrapper``: gcc's ``-wrapper`` with util-linux's ``setpriv --pdeathsig KILL``, or
+   ``diewithparent.py``): when emu dies, gcc dies, and with it cc1 and as;
 5. while emu turns SIGTERM and SIGHUP into ``SystemExit(128 + signo)``, so the group is
    killed and the folder removed on the way out (SIGINT already raises KeyboardInterrupt).
 
@@ -24,12 +27,14 @@ an emu that was SIGKILLed is removed by the next emu (``sweep_stale``).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -99,6 +104,57 @@ def _child_setup(lim: Limits, parent: int) -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:   # emu died before the prctl took effect
         os._exit(137)
+
+
+#: The fallback wrapper (a script run by path: ``diewithparent.py``).
+DIE_WITH_PARENT = Path(__file__).with_name("diewithparent.py")
+
+
+@functools.lru_cache(maxsize=8)
+def _setpriv(path: str | None) -> str | None:
+    """util-linux's setpriv on ``path`` (a PATH string), if it has ``--pdeathsig`` (2.33+)."""
+    exe = shutil.which("setpriv", path=path)
+    if exe is None:
+        return None
+    try:
+        ok = subprocess.run([exe, "--pdeathsig", "KILL", "--", "true"], capture_output=True,
+                            timeout=10, check=False, env={"PATH": path or os.defpath})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return exe if ok.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=8)
+def _gnu_driver(gcc: str, path: str | None) -> bool:
+    """Is ``gcc`` GCC's driver (which has ``-wrapper``; clang's has not)?"""
+    exe = shutil.which(gcc, path=path)
+    if exe is None:
+        return False
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, timeout=10, check=False,
+                             env={"PATH": path or os.defpath, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    first = out.split(b"\n", 1)[0].lower()
+    return b"clang" not in first and (b"gcc" in first or b"free software" in out.lower())
+
+
+def gcc_wrapper(gcc: str, env: dict[str, str]) -> list[str]:
+    """gcc options that make every program the driver starts (cc1, as) die with it.
+
+    gcc's ``-wrapper PROG,ARGS`` runs each program as ``PROG ARGS program args``; the
+    wrapper sets PR_SET_PDEATHSIG = SIGKILL and execs it (``setpriv --pdeathsig KILL --``,
+    else this interpreter running ``diewithparent.py``).  [] for a driver that is not GCC's,
+    or when the wrapper cannot be named in gcc's comma-separated list (a path with a comma).
+    """
+    if not _gnu_driver(gcc, env.get("PATH")):
+        return []
+    exe = _setpriv(env.get("PATH"))
+    parts = [exe, "--pdeathsig", "KILL", "--"] if exe else \
+        [sys.executable, "-S", "-E", str(DIE_WITH_PARENT)]
+    if any("," in p for p in parts):
+        return []
+    return ["-wrapper", ",".join(parts)]
 
 
 class _Terminated(SystemExit):

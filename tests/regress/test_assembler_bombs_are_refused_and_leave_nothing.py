@@ -5,11 +5,17 @@ and ``emu-as-*`` folders behind; a 64 MiB ``.skip`` left 64 MB in the object cac
 now runs under a time and output limit in its own process group (``emu.build.tool``), which
 is killed when emu stops for any reason; only objects emu accepts are cached.  Inputs are
 written here.
+
+After a SIGKILL of emu nothing can kill the group, so every process in it dies with its
+parent: the gcc driver by PR_SET_PDEATHSIG, and cc1 and as, which gcc starts, through gcc's
+``-wrapper`` (util-linux's ``setpriv --pdeathsig``, or emu's ``diewithparent.py`` where
+setpriv is missing).  Before, ``as`` lived on until its CPU-time limit.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from emu.build import tool
 
 EMU = [sys.executable, "-m", "emu.cli.main"]
 HEAD = ".text\n.globl f\n.type f, @function\nf:\n"
@@ -27,10 +35,10 @@ BSS_4G = HEAD + "ret\n.bss\n.skip 0x100000000\n"
 FINE = HEAD + "xorl %eax, %eax\nret\n"
 
 
-def env(tmp: Path, timeout: float = 3) -> dict[str, str]:
+def env(tmp: Path, timeout: float = 3, path: str | None = None) -> dict[str, str]:
     (tmp / "t").mkdir(exist_ok=True)
     return {**os.environ, "EMU_CACHE": str(tmp / "cache"), "TMPDIR": str(tmp / "t"),
-            "EMU_TOOL_TIMEOUT": str(timeout)}
+            "EMU_TOOL_TIMEOUT": str(timeout), "PATH": path or os.environ["PATH"]}
 
 
 def emu_run(tmp: Path, text: str, **kw: float) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -62,6 +70,20 @@ def procs() -> dict[int, tuple[int, int]]:
                 continue
             f = stat.rsplit(")", 1)[1].split()
             out[int(d)] = (int(f[1]), int(f[2]))
+    return out
+
+
+def group(pgid: int) -> dict[int, str]:
+    """pid → command name of the processes in a process group (zombies excluded)."""
+    out = {}
+    for pid, (_pp, g) in procs().items():
+        if g == pgid:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                out[pid] = stat[stat.index("(") + 1:stat.rindex(")")]
     return out
 
 
@@ -103,17 +125,18 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_bomb(tmp: Path) -> tuple[subprocess.Popen[str], int]:
-    """emu assembling the .rept bomb (60 s limit); returns it and the tool's group id."""
+def start_bomb(tmp: Path, path: str | None = None) -> tuple[subprocess.Popen[str], int]:
+    """emu assembling the .rept bomb (60 s limit) with ``PATH`` = ``path``; returns it and
+    the tool's group id once GNU as runs in that group."""
     src = tmp / "in.S"
     src.write_text(REPT_BOMB)
     p = subprocess.Popen([*EMU, "run", str(src), "--routine", "f", "--len", "64"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env(tmp, timeout=60), preexec_fn=default_sigint)
+                         env=env(tmp, timeout=60, path=path), preexec_fn=default_sigint)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         kids = [pid for pid, (pp, _g) in procs().items() if pp == p.pid]
-        if kids and any(g == kids[0] and pid != kids[0] for pid, (_pp, g) in procs().items()):
+        if kids and "as" in group(kids[0]).values():
             return p, kids[0]             # the gcc driver and its as are running
         time.sleep(0.05)
     p.kill()
@@ -141,21 +164,42 @@ def test_a_signal_to_emu_kills_the_assembler_and_removes_its_folder(
     assert "Traceback" not in p.stderr.read()
 
 
-def test_sigkill_of_emu_the_assembler_dies_and_the_next_emu_cleans_up(tmp_path: Path) -> None:
-    p, pgid = start_bomb(tmp_path)
-    p.kill()
-    p.wait()
-    # The gcc driver dies with emu (PR_SET_PDEATHSIG); as, a grandchild, at its CPU limit
-    # (EMU_TOOL_TIMEOUT + 2 s of CPU here: 62 s); it is not left running for minutes.
-    deadline = time.monotonic() + 5
-    while pgid in procs() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert pgid not in procs()
+def path_without_setpriv(tmp: Path) -> str:
+    """A PATH with gcc and as (what ``gcc -c`` runs from PATH) and no setpriv."""
+    bin_ = tmp / "bin"
+    bin_.mkdir()
+    for prog in ("gcc", "as"):
+        found = shutil.which(prog)
+        assert found is not None, prog
+        (bin_ / prog).symlink_to(found)
+    return str(bin_)
+
+
+@pytest.mark.parametrize("wrapper", ["setpriv", "diewithparent"])
+def test_sigkill_of_emu_leaves_no_gcc_cc1_or_as_and_the_next_emu_cleans_up(
+        tmp_path: Path, wrapper: str) -> None:
+    path = None
+    if wrapper == "setpriv":
+        if "setpriv" not in " ".join(tool.gcc_wrapper("gcc", dict(os.environ))):
+            pytest.skip("no setpriv with --pdeathsig here (util-linux < 2.33)")
+    else:
+        path = path_without_setpriv(tmp_path)
+        assert "diewithparent.py" in tool.gcc_wrapper("gcc", {"PATH": path})[1]
+    p, pgid = start_bomb(tmp_path, path)
+    try:
+        assert "as" in group(pgid).values()
+        p.kill()
+        p.wait()
+        # Nothing is left to kill the group: gcc dies with emu, cc1 and as with gcc.
+        deadline = time.monotonic() + 3
+        while group(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert group(pgid) == {}, f"left running after emu was killed: {group(pgid)}"
+    finally:
+        for pid in group(pgid):                  # never leave the test's as running
+            os.kill(pid, signal.SIGKILL)
     stale = leftovers(tmp_path)
     assert len(stale) == 1 and stale[0].startswith(f"emu-as-{p.pid}-")
-    for pid, (_pp, g) in procs().items():       # do not leave the test's as running
-        if g == pgid:
-            os.kill(pid, signal.SIGKILL)
     q, _ = emu_run(tmp_path, FINE)
     assert q.returncode == 0, q.stderr
     assert leftovers(tmp_path) == []
