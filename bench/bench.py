@@ -55,7 +55,8 @@ def entry_regs(routine, b: Buffers) -> list[tuple[int, int]]:  # type: ignore[no
 
 def bare_loop(target, routine, n: int) -> float:  # type: ignore[no-untyped-def]
     # Same image and page tables, fresh Uc.
-    m = Machine(target.image, bulk_strings=False, smap=target.machine.smap)
+    m = Machine(target.image, bulk_strings=False, smap=target.machine.smap,
+                smep=target.machine.smep)
     uc = m.uc
     ext = fixups(target)
     src_pa = m.pa(BUFS.src & ~0xFFF)
@@ -131,7 +132,8 @@ class BareSweep:
         from unicorn.unicorn_py3.unicorn import HOOK_MEM_ACCESS_CFUNC
 
         from emu.core.engine import Engine
-        self.m = m = Machine(target.image, bulk_strings=False, smap=target.machine.smap)
+        self.m = m = Machine(target.image, bulk_strings=False, smap=target.machine.smap,
+                smep=target.machine.smep)
         assert (m._user_pa, m._kern_pa) == (target.machine._user_pa, target.machine._kern_pa)
         uc = m.uc
         self.eng = eng = Engine(uc, 8)
@@ -203,7 +205,8 @@ def iterating(target):  # type: ignore[no-untyped-def]
     """The same target with rep strings run iteration by iteration (``bulk_strings=False``):
     the harness's own overhead, against bare loops that iterate too."""
     t = copy.copy(target)
-    t.machine = Machine(target.image, bulk_strings=False, smap=target.machine.smap)
+    t.machine = Machine(target.image, bulk_strings=False, smap=target.machine.smap,
+                smep=target.machine.smep)
     t._calls = {}              # its own calls; recordings are keyed by target already
     return t
 

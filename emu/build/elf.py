@@ -44,7 +44,7 @@ EXTABLE = "__ex_table"
 
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 SHT_NULL, SHT_SYMTAB, SHT_RELA, SHT_NOBITS, SHT_REL = 0, 2, 4, 8, 9
-SHF_ALLOC, SHF_EXECINSTR = 0x2, 0x4
+SHF_WRITE, SHF_ALLOC, SHF_EXECINSTR = 0x1, 0x2, 0x4
 #: Entry sizes the gABI fixes for the tables emu reads.
 _ENTSIZE = {SHT_SYMTAB: 24, SHT_RELA: 24, SHT_REL: 16}
 #: Largest alignment a section of a relocatable object may ask for (2 MiB: a huge page).
@@ -119,16 +119,26 @@ def load_object(data: bytes, *, encoding: Encoding, layout_id: int, name: str = 
     """
     raw = section_table(data, name)
     # 0. Where each allocated section goes, from the headers alone: nothing is allocated
-    #    before the whole layout is known to fit the text area.
+    #    before the whole layout is known to fit the text area.  Executable sections come
+    #    first, then read-only, then writable ones (file order within each class), each class
+    #    from a page of its own, so that every page has one protection
+    #    (``layout.section_protection``).
     plan: dict[int, int] = {}
     addr = base
-    for index, (_nm, _typ, flags, _a, _off, size, _l, _i, align, _e) in enumerate(raw):
-        if not flags & SHF_ALLOC or size == 0 or _shname(data, raw, index) == EXTABLE:
-            continue
+    loaded = [(index, size, align, layout.section_protection(bool(flags & SHF_EXECINSTR),
+                                                             bool(flags & SHF_WRITE)))
+              for index, (_nm, _typ, flags, _a, _off, size, _l, _i, align, _e) in enumerate(raw)
+              if flags & SHF_ALLOC and size and _shname(data, raw, index) != EXTABLE]
+    loaded.sort(key=lambda t: layout.SECTION_CLASSES.index(t[3]))
+    previous = None
+    for index, size, align, prot in loaded:
         if align > MAX_ALIGN:
             raise ImageError(f"{name}: corrupt ELF object: section {index} asks for "
                              f"{align:#x}-byte alignment")
         align = max(align, 16)
+        if previous is not None and prot is not previous:
+            align = max(align, layout.PAGE)
+        previous = prot
         addr = (addr + align - 1) & ~(align - 1)
         plan[index] = addr
         addr += size
@@ -157,7 +167,7 @@ def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int
         raise ImageError(f"{name}: {elf.header['e_type']} is not a relocatable object (.o)")
 
     # 1. Place allocated sections (except the exception table) where ``plan`` says.
-    placed: dict[int, tuple[str, int, bytearray, bool]] = {}
+    placed: dict[int, tuple[str, int, bytearray, bool, bool]] = {}
     ex_index: int | None = None
     for index, sec in enumerate(elf.iter_sections()):
         if sec.name == EXTABLE:
@@ -167,7 +177,8 @@ def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int
             continue
         body = bytearray(sec["sh_size"]) if sec["sh_type"] == "SHT_NOBITS" else bytearray(sec.data())
         placed[index] = (sec.name, plan[index], body,
-                         bool(sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR))
+                         bool(sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR),
+                         bool(sec["sh_flags"] & SH_FLAGS.SHF_WRITE))
 
     # 2. Symbols: defined ones get addresses, undefined ones get ud2 stubs.
     symtab = elf.get_section_by_name(".symtab")
@@ -228,7 +239,7 @@ def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int
             continue
         if target not in placed:
             continue
-        sname, saddr, body, _ = placed[target]
+        sname, saddr, body, _, _ = placed[target]
         for rel in rsec.iter_relocations():
             _apply(rel, body, saddr, sym_addr, sym_name, f"{name}:{sname}")
 
@@ -242,7 +253,7 @@ def _load(elf: ELFFile, encoding: Encoding, layout_id: int, name: str, base: int
         for off in range(0, len(raw), 12):
             entries.append(_entry(raw, off, ex_relocs, encoding, layout_id, name))
 
-    sections = tuple(Section(n, a, bytes(b), x) for n, a, b, x in placed.values())
+    sections = tuple(Section(n, a, bytes(b), x, w) for n, a, b, x, w in placed.values())
     return Image(name, sections, symbols, Extable(entries), encoding, stubs)
 
 
@@ -442,7 +453,7 @@ def _load_linked(lf: LinkedFile, encoding: Encoding, layout_id: int, name: str,
             body = bytes(a1 - a0)
         else:
             body = bytes(lf.buf[s.offset + a0 - s.addr:s.offset + a1 - s.addr])
-        sections.append(Section(s.name, a0 + delta, body, s.executable))
+        sections.append(Section(s.name, a0 + delta, body, s.executable, s.writable))
     symbols: dict[str, Symbol] = {}
     for n, a, size, k, glob in syms:
         if lo <= a < hi:
@@ -491,6 +502,10 @@ class SectionHeader:
     @property
     def executable(self) -> bool:
         return bool(self.flags & SHF_EXECINSTR)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.flags & SHF_WRITE)
 
 
 #: (name, address, size, kind, global) — kind "func", "object" or "notype".

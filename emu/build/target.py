@@ -131,7 +131,8 @@ class Target:
         self.catalog = catalog
         self.era = era
         self.detection = detection
-        self.machine = Machine(image, count_insns=count_insns, smap="SMAP" in cpu)
+        self.machine = Machine(image, count_insns=count_insns, smap="SMAP" in cpu,
+                               smep="SMEP" in cpu)
         self.kernel = Kernel(image.extable, settings.severity, image.read)
         self._calls: Bounded[tuple[object, ...], Call] = Bounded(256, "target.calls")
 

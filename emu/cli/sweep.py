@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fz.add_argument("--max-len", type=common.to_int, default=8192, help="largest length tried")
     fz.add_argument("--want", default="any",
                     help="failure classes to look for: violation names, states (panic, oops, "
-                    "hang, smap_violation), 'violation' or 'any' (comma list)")
+                    "hang, smap_violation, protection_fault, system_instruction), 'violation' "
+                    "or 'any' (comma list)")
     fz.add_argument("--examples", type=common.positive, default=500,
                     help="cases to try before giving up")
     fz.add_argument("--seed", type=common.to_int, default=0,

@@ -14,6 +14,16 @@ each fault does.  See unicorn-notes.md for the mechanisms:
 * SMAP: when the CPU has it (``smap=True``), CR4.SMAP is set and user pages have U=1, so a
   user access with EFLAGS.AC clear raises a #PF on a present page, which is reported as
   ``State.SMAP_VIOLATION``.  Without it CR4.SMAP is clear and AC does not matter.
+* Page protections (``layout``): kernel text is read-only (CR0.WP), rodata read-only and
+  NX, data, the stack and the direct map NX (EFER.NXE), user pages executable unless the
+  CPU has SMEP (``smep=True``: CR4.SMEP).  A write to a read-only page or an instruction
+  fetch the protections refuse is a #PF on a present page; the machine works out its error
+  code (``FaultEvent.error``) and the handler decides as for any #PF: a fixup, or, with no
+  __ex_table entry, ``State.PROTECTION_FAULT``.
+* System instructions (``sysinsn.py``): each one at an instruction start of the image's code
+  is a Unicorn exit, so the run stops before it executes, in ``State.SYSTEM_INSTRUCTION``;
+  one that traps or faults (``int3``, #UD, #GP) is named in the interrupt hook.  No hook
+  runs per instruction.
 
 Invariants the hooks keep: a hook either redirects (writes registers and RIP, emulation goes
 on in the same ``emu_start``) or halts (records the state and calls ``emu_stop``); it never
@@ -34,17 +44,18 @@ from unicorn.unicorn_py3.unicorn import HOOK_CODE_CFUNC, HOOK_INTR_CFUNC, HOOK_M
 
 from emu.caching import Bounded
 from emu.core import layout as L
-from emu.core import native, strings
+from emu.core import native, strings, sysinsn
 from emu.errors import EmulationError
 from emu.core.engine import Engine, RegBatch
 from emu.core.fastforward import DEFAULT_BUDGET, Checkpoint, FastForward, Recorder, Recording
-from emu.core.records import (DST_FILL, TRAPNR, VECTORS, WINDOW_PAGES, WINDOW_SPAN, Buffers, Call, Code,
-                      CpuView, FaultEvent, FaultHandler, FaultKind, FaultRecord, Halt, RawRun,
-                      Redirect, Resolution, SNAPSHOT_REGS, State, fast_init, source_pattern)
+from emu.core.records import (DST_FILL, PF_INSTR, PF_PROT, PF_WRITE, TRAPNR, VECTORS, WINDOW_PAGES,
+                      WINDOW_SPAN, Buffers, Call, Code, CpuView, FaultEvent, FaultHandler,
+                      FaultKind, FaultRecord, Halt, RawRun, Redirect, Resolution, SNAPSHOT_REGS,
+                      State, fast_init, source_pattern)
 from emu.core.records import DST_PAGES, DST_WINDOW_BYTES, SENTINEL_BYTES, SRC_PAGES, SRC_WINDOW_BYTES
 
-__all__ = ["DST_FILL", "TRAPNR", "VECTORS", "WINDOW_PAGES", "WINDOW_SPAN", "Buffers", "Call",
-           "Checkpoint", "CpuView", "FastForward", "FaultEvent", "FaultHandler", "FaultKind",
+__all__ = ["DST_FILL", "PF_INSTR", "PF_PROT", "PF_WRITE", "TRAPNR", "VECTORS", "WINDOW_PAGES",
+           "WINDOW_SPAN", "Buffers", "Call", "Checkpoint", "CpuView", "FastForward", "FaultEvent", "FaultHandler", "FaultKind",
            "FaultRecord", "Halt", "Machine", "RawRun", "Redirect", "Resolution", "State",
            "fast_init", "source_pattern"]
 
@@ -66,7 +77,9 @@ _SNAPSHOT_INDEX = {name: i for i, name in enumerate(SNAPSHOT_REGS)}
 EFLAGS_AC = 1 << 18
 _NO_PAGES: frozenset[int] = frozenset()
 PHYS_SIZE = 8 << 20
-PTE_P, PTE_W, PTE_U, PTE_A, PTE_D = 1, 2, 4, 0x20, 0x40
+PTE_P, PTE_W, PTE_U, PTE_A, PTE_D, PTE_NX = 1, 2, 4, 0x20, 0x40, 1 << 63
+EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
+CR4_PAE, CR4_SMEP, CR4_SMAP = 1 << 5, 1 << 20, 1 << 21
 #: The dirty bit of every PTE of a window, as a mask over its PTE array read as one
 #: little-endian integer.
 _DIRTY_MASK = sum(PTE_D << (64 * i) for i in range(WINDOW_PAGES))
@@ -82,6 +95,7 @@ class Machine(Recorder):
         image: the code to run.
         count_insns: count executed instructions with a block hook (slower; ``emu run``).
         smap: the CPU has SMAP: CR4.SMAP is set (user accesses need EFLAGS.AC).
+        smep: the CPU has SMEP: CR4.SMEP is set (user pages cannot be executed).
         bulk_strings: run the unwatched iterations of ``rep movs``/``rep stos`` in one step
             (``strings.py``); off, every iteration is a pass through Unicorn.  Instruction
             counting needs the iterations, so ``count_insns`` turns it off.
@@ -91,10 +105,12 @@ class Machine(Recorder):
     """
 
     def __init__(self, image: Code, *, count_insns: bool = False, smap: bool = True,
-                 bulk_strings: bool = True, compiled: bool | None = None) -> None:
+                 smep: bool = False, bulk_strings: bool = True,
+                 compiled: bool | None = None) -> None:
         self.image = image
         self.count_insns = count_insns
         self.smap = smap
+        self.smep = smep
         self.bulk_strings = bulk_strings and not count_insns
         try:
             self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -107,7 +123,15 @@ class Machine(Recorder):
         self._next_phys = 0x1000
         self._pml4 = self._alloc()
         self._pages: dict[int, tuple[int, int, int]] = {}  # va page → (pa, pte address, flags)
+        self._prot: dict[int, L.Protection] = {}             # va page → its protection
         self._build()
+        # System instructions at the image's instruction starts: each is an exit (with the
+        # sentinel), set before anything is translated.  Without any, the sentinel stays
+        # emu_start's ``until`` (Unicorn revisits every exit at each emu_start).
+        self._system = sysinsn.find((s.addr, s.data) for s in image.sections if s.executable)
+        if self._system:
+            self.uc.ctl_exits_enabled(True)
+            self.uc.ctl_set_exits([L.SENTINEL, *self._system])
         self._ctx = self.uc.context_save()
         self._exc_ctx = self.uc.context_save()    # scratch context for _end_exception
         self._eng = Engine(self.uc, 8 * WINDOW_PAGES)
@@ -217,7 +241,7 @@ class Machine(Recorder):
             raise EmulationError("emulated physical memory exhausted")
         return pa
 
-    def _map(self, va: int, pa: int, *, user: bool, present: bool = True) -> None:
+    def _map(self, va: int, pa: int, prot: L.Protection, *, present: bool = True) -> None:
         table = self._pml4
         for shift in (39, 30, 21):
             slot = table + ((va >> shift) & 511) * 8
@@ -227,34 +251,48 @@ class Machine(Recorder):
                 self.uc.mem_write(slot, struct.pack("<Q", e))
             table = e & 0x000FFFFFFFFFF000
         pte = table + ((va >> 12) & 511) * 8
-        flags = PTE_W | (PTE_U if user else 0)
+        flags = ((PTE_W if prot.writable else 0) | (PTE_U if prot.user else 0)
+                 | (0 if prot.executable else PTE_NX))
         self.uc.mem_write(pte, struct.pack("<Q", pa | flags | (PTE_P if present else 0)))
         self._pages[va & ~0xFFF] = (pa, pte, flags)
+        self._prot[va & ~0xFFF] = prot
 
-    def _map_range(self, va: int, size: int, *, user: bool) -> int:
+    def _map_range(self, va: int, size: int, prot: L.Protection) -> int:
         pages = (size + L.PAGE - 1) // L.PAGE
         pa0 = self._alloc(pages)
         for i in range(pages):
-            self._map(va + i * L.PAGE, pa0 + i * L.PAGE, user=user)
+            self._map(va + i * L.PAGE, pa0 + i * L.PAGE, prot)
         return pa0
 
     def _build(self) -> None:
         img = self.image
+        # The image: each page gets the protection of the sections on it (what any of them
+        # allows, when several share it); a page no section touches is read-only and NX.
         end = max((s.end for s in img.sections), default=L.TEXT_BASE)
-        self._text_pa = self._map_range(L.TEXT_BASE, max(end - L.TEXT_BASE, 1), user=False)
+        pages = max((end - L.TEXT_BASE + L.PAGE - 1) // L.PAGE, 1)
+        prot: dict[int, L.Protection] = {}
+        for s in img.sections:
+            p = L.section_protection(s.executable, s.writable)
+            for page in range(s.addr & ~0xFFF, s.end, L.PAGE):
+                prot[page] = prot[page].union(p) if page in prot else p
+        self._text_pa = self._alloc(pages)
+        for i in range(pages):
+            va = L.TEXT_BASE + i * L.PAGE
+            self._map(va, self._text_pa + i * L.PAGE, prot.get(va, L.RODATA))
         for s in img.sections:
             self.uc.mem_write(self._text_pa + (s.addr - L.TEXT_BASE), s.data)
-        stub_pa = self._map_range(L.STUB_BASE, 2 * L.PAGE, user=False)
+        stub_pa = self._map_range(L.STUB_BASE, 2 * L.PAGE, L.TEXT)
         self.uc.mem_write(stub_pa, b"\x0f\x0b" * L.PAGE)          # ud2: a call out of the image
-        sent_pa = self._map_range(L.SENTINEL, L.PAGE, user=False)
+        sent_pa = self._map_range(L.SENTINEL, L.PAGE, L.TEXT)
         self.uc.mem_write(sent_pa, b"\xcc" * L.PAGE)
-        self._map_range(L.STACK_BASE, L.STACK_PAGES * L.PAGE, user=False)
-        self._user_pa = self._map_range(L.USER_WINDOW - L.PAGE, WINDOW_SPAN, user=True)
-        self._kern_pa = self._map_range(L.KERNEL_WINDOW - L.PAGE, WINDOW_SPAN, user=False)
+        self._map_range(L.STACK_BASE, L.STACK_PAGES * L.PAGE, L.STACK)
+        self._user_pa = self._map_range(L.USER_WINDOW - L.PAGE, WINDOW_SPAN, L.USER_BUFFER)
+        self._kern_pa = self._map_range(L.KERNEL_WINDOW - L.PAGE, WINDOW_SPAN, L.KERNEL_BUFFER)
         uc = self.uc
         uc.reg_write(X.UC_X86_REG_CR3, self._pml4)
-        uc.msr_write(0xC0000080, (1 << 8) | (1 << 10))             # EFER.LME | LMA
-        uc.reg_write(X.UC_X86_REG_CR4, (1 << 5) | ((1 << 21) if self.smap else 0))  # PAE | SMAP
+        uc.msr_write(0xC0000080, EFER_LME | EFER_LMA | EFER_NXE)
+        uc.reg_write(X.UC_X86_REG_CR4, CR4_PAE | (CR4_SMAP if self.smap else 0)
+                     | (CR4_SMEP if self.smep else 0))
         uc.reg_write(X.UC_X86_REG_CR0, (1 << 31) | (1 << 16) | 1)  # PG | WP | PE
         uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
 
@@ -403,10 +441,13 @@ class Machine(Recorder):
             raise
         run, self._run = self._run, None
         assert run is not None
-        # 6. How it ended.
+        # 6. How it ended: halted by a hook, at the sentinel (returned), at a system
+        #    instruction's exit, or out of budget.
         values = self._result_regs.read()
         regs = tuple(zip(RESULT_REGS, values))
         rip, eflags = values[_RESULT_RIP], values[_RESULT_EFLAGS]
+        if run.halt is None and rip != L.SENTINEL and rip in self._system:
+            run.halt = self._system_halt(rip, self._system[rip])
         if run.halt is not None:
             state, message = run.halt.state, run.halt.message
         elif rip == L.SENTINEL:
@@ -649,9 +690,18 @@ class Machine(Recorder):
         if kind is FaultKind.PF:
             page = addr & ~0xFFF
             user = addr < L.TASK_SIZE_MAX
-            ac = before[-1] & EFLAGS_AC             # SNAPSHOT_REGS ends with eflags
-            if user and page in self._pages and page not in run.absent and not ac:
-                event = FaultEvent(kind, rip, addr, user)
+            prot = self._prot.get(page)
+            if prot is None or page in run.absent:             # not present
+                self._dispatch(FaultEvent(kind, rip, addr, user), before)
+                return
+            # A present page: the access broke its protection.  A fetch, a write to a
+            # read-only page, or (a user page) a data access SMAP refuses.
+            if self._fetch_fault(rip, addr, prot):
+                error = PF_PROT | PF_INSTR
+            elif not prot.writable:
+                error = PF_PROT | PF_WRITE
+            elif user and self.smap and not before[-1] & EFLAGS_AC:   # before[-1]: eflags
+                event = FaultEvent(kind, rip, addr, user, PF_PROT)
                 res = Halt(State.SMAP_VIOLATION,
                            f"SMAP violation: user access to {addr:#x} with EFLAGS.AC clear at "
                            f"{self.image.symbolize(rip)}")
@@ -660,7 +710,10 @@ class Machine(Recorder):
                 self._native_off()
                 self._eng.emu_stop()
                 return
-            self._dispatch(FaultEvent(kind, rip, addr, user), before)
+            else:
+                raise EmulationError(f"unexplained #PF on the present page {page:#x} at "
+                                     f"{self.image.symbolize(rip)}")
+            self._dispatch(FaultEvent(kind, rip, addr, user, error), before)
             return
         if kind is FaultKind.UD:
             for name, stub in self.image.stubs.items():
@@ -672,13 +725,87 @@ class Machine(Recorder):
                     self._native_off()
                     self._eng.emu_stop()
                     return
+        # A system instruction that traps (int3, int n: RIP is past it) or that Unicorn
+        # refuses (#GP, #UD: RIP is at it) and that no exit stopped (sysinsn.py).
+        if kind is FaultKind.TRAP:
+            page = (rip - 2) & ~0xFFF
+            if page in self._pages and ((rip - 1) & ~0xFFF) in self._pages:
+                hit = sysinsn.trapped(intno, self.read(rip - 2, 2))
+                if hit is not None:
+                    self._halt_now(self._system_halt(rip - hit[0], hit[1]))
+                    return
+        elif kind is FaultKind.GP or kind is FaultKind.UD:
+            name = self._system_at(rip)
+            if name is not None:
+                self._halt_now(self._system_halt(rip, name))
+                return
         self._dispatch(FaultEvent(kind, rip, 0, False), before)
+
+    def _system_at(self, rip: int) -> str | None:
+        """The system instruction at ``rip`` (``sysinsn.decode``), if any."""
+        if (rip & ~0xFFF) not in self._pages:
+            return None
+        code = self.read(rip, min(15, L.PAGE - (rip & 0xFFF)))
+        if len(code) < 15 and ((rip + 15) & ~0xFFF) in self._pages:
+            code += self.read((rip + 15) & ~0xFFF, 15 - len(code))
+        return sysinsn.decode(code)
+
+    def _system_halt(self, rip: int, name: str) -> Halt:
+        return Halt(State.SYSTEM_INSTRUCTION,
+                    f"system instruction '{name}' at {self.image.symbolize(rip)}: a copy "
+                    "routine never executes it, and emu does not model it")
+
+    def _halt_now(self, res: Halt) -> None:
+        """End the run in ``res`` from inside a hook."""
+        run = self._run
+        assert run is not None
+        run.halt = res
+        self._native_off()
+        self._eng.emu_stop()
+
+    def _fetch_fault(self, rip: int, addr: int, prot: L.Protection) -> bool:
+        """Was the #PF at ``addr`` (a present page of protection ``prot``) raised by fetching
+        the instruction at ``rip``, rather than by its data access?
+
+        Only a page the kernel may not execute (NX, or a user page under SMEP) refuses a
+        fetch, and only a read-only page (or a user page under SMAP) a data access.  When
+        the page could refuse either, the fetch it was if the instruction lies on that page,
+        or starts before it and runs into it (decoded to know).
+        """
+        if prot.executable and not (prot.user and self.smep):
+            return False
+        if prot.writable and not (prot.user and self.smap):
+            return True
+        page = addr & ~0xFFF
+        if rip & ~0xFFF == page:
+            return True
+        if addr != page or not 0 < page - rip < 15 or (rip & ~0xFFF) not in self._pages:
+            return False
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+        code = self.read(rip, page - rip) + self.read(page, 15 - (page - rip))
+        size = next((i[1] for i in Cs(CS_ARCH_X86, CS_MODE_64).disasm_lite(code, rip, 1)), 15)
+        return rip + size > page
+
+    def where(self, addr: int) -> str:
+        """The address's place in the memory map (``CpuView``): the region's name, and for
+        the image where in it, e.g. "kernel text (f+0x4)"."""
+        prot = self._prot.get(addr & ~0xFFF)
+        if prot is None:
+            return "an unmapped address"
+        if L.TEXT_BASE <= addr < L.STUB_BASE:
+            return f"{prot.name} ({self.image.symbolize(addr)})"
+        return prot.name
 
     def _invalid_opcode(self, rip: int) -> None:
         run = self._run
         assert run is not None
         event = FaultEvent(FaultKind.UD, rip, rip, False)
         name = next((n for n, stub in self.image.stubs.items() if stub <= rip < stub + 16), None)
+        system = self._system_at(rip) if name is None else None
+        if system is not None:
+            run.halt = self._system_halt(rip, system)
+            self._native_off()
+            return
         if name is not None:
             res = Halt(State.OOPS, f"call to '{name}', which is not in the image")
         else:

@@ -70,6 +70,11 @@ TRAPNR: dict[FaultKind, int] = {FaultKind.PF: 14, FaultKind.MC: 18, FaultKind.GP
                                 FaultKind.UD: 6}
 
 
+#: #PF error code bits (Intel SDM vol. 3A §4.7): the page was present (a protection
+#: violation), the access was a write, an instruction fetch.  Kernel mode: U/S is 0.
+PF_PROT, PF_WRITE, PF_INSTR = 0x1, 0x2, 0x10
+
+
 class State(str, Enum):
     """How a run ended."""
 
@@ -78,17 +83,30 @@ class State(str, Enum):
     PANIC = "panic"
     HANG = "hang"
     SMAP_VIOLATION = "smap_violation"
+    #: A #PF on a present page with no __ex_table entry (an oops in the kernel): a write to
+    #: read-only kernel memory (text, rodata), an instruction fetch from a non-executable
+    #: page (NX: data, the stack, the direct map), or from a user page on a CPU with SMEP.
+    PROTECTION_FAULT = "protection_fault"
+    #: The routine reached a system instruction (hlt, wrmsr, syscall, int, mov to %cr0, ...;
+    #: ``sysinsn.py``), which a copy routine never executes and emu does not model.
+    SYSTEM_INSTRUCTION = "system_instruction"
 
 
 @fast_init
 @dataclass(frozen=True, slots=True)
 class FaultEvent:
-    """A fault as the CPU reports it, before the kernel decides anything."""
+    """A fault as the CPU reports it, before the kernel decides anything.
+
+    ``error`` is the #PF error code of a fault on a present page (``PF_PROT`` and
+    ``PF_WRITE`` or ``PF_INSTR``); 0 for a page that is not present (emu does not tell reads
+    from writes there) and for other faults.
+    """
 
     kind: FaultKind
     rip: int
     address: int
     user: bool
+    error: int = 0
 
 
 @fast_init
@@ -117,7 +135,13 @@ Resolution = Redirect | Halt
 
 
 class CpuView(Protocol):
+    """What a fault handler may ask the machine: registers, and what an address is."""
+
     def reg(self, name: str) -> int: ...
+
+    def where(self, addr: int) -> str:
+        """The address's place in the memory map, e.g. "kernel text (f+0x4)"."""
+        ...
 
 
 FaultHandler = Callable[[CpuView, FaultEvent], Resolution]
@@ -132,6 +156,8 @@ class CodeSection(Protocol):
     def data(self) -> bytes: ...
     @property
     def executable(self) -> bool: ...
+    @property
+    def writable(self) -> bool: ...
     @property
     def end(self) -> int: ...
 

@@ -15,12 +15,17 @@ from emu.kernel.extable import Encoding, Extable
 
 @dataclass(frozen=True, slots=True)
 class Section:
-    """One allocated section placed in the kernel address space."""
+    """One allocated section placed in the kernel address space.
+
+    ``executable`` and ``writable`` are the ELF flags SHF_EXECINSTR and SHF_WRITE; the
+    machine maps the section's pages by them (``layout.section_protection``).
+    """
 
     name: str
     addr: int
     data: bytes = field(repr=False)
     executable: bool
+    writable: bool = False
 
     @property
     def end(self) -> int:

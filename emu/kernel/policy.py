@@ -17,7 +17,8 @@ from typing import Any
 from emu.caching import Bounded
 from emu.errors import EmulationError
 from emu.kernel.extable import EX_FLAG_CLEAR_AX, EX_FLAG_CLEAR_DX, REG_NAMES, Extable, ExtableEntry, ExType
-from emu.core.machine import TRAPNR, CpuView, FaultEvent, FaultKind, Halt, Redirect, Resolution, State
+from emu.core.machine import (PF_INSTR, PF_PROT, PF_WRITE, TRAPNR, CpuView, FaultEvent, FaultKind,
+                              Halt, Redirect, Resolution, State)
 from emu.kernel.decode import decode, source_of
 from emu.kernel.severity import Severity
 
@@ -116,7 +117,7 @@ class Kernel:
                 site[1] = decode(self.code(rip, 16), rip)
             copyin = source_of(site[1], cpu)[0]
         elif entry is None:
-            return self._no_entry(event)
+            return self._no_entry(cpu, event)
         key = (rip, event.kind._value_, copyin)     # the value: an Enum hashes slowly
         res = self._done.get(key)
         if res is None:
@@ -130,8 +131,27 @@ class Kernel:
         return res
 
     @staticmethod
-    def _no_entry(event: FaultEvent) -> Halt:
-        """A fault at an instruction without an __ex_table entry (other than #MC)."""
+    def _no_entry(cpu: CpuView, event: FaultEvent) -> Halt:
+        """A fault at an instruction without an __ex_table entry (other than #MC).
+
+        A #PF on a present page is the oops the kernel prints as a permissions violation
+        (arch/x86/mm/fault.c, page_fault_oops()); emu names it ``protection_fault`` and
+        says which protection: a write to read-only memory, or an instruction fetch from a
+        page that is NX or, with SMEP, a user page.
+        """
+        if event.kind is FaultKind.PF and event.error & PF_PROT:
+            err, addr = event.error, event.address
+            if err & PF_WRITE:
+                what, why = "write to", "the page is read-only"
+            elif err & PF_INSTR and event.user:
+                what, why = "instruction fetch from", "a user page, and the CPU has SMEP"
+            elif err & PF_INSTR:
+                what, why = "instruction fetch from", "the page is not executable (NX)"
+            else:
+                what, why = "access to", "the page refuses it"
+            return Halt(State.PROTECTION_FAULT,
+                        f"protection fault: {what} {cpu.where(addr)} at {addr:#x}: {why}; "
+                        f"#PF error code {err:#x}, no __ex_table entry")
         if event.kind is FaultKind.PF:
             return Halt(State.OOPS, f"BUG: unable to handle page fault for address: "
                                     f"{event.address:#018x} (no __ex_table entry)")

@@ -41,8 +41,8 @@ from emu.runs.sweep import CLASSES, Case, Grid  # noqa: E402
 #: One colour per outcome class, in ``CLASSES`` order.
 CLASS_COLOURS: dict[str, str] = {
     "ok": "#2ca02c", "benign": "#ffdd57", "violation": "#ff7f0e",
-    "smap_violation": "#9467bd", "oops": "#8c564b", "hang": "#7f7f7f", "panic": "#d62728",
-    "tool_error": "#000000",
+    "smap_violation": "#9467bd", "protection_fault": "#c5b0d5", "system_instruction": "#c49c94",
+    "oops": "#8c564b", "hang": "#7f7f7f", "panic": "#d62728", "tool_error": "#000000",
 }
 #: ``metric="violation"``: labels from best to worst, with their colours.
 LABEL_COLOURS: dict[str, str] = {
@@ -50,8 +50,8 @@ LABEL_COLOURS: dict[str, str] = {
     "garbage_past_reported": "#e377c2", "poison_consumed_twice": "#ff7f0e",
     "bytes_mismatch": "#17becf", "write_outside_buffer": "#1f77b4",
     "out_of_range_return": "#aec7e8", "zero_with_missing": "#3b6fb6",
-    "smap_violation": "#9467bd", "oops": "#8c564b", "hang": "#7f7f7f", "panic": "#d62728",
-    "tool_error": "#000000",
+    "smap_violation": "#9467bd", "protection_fault": "#c5b0d5", "system_instruction": "#c49c94",
+    "oops": "#8c564b", "hang": "#7f7f7f", "panic": "#d62728", "tool_error": "#000000",
 }
 LABELS = tuple(LABEL_COLOURS)
 

@@ -137,7 +137,7 @@ class _ImageRules:
             raise LookupError("error_context does not call ex_get_fixup_type and "
                               "is_copy_from_user out of line")
         end = max(s.end for s in img.sections)
-        self.mce = (end + 0xFF) & ~0xFF
+        self.mce = (end + layout.PAGE - 1) & ~(layout.PAGE - 1)    # a data page of its own
         self.img = img
         self.entry = fn.addr
         self._cache: dict[tuple[int, bool], bool] = {}
@@ -161,7 +161,7 @@ class _ImageRules:
         mce = bytearray(MCE_SIZE)
         struct.pack_into("<Q", mce, MCE_MCGSTATUS, 0x7)          # RIPV | EIPV | MCIP
         struct.pack_into("<Q", mce, MCE_IP, self.entry)
-        secs.append(Section(".emu.mce", self.mce, bytes(mce), False))
+        secs.append(Section(".emu.mce", self.mce, bytes(mce), False, writable=True))
         img = replace(self.img, sections=tuple(secs))
         m = Machine(img, smap=False)
         raw = m.run(Call(self.entry, (("rdi", self.mce), ("rsi", 0))), Buffers(length=1),

@@ -117,7 +117,8 @@ CLASSES: dict[str, tuple[str, str]] = {
     "mc_count_changed": ("#MC count changed", "machine checks taken over the matrix"),
     "new_smap_violation": ("SMAP violation added or removed", "cases ending in a SMAP violation"),
     "routine_added_or_removed": ("routine added or removed", "routines"),
-    "state_changed": ("other outcome state changed (oops, hang)",
+    "state_changed": ("other outcome state changed (oops, hang, protection fault, "
+                      "system instruction)",
                       "cases that did not return"),
     "other_change": ("bytes copied, #PF count or tail retry changed", "cases with a tail retry"),
 }

@@ -4,8 +4,8 @@ The space is the one ``emu sweep`` enumerates (variants × CPU paths × routines
 lengths × alignments × fault kinds × offsets, see ``sweep.py``), drawn at random instead of
 exhaustively.  A *failure* is a case whose record names a wanted class: an oracle violation
 (``outcome.VIOLATIONS``, the uaccess.h contract of kernel-facts.md §1 plus the #MC
-invariants), a non-returned machine state (panic, oops, hang, smap_violation) or a
-tool_error.  Hypothesis then shrinks it: lengths, alignments and offsets towards 0, variants
+invariants), a non-returned machine state (panic, oops, hang, smap_violation,
+protection_fault, system_instruction) or a tool_error.  Hypothesis then shrinks it: lengths, alignments and offsets towards 0, variants
 and CPU paths towards the first one given.  The shrunk case is printed as an ``emu run``
 command and can be saved as a JSON fixture that ``tests/sweep/test_fuzz_fixtures.py``
 replays.  ``seed`` fixes the random choices, so a run is repeatable.

@@ -10,7 +10,8 @@ alignments × fault kinds × fault offsets.  Each case is one ``Target.run`` and
 * ``benign`` — returned with violations that a copy_from_user() caller does not notice,
   because it zero-pads [len − ret, len) (``BENIGN_FOR_COPY_FROM_USER``, §1 rule 5);
 * ``violation`` — any other violation;
-* the machine states ``oops``, ``panic``, ``hang``, ``smap_violation``;
+* the machine states ``smap_violation``, ``protection_fault``, ``system_instruction``, ``oops``,
+  ``hang``, ``panic`` (``emu.core.records.State``);
 * ``tool_error`` — the harness failed on this case (an exception, or the worker died).
 
 Fault kinds: ``mc`` poisons the 64-byte source line holding the offset; ``mc2`` also poisons the
@@ -57,7 +58,8 @@ from emu.runs.store import Store
 
 #: Outcome classes, from best to worst (the heatmap colours follow this order).
 CLASSES: tuple[str, ...] = ("ok", "benign", "violation", "smap_violation",
-                            "oops", "hang", "panic", "tool_error")
+                            "protection_fault", "system_instruction", "oops", "hang", "panic",
+                            "tool_error")
 #: Most cells a grid may have (see ``Grid.cells``): a grid is refused at once beyond this.
 MAX_CELLS = 1_000_000
 #: Most numbers one list option (``--len 0..4096``) may name.

@@ -31,6 +31,7 @@ class _Section:
     addr: int
     data: bytes
     executable: bool = True
+    writable: bool = False
 
     @property
     def end(self) -> int:
