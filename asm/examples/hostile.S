@@ -18,6 +18,18 @@ SYM_FUNC_START(write_own_text)
 	RET
 SYM_FUNC_END(write_own_text)
 
+/* The same write at an instruction with an __ex_table entry: fixed up like any #PF
+ * (returns the length, "nothing copied"). */
+SYM_FUNC_START(write_own_text_fixed)
+	leaq write_own_text_fixed(%rip), %rcx
+1:	movb $0x90, (%rcx)
+	xorl %eax, %eax
+	RET
+2:	movl %edx, %eax
+	RET
+	_ASM_EXTABLE_UA(1b, 2b)
+SYM_FUNC_END(write_own_text_fixed)
+
 /* Plants a ret in the user buffer (copy to user: rdi) and calls it: with SMEP the CPU
  * refuses to run a user page in kernel mode; without, it runs it. */
 SYM_FUNC_START(ret2usr)
