@@ -207,12 +207,13 @@ def test_copy_mc_returns_the_exact_remainder(version: str, routine: str, align: 
                                         ("__get_user_4", 4), ("__get_user_8", 8),
                                         ("__get_user_nocheck_8", 8)])
 def test_get_user_reads_or_returns_efault(version: str, name: str, size: int) -> None:
-    from emu.runs.getuser import run_get_user
     t = debian_target(version, "getuser.S")
-    ok = run_get_user(t, name, Buffers(length=size, src_align=0x7E0))
+    g = t.routine_for(name)
+    assert (g.convention.name, g.size) == ("get_user", size)
+    ok = t.call(g, Buffers(length=size, src_align=0x7E0))
     assert (ok.err, ok.verdict) == (0, "ok") and ok.value == ok.expected != 0
-    mc = run_get_user(t, name, Buffers(length=size, src_align=0x7E0, poison=(0,)))
+    mc = t.call(g, Buffers(length=size, src_align=0x7E0, poison=(0,)))
     assert (mc.state, mc.err, mc.value) == (State.RETURNED, -14, 0)
     assert [f.handler for f in mc.faults] == ["EX_TYPE_UACCESS"]
-    pf = run_get_user(t, name, Buffers(length=size, src_align=0, unmapped=(0,)))
+    pf = t.call(g, Buffers(length=size, src_align=0, unmapped=(0,)))
     assert (pf.err, pf.value, pf.verdict) == (-14, 0, "ok")
