@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import IO
 
-from emu.build.resolve import label, resolve
+from emu.build.resolve import TEXT_KINDS, Spec, label, resolve
+from emu.build.target import Target
 from emu.cli import common
 from emu.cli import policy
 from emu.core.machine import Buffers, State
@@ -15,6 +16,8 @@ from emu.kernel.conventions import Routine
 from emu.kernel.eras import ERAS, cpu_name, parse_cpu
 from emu.kernel.helpers import HelperResult
 from emu.render import report
+from emu.runs import codediff
+from emu.runs.codediff import CodeDiff
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -98,16 +101,57 @@ def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
         name = label(spec, t) + (f" (#MC {sev.value})" if sev else "")
         rows.append((name, routine.name, t.call(routine, bufs)))
         notes.append((name, t.rules))
-        targets.append(routine)
+        targets.append((spec, name, t, routine))
+    code = code_column(targets)
     if a.json:
         out.write(report.dumps({"cpu": cpu_name(cpu), "case": _case_json(a),
                                 **({"mce_rules": sev.value} if sev else {}), "rows": [
-            {"variant": v, "routine": r, "rules": n.to_json(), **o.to_json()}
-            for (v, r, o), (_, n) in zip(rows, notes)]}))
+            {"variant": v, "routine": r, "rules": n.to_json(), **o.to_json(),
+             **({"code": _code_json(code[i])} if code else {})}
+            for i, ((v, r, o), (_, n)) in enumerate(zip(rows, notes))]}))
     else:
-        report.diff_table(rows, _title(a, bufs, cpu, targets), out)
+        report.diff_table(rows, _title(a, bufs, cpu, [r for *_, r in targets]), out,
+                          code=[_cell(c) for c in code] if code else None)
         report.rules_notes([(v, n.describe()) for v, n in notes], out)
+        for c in code:
+            if isinstance(c, CodeDiff):
+                out.write(f"code: {c.describe()}\n")
     return 0
+
+
+def code_column(targets: list[tuple[Spec, str, Target, Routine]]
+                ) -> list[CodeDiff | str | None]:
+    """When built images (vmlinux, .o) and sources are compared (issue 14, item 3): for
+    each image row, how its routine's code compares with the same routine in a source row
+    (the first source of the same era, else the first source, with that routine), and
+    "reference" on the source rows used so; None elsewhere.  An empty list when the
+    variants are not such a mix."""
+    built = [k for k, (s, *_) in enumerate(targets) if s.kind in ("object", "vmlinux")]
+    text = [k for k, (s, *_) in enumerate(targets) if s.kind in TEXT_KINDS]
+    if not built or not text:
+        return []
+    out: list[CodeDiff | str | None] = [None] * len(targets)
+    for k in built:
+        _, name, t, routine = targets[k]
+        same = [j for j in text if targets[j][3].name == routine.name]
+        era = [j for j in same if targets[j][2].era is not None and t.era is not None
+               and targets[j][2].era.key == t.era.key]
+        if not same:
+            continue
+        j = (era or same)[0]
+        _, ref_name, ref, _ = targets[j]
+        out[k] = codediff.compare(t.image, ref.image, routine.name, image_name=name,
+                                  reference_name=ref_name)
+        out[j] = "reference"
+    return out
+
+
+def _code_json(c: CodeDiff | str | None) -> object:
+    return c.to_json() if isinstance(c, CodeDiff) else c
+
+
+def _cell(c: CodeDiff | str | None) -> str:
+    return "-" if c is None else c if isinstance(c, str) else c.cell()
 
 
 def _title(a: argparse.Namespace, bufs: Buffers, cpu: frozenset[str],

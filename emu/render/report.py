@@ -131,16 +131,18 @@ def run_table(o: Outcome, title: str, stream: IO[str], *, rules: str | None = No
         print_table(c, ft)
 
 
-def diff_table(rows: Sequence[tuple[str, str, Any]], title: str, stream: IO[str]) -> None:
+def diff_table(rows: Sequence[tuple[str, str, Any]], title: str, stream: IO[str], *,
+               code: Sequence[str] | None = None) -> None:
     """One scenario across variants: a row per (variant, routine).  A row's result is an
     ``Outcome`` or a helper's ``HelperResult`` (returned: its error code; copied: the size
-    when the value arrived)."""
+    when the value arrived).  ``code``: a "code" column (how the row's routine compares with
+    the reference source's, ``emu.runs.codediff``)."""
     c = console(stream)
     t = Table(title=escape(title), title_justify="left")
     for col in ("variant", "routine", "returned", "copied", "contract", "#MC", "#PF",
-                "tail retry", "state"):
+                "tail retry", "state", *(("code",) if code is not None else ())):
         t.add_column(col)
-    for variant, routine, o in rows:
+    for k, (variant, routine, o) in enumerate(rows):
         if isinstance(o, Outcome):
             cells = [_ret(o), str(o.bytes_copied), o.verdict, _offsets(o, "mc"),
                      _offsets(o, "pf"), "yes" if o.retouched else "no"]
@@ -148,7 +150,8 @@ def diff_table(rows: Sequence[tuple[str, str, Any]], title: str, stream: IO[str]
             cells = ["-" if o.err is None else str(o.err),
                      str(o.size if o.verdict == "ok" and o.err == 0 else 0), o.verdict,
                      _offsets(o, "mc"), _offsets(o, "pf"), "no"]
-        t.add_row(escape(variant), routine, *cells, o.state.value)
+        t.add_row(escape(variant), routine, *cells, o.state.value,
+                  *((escape(code[k]),) if code is not None else ()))
     print_table(c, t)
 
 
