@@ -74,9 +74,7 @@ def store_note(conv: Convention, poison: tuple[int, ...]) -> str:
     """The remark for --poison on a routine that only stores to its user buffer."""
     if not poison or conv.oracle not in (Oracle.CLEAR, Oracle.PUT_USER):
         return ""
-    return ("the poisoned line is stored to, not loaded: a store does not consume poison, so "
-            "no #MC is raised (hardware reports it as UCNA/CMCI, not as an #MC in the "
-            "instruction stream)")
+    return "no #MC: the poisoned line is only stored to, and a store does not consume poison"
 
 
 def buffers(a: argparse.Namespace) -> Buffers:
