@@ -110,8 +110,10 @@ def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
              **({"code": _code_json(code[i])} if code else {})}
             for i, ((v, r, o), (_, n)) in enumerate(zip(rows, notes))]}))
     else:
+        convs = {r.convention for *_, r in targets}
         report.diff_table(rows, _title(a, bufs, cpu, [r for *_, r in targets]), out,
-                          code=[_cell(c) for c in code] if code else None)
+                          code=[_cell(c) for c in code] if code else None,
+                          noun=convs.pop().noun if len(convs) == 1 else "copied")
         report.rules_notes([(v, n.describe()) for v, n in notes], out)
         for c in code:
             if isinstance(c, CodeDiff):

@@ -132,14 +132,14 @@ def run_table(o: Outcome, title: str, stream: IO[str], *, rules: str | None = No
 
 
 def diff_table(rows: Sequence[tuple[str, str, Any]], title: str, stream: IO[str], *,
-               code: Sequence[str] | None = None) -> None:
+               code: Sequence[str] | None = None, noun: str = "copied") -> None:
     """One scenario across variants: a row per (variant, routine).  A row's result is an
     ``Outcome`` or a helper's ``HelperResult`` (returned: its error code; copied: the size
-    when the value arrived).  ``code``: a "code" column (how the row's routine compares with
+    when the value arrived; ``noun`` names that column).  ``code``: a "code" column (how the row's routine compares with
     the reference source's, ``emu.runs.codediff``)."""
     c = console(stream)
     t = Table(title=escape(title), title_justify="left")
-    for col in ("variant", "routine", "returned", "copied", "contract", "#MC", "#PF",
+    for col in ("variant", "routine", "returned", noun, "contract", "#MC", "#PF",
                 "tail retry", "state", *(("code",) if code is not None else ())):
         t.add_column(col)
     for k, (variant, routine, o) in enumerate(rows):

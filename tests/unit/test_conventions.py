@@ -182,3 +182,13 @@ def test_cli_refuses_an_unknown_routine_and_takes_a_convention(
     assert "takes the copy convention" in capsys.readouterr().err
     assert main(["run", "E", "--convention", "copy"], io.StringIO()) == 2
     assert "--convention applies to a routine named with --routine" in capsys.readouterr().err
+
+
+def test_the_readme_table_is_the_conventions_table() -> None:
+    """README's "Calling conventions" table: one row per convention, registers as
+    ``Convention.describe()`` spells them."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- conventions -->", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split(" | ") for line in table.strip().splitlines()[2:]]
+    got = {r[0].strip("| `"): r[1].strip("`") for r in rows}
+    assert got == {c.name: c.describe() for c in cv.CONVENTIONS.values()}
