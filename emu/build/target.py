@@ -254,7 +254,9 @@ class Target:
         return size
 
     def _call(self, routine: Routine, bufs: Buffers) -> Call:
-        key = (routine, bufs.direction, bufs.length, bufs.src_align, bufs.dst_align)
+        # names, not the Routine: hashing a Convention record costs ~1 µs a case
+        key = (routine.name, routine.convention.name, routine.size, bufs.direction,
+               bufs.length, bufs.src_align, bufs.dst_align)
         call = self._calls.get(key)
         if call is None:
             entry = self.image.symbol(routine.name).addr

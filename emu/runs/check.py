@@ -25,11 +25,12 @@ present in both OLD and NEW:
   every page boundary inside the buffer).
 
 That is 746 cases per routine and CPU path (both directions), 2984 per routine; the four
-≤ v6.3 routines make 11936 cases per side.  __get_user_N helpers (getuser.S; address in rax,
-kernel-facts §4b) get their own cells: user address at page offsets 0, 1, 0x3f and 0xfff
-(straddling a line, a page), each clean, with an #MC on the line of the first and of the last
-byte, and with a #PF on the page of the first and of the last byte (12 to 15 cases per CPU
-path).
+≤ v6.3 routines make 11936 cases per side.  __get_user_N and __put_user_N helpers
+(getuser.S, putuser.S; their conventions in ``emu.kernel.conventions``) get their own cells:
+user address at page offsets 0, 1, 0x3f and 0xfff (straddling a line, a page), each clean,
+with an #MC on the line of the first and of the last byte, and with a #PF on the page of the
+first and of the last byte (12 to 15 cases per CPU path).  clear_user routines (one user
+buffer) run the copy cells of the "from" direction only.
 
 A CPU path whose assembled image is byte-identical to one already run (most ≤ v6.3 routines
 have no ALTERNATIVE site) reuses that path's outcomes, and so does a NEW image identical to
