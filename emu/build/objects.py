@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import replace
+from operator import itemgetter
 
 from pathlib import Path
 
@@ -184,7 +185,8 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
     else:
         assert first_error is not None
         raise first_error
-    known = (frozenset(n for n, *_ in data.symbols() if n in KNOWN)
+    # (filter/map: iterated in C, ~18 ms over 6.12's 199k symbols instead of ~80)
+    known = (frozenset(filter(KNOWN.__contains__, map(itemgetter(0), data.symbols())))
              if isinstance(data, LinkedFile) else frozenset())
     chosen, evidence = _era_of(img, era, known)
     if (chosen.encoding, chosen.ex_layout) != (guess.encoding, guess.ex_layout):
