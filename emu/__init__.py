@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from emu.build.target import Settings, Target, era_target, get_target
     from emu.core.machine import Buffers, State
     from emu.errors import EmuError
-    from emu.kernel.eras import ERAS, Era, Routine, parse_cpu
+    from emu.kernel.conventions import Routine
+    from emu.kernel.eras import ERAS, Era, parse_cpu
     from emu.kernel.outcome import Outcome
 
 #: Public name → the module that defines it.
 _HOME = {
-    "ERAS": "emu.kernel.eras", "Era": "emu.kernel.eras", "Routine": "emu.kernel.eras",
+    "ERAS": "emu.kernel.eras", "Era": "emu.kernel.eras", "Routine": "emu.kernel.conventions",
     "parse_cpu": "emu.kernel.eras",
     "EmuError": "emu.errors",
     "Buffers": "emu.core.machine", "State": "emu.core.machine",

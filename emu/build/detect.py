@@ -29,21 +29,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from emu.kernel.eras import ERAS, Era, Routine, SourceMarks, default_era, get_era, sniff
+from emu.kernel.conventions import CLEAR, GET_USER, KNOWN, PUT_USER, Routine
+from emu.kernel.eras import Era, SourceMarks, default_era, get_era, sniff
 from emu.errors import UsageError
 
-#: The call conventions of the routines emu knows how to call, by symbol name.
-KNOWN_ROUTINES: dict[str, Routine] = {
-    **{r.name: r for e in ERAS.values() for r in e.routines},
-    "copy_mc_fragile": Routine("copy_mc_fragile", caller_stac=True),
-    "copy_mc_enhanced_fast_string": Routine("copy_mc_enhanced_fast_string", caller_stac=True),
-    "__memcpy_mcsafe": Routine("__memcpy_mcsafe", caller_stac=True),
-    "copy_user_fast_string": Routine("copy_user_fast_string"),
-}
-
-#: get_user helpers: address in rax, value out in rdx, 0 / -EFAULT in eax.
-GET_USER_SIZES = {f"__get_user_{n}": n for n in (1, 2, 4, 8)} | {
-    f"__get_user_nocheck_{n}": n for n in (1, 2, 4, 8)}
+#: The symbols that make a file a getuser.S / putuser.S / clear_page_64.S.
+GET_USER_NAMES = frozenset(n for n, r in KNOWN.items()
+                           if r.convention is GET_USER and n.startswith("__get_user"))
+PUT_USER_NAMES = frozenset(n for n, r in KNOWN.items() if r.convention is PUT_USER)
+CLEAR_NAMES = frozenset(n for n, r in KNOWN.items() if r.convention is CLEAR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +45,10 @@ class Detection:
     """What a kernel source file is and which era's rules apply to it.
 
     Attributes:
-        kind: "copy_user", "copy_mc", "getuser" or "unknown".
+        kind: "copy_user", "copy_mc", "getuser", "putuser", "clear_user" or "unknown".
         era: the era whose encoding, layout and severity rules apply.
-        routines: callable routines the file defines (known call conventions), in file order.
-        get_user: the __get_user_* helpers the file defines.
+        routines: the routines emu knows (``emu.kernel.conventions.KNOWN``) that the file
+            defines, in file order, whatever their convention.
         evidence: one phrase per fact the decision rests on.
         forced: True when ``--era`` chose the era instead of the file.
     """
@@ -62,16 +56,25 @@ class Detection:
     kind: str
     era: Era
     routines: tuple[Routine, ...]
-    get_user: tuple[str, ...]
     evidence: tuple[str, ...]
     forced: bool = False
+
+    @property
+    def get_user(self) -> tuple[str, ...]:
+        """The get_user-convention helpers the file defines."""
+        return tuple(r.name for r in self.routines if r.convention is GET_USER)
 
     def describe(self) -> str:
         how = "forced by --era" if self.forced else "; ".join(self.evidence)
         return f"{self.kind} file, era {self.era.key} ({self.era.versions}): {how}"
 
     def select_routine(self, cpu: frozenset[str]) -> Routine:
-        """The routine the kernel would call for this CPU, among those the file defines."""
+        """The routine the kernel would call for this CPU, among those the file defines.
+
+        Raises:
+            UsageError: on this CPU the kernel calls nothing of this file (an inline ``rep
+                stosb`` at the call site), or the file holds nothing emu knows how to call.
+        """
         names = {r.name: r for r in self.routines}
         if self.kind == "copy_user" and not self.era.modern:
             for feat, name in (("ERMS", "copy_user_enhanced_fast_string"),
@@ -83,13 +86,39 @@ class Detection:
         if self.kind == "copy_mc":
             if "ERMS" in cpu and "copy_mc_enhanced_fast_string" in names:
                 return names["copy_mc_enhanced_fast_string"]
+        if self.kind == "clear_user":
+            return _clear_user_choice(names, cpu)
         for pref in ("copy_user_generic", "rep_movs_alternative", "copy_mc_fragile"):
             if pref in names:
                 return names[pref]
         if self.routines:
             return self.routines[0]
-        raise UsageError(f"no copy routine emu knows how to call in this {self.kind} file "
-                         "(use --routine)")
+        raise UsageError(f"no routine emu knows how to call in this {self.kind} file "
+                         "(name one with --routine, and its --convention)")
+
+
+def _clear_user_choice(names: dict[str, Routine], cpu: frozenset[str]) -> Routine:
+    """What __clear_user() calls (uaccess_64.h): in 6.1 an ALTERNATIVE_3 whose later
+    alternatives win — clear_user_original without REP_GOOD, clear_user_rep_good without
+    ERMS, clear_user_erms without FSRM, else an inline ``rep stosb``; from 6.4 an
+    ALTERNATIVE calling rep_stos_alternative without FSRS, else the inline ``rep stosb``."""
+    if "rep_stos_alternative" in names:
+        choice, inline = (None, "FSRS") if "FSRS" in cpu else ("rep_stos_alternative", "")
+    elif "REP_GOOD" not in cpu:
+        choice, inline = "clear_user_original", ""
+    elif "ERMS" not in cpu:
+        choice, inline = "clear_user_rep_good", ""
+    elif "FSRM" not in cpu:
+        choice, inline = "clear_user_erms", ""
+    else:
+        choice, inline = None, "FSRM"
+    if choice is None:
+        raise UsageError(f"on a CPU with {inline} __clear_user() is an inline rep stosb at the "
+                         "call site, not a routine of this file: name one with --routine")
+    if choice not in names:
+        raise UsageError(f"__clear_user() calls {choice} on this CPU, which this file does not "
+                         "define: name a routine with --routine")
+    return names[choice]
 
 
 _COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
@@ -133,8 +162,12 @@ def marks(text: str, *, name: str = "input.S") -> SourceMarks:
         kind = "copy_user"
     elif has & {"copy_mc_fragile", "copy_mc_enhanced_fast_string", "__memcpy_mcsafe"}:
         kind = "copy_mc"
-    elif has & set(GET_USER_SIZES):
+    elif has & GET_USER_NAMES:
         kind = "getuser"
+    elif has & PUT_USER_NAMES:
+        kind = "putuser"
+    elif has & CLEAR_NAMES:
+        kind = "clear_user"
     else:
         kind = "unknown"
     tail = _body(code, ".Lcopy_user_handle_tail") or _body(code, "copy_user_handle_tail")
@@ -187,6 +220,5 @@ def detect(text: str, *, name: str = "input.S", forced: str | None = None) -> De
     if forced is not None:
         era = get_era(forced)
     syms = defined_symbols(text)
-    routines = tuple(KNOWN_ROUTINES[s] for s in syms if s in KNOWN_ROUTINES)
-    getters = tuple(s for s in syms if s in GET_USER_SIZES)
-    return Detection(m.kind, era, routines, getters, tuple(ev), forced is not None)
+    routines = tuple(KNOWN[s] for s in syms if s in KNOWN)
+    return Detection(m.kind, era, routines, tuple(ev), forced is not None)

@@ -417,6 +417,17 @@ def linked_extable(lf: LinkedFile, encoding: Encoding) -> list[tuple[int, int, i
     return out
 
 
+def _extent(syms: list[LinkedSymbol], a: int, size: int) -> tuple[int, int]:
+    """[start, end) of a symbol to keep: its own size, or for a sizeless label inside a
+    function (SYM_INNER_LABEL, e.g. 6.1's __put_user_nocheck_8) the enclosing function's."""
+    if size:
+        return a, a + size
+    for _n, fa, fs, k, _g in syms:
+        if k == "func" and fs and fa <= a < fa + fs:
+            return fa, fa + fs
+    return a, a + 1
+
+
 def _load_linked(lf: LinkedFile, encoding: Encoding, layout_id: int, name: str,
                  keep: tuple[str, ...]) -> Image:
     syms = lf.symbols()
@@ -426,7 +437,7 @@ def _load_linked(lf: LinkedFile, encoding: Encoding, layout_id: int, name: str,
     # 2. The window to load.
     secs = [s for s in lf.sections if s.alloc and s.size and s.name != EXTABLE]
     if keep:
-        ranges = [(a, a + max(size, 1)) for n, a, size, k, _ in syms if n in keep]
+        ranges = [_extent(syms, a, size) for n, a, size, k, _ in syms if n in keep]
         if not ranges:
             funcs = sorted(n for n, _, _, k, _ in syms if k == "func")
             raise ImageError(f"{name}: defines none of {', '.join(keep)} (functions: "

@@ -37,7 +37,8 @@ from emu.build.sources import (COPY_USER, DEBIAN_VERSIONS, Source, apply_patches
 from emu.build.target import BACKENDS, Settings, Target, era_target, get_target
 from emu.caching import Bounded
 from emu.errors import InputError, UsageError
-from emu.kernel.eras import ERAS, Era, Routine, get_era
+from emu.kernel.conventions import Routine
+from emu.kernel.eras import ERAS, Era, get_era
 from emu.kernel.severity import MceRules, Severity
 
 #: Every kind of source spec (the CLI's subcommand × spec-kind test iterates these).

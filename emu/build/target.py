@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from emu.build.assemble import AsmConfig, get_assembler
-from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES
 from emu.build.elf import load_object
 from emu.caching import Bounded
-from emu.core.machine import Buffers, Call, Checkpoint, FastForward, Machine
+from emu.core.machine import Buffers, Call, Checkpoint, FastForward, Machine, RawRun
 from emu.errors import UsageError
-from emu.kernel import outcome
-from emu.kernel.eras import Era, Routine, cpu_name
+from emu.kernel import conventions, helpers, outcome
+from emu.kernel.conventions import SIZES, Oracle, Routine
+from emu.kernel.eras import Era, cpu_name
 from emu.kernel.extable import Encoding
+from emu.kernel.helpers import HelperResult
 from emu.kernel.image import Image
 from emu.kernel.outcome import Outcome
 from emu.kernel.policy import Kernel
@@ -143,38 +144,38 @@ class Target:
                         self.settings.how or (f"era {self.era.key}'s rules" if self.era
                                               else "default"))
 
-    def routine_for(self, name: str | None, cpu: frozenset[str] | None = None) -> Routine:
+    def routine_for(self, name: str | None, cpu: frozenset[str] | None = None,
+                    convention: str | None = None) -> Routine:
         """The routine ``--routine NAME`` names, else the one the kernel calls on ``cpu``.
+
+        A named routine is called by the convention emu knows for it
+        (``emu.kernel.conventions.KNOWN``), else by ``convention`` (``--convention``).
 
         Raises:
             ImageError: ``name`` is not a symbol of the image.
-            UsageError: no name and nothing says which routine the kernel would call.
+            UsageError: emu does not know ``name`` and no convention is given, or the
+                convention contradicts the known one; or no name and nothing says which
+                routine the kernel would call.
         """
         cpu = self.cpu if cpu is None else cpu
         cat = self.catalog
         if name:
             if isinstance(cat, Era):
-                return cat.routine(name)
+                r = cat.routine(name)
+                return conventions.routine(r.name, convention)
             self.image.symbol(name)
-            for r in (cat.routines if cat is not None else ()):
-                if r.name == name:
-                    return r
-            if name in GET_USER_SIZES:
-                return Routine(name, len_reg="rax", ret_reg="eax")
-            return KNOWN_ROUTINES.get(name) or Routine(name)
-        if cat is not None:
-            getters = getattr(cat, "get_user", ())
-            if not cat.routines and getters:
-                return Routine(getters[0], len_reg="rax", ret_reg="eax")
-            if cat.routines:
-                return cat.select_routine(cpu)
+            return conventions.routine(name, convention)
+        if convention is not None:
+            raise UsageError("--convention applies to a routine named with --routine")
+        if cat is not None and cat.routines:
+            return cat.select_routine(cpu)
         funcs = ", ".join(s.name for s in self.image.functions())
         raise UsageError(f"{self.name}: --routine is required for a source file "
                          f"(functions: {funcs})")
 
     def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None,
             fast_forward: bool = False) -> Outcome:
-        """Call ``routine`` on the case ``bufs`` and judge the result.
+        """Call a copy or clear ``routine`` on the case ``bufs`` and judge the result.
 
         Args:
             routine: what to call and how.
@@ -183,25 +184,85 @@ class Target:
             fast_forward: start a faulting case from the checkpoint of its clean run just
                 before the first load that meets the fault (``Machine.record``); the
                 outcome is the same as a full run, which the tests check across eras.
+
+        Raises:
+            UsageError: a get_user / put_user helper (``call`` runs those), or a case the
+                routine's convention cannot take.
         """
-        if routine.name in GET_USER_SIZES:
-            raise UsageError(f"{routine.name} is a get_user helper (address in rax, value in "
-                             "rdx): run it with `emu run`, not as a copy routine")
+        conv = routine.convention
+        if conv.oracle in (Oracle.GET_USER, Oracle.PUT_USER):
+            raise UsageError(f"{routine.name} takes the {conv.name} convention "
+                             f"({conv.summary}): emu run and emu check run it; emu sweep and "
+                             "emu fuzz run copy and clear routines")
+        self.check_case(routine, bufs)
         call = self._call(routine, bufs)
         kwargs: dict[str, int] = {} if budget is None else {"budget": budget}
         start = self.checkpoint(routine, bufs, budget) if fast_forward else None
         raw = self.machine.run(call, bufs, self.kernel, start=start, **kwargs)
-        return outcome.build(raw, bufs, routine.ret_reg, self.image.symbolize)
+        return self.judge(routine, raw, bufs)  # type: ignore[return-value]
+
+    def judge(self, routine: Routine, raw: RawRun, bufs: Buffers) -> Outcome | HelperResult:
+        """Judge a run of ``routine`` with its convention's oracle."""
+        conv = routine.convention
+        if conv.oracle is Oracle.CLEAR:
+            return outcome.build_clear(raw, bufs, routine.ret_reg, self.image.symbolize)
+        if conv.oracle is Oracle.COPY:
+            return outcome.build(raw, bufs, routine.ret_reg, self.image.symbolize)
+        size = routine.size or bufs.length
+        return helpers.judge(raw, bufs, routine.name, conv, size, self.image.symbolize)
+
+    def registers(self, routine: Routine, bufs: Buffers) -> tuple[tuple[str, int], ...]:
+        """The registers the caller sets for ``routine`` on the case ``bufs``."""
+        conv = routine.convention
+        value = helpers.put_value(bufs, routine.size or bufs.length) if conv.sized else 0
+        return conv.registers(dst=bufs.dst, src=bufs.src, length=bufs.length, user=bufs.src,
+                              value=value)
+
+    def call(self, routine: Routine, bufs: Buffers) -> Outcome | HelperResult:
+        """Call ``routine`` by its convention and judge it with the convention's oracle:
+        an ``Outcome`` for copy and clear routines, a ``HelperResult`` for get_user and
+        put_user helpers.
+
+        Raises:
+            UsageError: the case does not fit the convention (a helper's size, a direction).
+        """
+        conv = routine.convention
+        if conv.oracle not in (Oracle.GET_USER, Oracle.PUT_USER):
+            return self.run(routine, bufs)
+        self.check_case(routine, bufs)
+        raw = self.machine.run(self._call(routine, bufs), bufs, self.kernel)
+        return self.judge(routine, raw, bufs)
+
+    def check_case(self, routine: Routine, bufs: Buffers) -> int:
+        """Refuse a case the convention cannot take; returns the access size of a sized one
+        (else the length)."""
+        conv = routine.convention
+        if conv.two_buffers:
+            return bufs.length
+        if bufs.direction != "from":
+            raise UsageError(f"{routine.name} takes one user buffer ({conv.name} convention): "
+                             "--direction does not apply (the buffer is placed by "
+                             "--src-align)")
+        if not conv.sized:
+            return bufs.length
+        size = routine.size or bufs.length
+        if size not in SIZES:
+            raise UsageError(f"{routine.name}: a {conv.name} helper moves 1, 2, 4 or 8 bytes; "
+                             f"--len {bufs.length} is not one of them")
+        if bufs.length < size:
+            raise UsageError(f"{routine.name} accesses {size} bytes: --len must be at least "
+                             f"{size}")
+        return size
 
     def _call(self, routine: Routine, bufs: Buffers) -> Call:
-        key = (routine.name, routine.len_reg, routine.caller_stac, bufs.direction,
+        # names, not the Routine: hashing a Convention record costs ~1 µs a case
+        key = (routine.name, routine.convention.name, routine.size, bufs.direction,
                bufs.length, bufs.src_align, bufs.dst_align)
         call = self._calls.get(key)
         if call is None:
             entry = self.image.symbol(routine.name).addr
-            regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length),
-                    ("rax", 0))
-            call = self._calls[key] = Call(entry, regs, stac=routine.caller_stac)
+            call = self._calls[key] = Call(entry, self.registers(routine, bufs),
+                                           stac=routine.caller_stac)
         return call
 
     def checkpoint(self, routine: Routine, bufs: Buffers,

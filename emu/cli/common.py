@@ -18,6 +18,7 @@ from emu.build.resolve import Spec, parse_spec
 from emu.build.sources import COPY_USER
 from emu.core.machine import Buffers
 from emu.errors import InputError, UsageError
+from emu.kernel.conventions import CONVENTIONS, Convention, Oracle
 from emu.kernel.eras import ERAS
 from emu.kernel.severity import Severity
 
@@ -60,7 +61,20 @@ def case_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", default="none",
                    help="CPU features: none, rep_good, erms, fsrm, or a list like REP_GOOD,ERMS")
     p.add_argument("--routine", help="call this routine instead of the CPU's choice")
+    p.add_argument("--convention", choices=tuple(CONVENTIONS), metavar="CONVENTION",
+                   help="how to call a --routine emu does not know: "
+                   + "; ".join(f"{c.name}: {c.describe()}" for c in CONVENTIONS.values())
+                   + ". Copy conventions take two buffers (--direction says which is user "
+                   "memory); the others one user buffer, placed by --src-align and addressed "
+                   "by --poison and --unmapped")
     p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def store_note(conv: Convention, poison: tuple[int, ...]) -> str:
+    """The remark for --poison on a routine that only stores to its user buffer."""
+    if not poison or conv.oracle not in (Oracle.CLEAR, Oracle.PUT_USER):
+        return ""
+    return "no #MC: the poisoned line is only stored to, and a store does not consume poison"
 
 
 def buffers(a: argparse.Namespace) -> Buffers:

@@ -15,6 +15,7 @@ from typing import IO
 from emu.build.resolve import Spec, era_for, label, resolve
 from emu.cli import common
 from emu.errors import UsageError
+from emu.kernel.conventions import Oracle
 from emu.kernel.eras import cpu_name, parse_cpu
 from emu.kernel.severity import Severity
 from emu.kernel.writemodel import FaultIn
@@ -85,7 +86,8 @@ def _write(a: argparse.Namespace, spec: Spec, cpu: frozenset[str],
     routine = None
     if a.routine:
         routine = resolve(spec, cpu, severity=common.rules(a.mce_rules),
-                          routine=a.routine).routine_for(a.routine, cpu)
+                          routine=a.routine).routine_for(a.routine, cpu,
+                                                         getattr(a, "convention", None))
     return caller.simulate(era, cpu, common.buffers(a), routine=routine,
                            mce_rules=common.rules(a.mce_rules),
                            fault_in=FaultIn(a.fault_in) if a.fault_in else None,
@@ -137,17 +139,21 @@ def cmd_explain(a: argparse.Namespace, out: IO[str]) -> int:
     spec = common.spec(a, a.source)
     t = resolve(spec, cpu, severity=common.rules(a.mce_rules), routine=a.routine)
     name, sev = label(spec, t), t.settings.severity
-    routine = t.routine_for(a.routine, cpu)
+    routine = t.routine_for(a.routine, cpu, a.convention)
+    conv = routine.convention
+    if conv.oracle not in (Oracle.COPY, Oracle.CLEAR):
+        raise UsageError(f"emu explain traces copy and clear routines; {routine.name} takes "
+                         f"the {conv.name} convention: run it with emu run")
     bufs = common.buffers(a)
-    regs = (("rdi", bufs.dst), ("rsi", bufs.src), (routine.len_reg, bufs.length), ("rax", 0))
-    tr = trace.run(t, routine, bufs, regs, trace=True)
+    t.check_case(routine, bufs)
+    tr = trace.run(t, routine, bufs, t.registers(routine, bufs), trace=True)
     if a.json:
         out.write(report.dumps({"variant": name, "routine": routine.name,
                                 "cpu": cpu_name(cpu), "mce_rules": sev.value,
                                 "rules": t.rules.to_json(), **tr.outcome.to_json()}))
         return 0
     explain.copy(tr, t.image, bufs, f"{name}: {routine.name} [cpu {cpu_name(cpu)}, #MC rules "
-                 f"{t.rules.describe()}]", routine.ret_reg, out)
+                 f"{t.rules.describe()}]", routine.ret_reg, out, noun=conv.noun)
     return 0
 
 

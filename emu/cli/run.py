@@ -6,14 +6,18 @@ import argparse
 import sys
 from typing import IO
 
-from emu.build.resolve import label, resolve
+from emu.build.resolve import TEXT_KINDS, Spec, label, resolve
+from emu.build.target import Target
 from emu.cli import common
 from emu.cli import policy
-from emu.core.machine import State
+from emu.core.machine import Buffers, State
 from emu.errors import UsageError
+from emu.kernel.conventions import Routine
 from emu.kernel.eras import ERAS, cpu_name, parse_cpu
+from emu.kernel.helpers import HelperResult
 from emu.render import report
-from emu.runs.getuser import is_get_user, run_get_user
+from emu.runs import codediff
+from emu.runs.codediff import CodeDiff
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -48,25 +52,28 @@ def cmd_run(a: argparse.Namespace, out: IO[str]) -> int:
     spec = common.spec(a, a.source)
     t = resolve(spec, cpu, count_insns=a.instructions, severity=sev, routine=a.routine)
     name = label(spec, t)
-    routine = t.routine_for(a.routine, cpu)
-    rules = {"mce_rules": sev.value} if sev else {}
+    routine = t.routine_for(a.routine, cpu, a.convention)
+    conv = routine.convention
+    rules: dict[str, object] = {"mce_rules": sev.value} if sev else {}
     rules["rules"] = t.rules.to_json()
-    if is_get_user(routine.name):
-        g = run_get_user(t, routine.name, common.buffers(a))
+    res = t.call(routine, common.buffers(a))
+    if isinstance(res, HelperResult):
         if a.json:
             out.write(report.dumps({"variant": name, "cpu": cpu_name(cpu), **rules,
-                                    **g.to_json()}))
+                                    **res.to_json()}))
         else:
-            report.get_user_table(g, f"{name}: {routine.name}", out, rules=t.rules.describe())
+            report.helper_table(res, f"{name}: {routine.name}", out, rules=t.rules.describe(),
+                                note=common.store_note(conv, a.poison))
         return 0
-    o = t.run(routine, common.buffers(a))
+    o = res
     if a.json:
         out.write(report.dumps({"variant": name, "routine": routine.name, "cpu": cpu_name(cpu),
-                                **rules, **o.to_json()}))
+                                "convention": conv.name, **rules, **o.to_json()}))
     else:
         extra = f", #MC rules {sev.value}" if sev else ""
         report.run_table(o, f"{name}: {routine.name} [cpu {cpu_name(cpu)}{extra}]", out,
-                         rules=t.rules.describe())
+                         rules=t.rules.describe(), noun=conv.noun,
+                         note=common.store_note(conv, a.poison))
     if o.state is State.HANG:
         # A routine that never returns (or whose fixup faults forever) is a broken input:
         # the outcome is printed above, and the exit code says the input is at fault.
@@ -87,24 +94,78 @@ def cmd_diff(a: argparse.Namespace, out: IO[str]) -> int:
         specs.append(specs[-1].with_patches(tuple(a.patch)))
     rows = []
     notes = []
+    targets = []
     for spec in specs:
         t = resolve(spec, cpu, severity=sev, routine=a.routine)
-        routine = t.routine_for(a.routine, cpu)
+        routine = t.routine_for(a.routine, cpu, a.convention)
         name = label(spec, t) + (f" (#MC {sev.value})" if sev else "")
-        rows.append((name, routine.name, t.run(routine, bufs)))
+        rows.append((name, routine.name, t.call(routine, bufs)))
         notes.append((name, t.rules))
+        targets.append((spec, name, t, routine))
+    code = code_column(targets)
     if a.json:
         out.write(report.dumps({"cpu": cpu_name(cpu), "case": _case_json(a),
                                 **({"mce_rules": sev.value} if sev else {}), "rows": [
-            {"variant": v, "routine": r, "rules": n.to_json(), **o.to_json()}
-            for (v, r, o), (_, n) in zip(rows, notes)]}))
+            {"variant": v, "routine": r, "rules": n.to_json(), **o.to_json(),
+             **({"code": _code_json(code[i])} if code else {})}
+            for i, ((v, r, o), (_, n)) in enumerate(zip(rows, notes))]}))
     else:
-        title = (f"copy_{a.direction}_user len={bufs.length} src+{bufs.src_align:#x} "
-                 f"dst+{bufs.dst_align:#x} poison={common.fmt_offsets(bufs.poison)} "
-                 f"unmapped={common.fmt_offsets(bufs.unmapped)} cpu={cpu_name(cpu)}")
-        report.diff_table(rows, title, out)
+        convs = {r.convention for *_, r in targets}
+        report.diff_table(rows, _title(a, bufs, cpu, [r for *_, r in targets]), out,
+                          code=[_cell(c) for c in code] if code else None,
+                          noun=convs.pop().noun if len(convs) == 1 else "copied")
         report.rules_notes([(v, n.describe()) for v, n in notes], out)
+        for c in code:
+            if isinstance(c, CodeDiff):
+                out.write(f"code: {c.describe()}\n")
     return 0
+
+
+def code_column(targets: list[tuple[Spec, str, Target, Routine]]
+                ) -> list[CodeDiff | str | None]:
+    """When built images (vmlinux, .o) and sources are compared (issue 14, item 3): for
+    each image row, how its routine's code compares with the same routine in a source row
+    (the first source of the same era, else the first source, with that routine), and
+    "reference" on the source rows used so; None elsewhere.  An empty list when the
+    variants are not such a mix."""
+    built = [k for k, (s, *_) in enumerate(targets) if s.kind in ("object", "vmlinux")]
+    text = [k for k, (s, *_) in enumerate(targets) if s.kind in TEXT_KINDS]
+    if not built or not text:
+        return []
+    out: list[CodeDiff | str | None] = [None] * len(targets)
+    for k in built:
+        _, name, t, routine = targets[k]
+        same = [j for j in text if targets[j][3].name == routine.name]
+        era = [j for j in same if targets[j][2].era is not None and t.era is not None
+               and targets[j][2].era.key == t.era.key]
+        if not same:
+            continue
+        j = (era or same)[0]
+        _, ref_name, ref, _ = targets[j]
+        out[k] = codediff.compare(t.image, ref.image, routine.name, image_name=name,
+                                  reference_name=ref_name)
+        out[j] = "reference"
+    return out
+
+
+def _code_json(c: CodeDiff | str | None) -> object:
+    return c.to_json() if isinstance(c, CodeDiff) else c
+
+
+def _cell(c: CodeDiff | str | None) -> str:
+    return "-" if c is None else c if isinstance(c, str) else c.cell()
+
+
+def _title(a: argparse.Namespace, bufs: Buffers, cpu: frozenset[str],
+           routines: list[Routine]) -> str:
+    """The scenario line: a copy's direction, or the one user buffer of the helpers."""
+    faults = (f"poison={common.fmt_offsets(bufs.poison)} "
+              f"unmapped={common.fmt_offsets(bufs.unmapped)} cpu={cpu_name(cpu)}")
+    convs = {r.convention for r in routines}
+    if len(convs) == 1 and not routines[0].convention.two_buffers:
+        return f"{routines[0].convention.name} len={bufs.length} user+{bufs.src_align:#x} {faults}"
+    return (f"copy_{a.direction}_user len={bufs.length} src+{bufs.src_align:#x} "
+            f"dst+{bufs.dst_align:#x} {faults}")
 
 
 def _case_json(a: argparse.Namespace) -> dict[str, object]:

@@ -20,32 +20,16 @@ from typing import Any
 
 from emu.errors import UsageError
 from emu.kernel import writemodel as wm
+from emu.kernel.conventions import KNOWN, Routine
 from emu.kernel.cpus import FEATURES, MODELS, PRESETS
 from emu.kernel.extable import Encoding, ExType
 from emu.kernel.severity import Severity
 from emu.paths import ASM_DIR
 
 
-@dataclass(frozen=True, slots=True)
-class Routine:
-    """How a routine is called: which register holds len, which one returns the result."""
-
-    name: str
-    len_reg: str = "rdx"
-    ret_reg: str = "eax"
-    caller_stac: bool = False
-
-
-LEGACY = (
-    Routine("copy_user_generic_unrolled"),
-    Routine("copy_user_generic_string"),
-    Routine("copy_user_enhanced_fast_string"),
-    Routine("__copy_user_nocache"),
-)
-MODERN = (
-    Routine("copy_user_generic", len_reg="rcx", ret_reg="rcx"),
-    Routine("rep_movs_alternative", len_reg="rcx", ret_reg="rcx", caller_stac=True),
-)
+LEGACY = tuple(KNOWN[n] for n in ("copy_user_generic_unrolled", "copy_user_generic_string",
+                                   "copy_user_enhanced_fast_string", "__copy_user_nocache"))
+MODERN = tuple(KNOWN[n] for n in ("copy_user_generic", "rep_movs_alternative"))
 
 
 # ---- how a real file shows its era ----------------------------------------------------------
@@ -55,7 +39,8 @@ class SourceMarks:
     """What ``emu.build.detect`` reads off a kernel source; era marks test these.
 
     Attributes:
-        kind: "copy_user", "copy_mc", "getuser" or "unknown" (from the symbols it defines).
+        kind: "copy_user", "copy_mc", "getuser", "putuser", "clear_user" or "unknown" (from
+            the symbols it defines).
         defines: functions and labels the file defines.
         code: the text without comments (a new era may test anything in it).
         cpy_extable: ``_ASM_EXTABLE_CPY`` / ``EX_TYPE_COPY`` entries (v5.10+).
@@ -95,7 +80,7 @@ class ImageMarks:
 class Mark:
     """One way a file shows it belongs to an era.
 
-    ``kind`` is the source kind the mark applies to ("copy_user", "copy_mc", "getuser"), or
+    ``kind`` is the source kind the mark applies to (``SourceMarks.kind``), or
     "image" for built files.  Among the marks that hold, the lowest ``priority`` wins.
     """
 
@@ -208,6 +193,7 @@ CATALOG: tuple[Era, ...] = (
                  "_ASM_EXTABLE_FAULT entries (v5.10 - v5.15)", 60),
             Mark("getuser", lambda m: not m.big_ret,
                  "_ASM_EXTABLE_UA on the loads, plain ret (<= v5.16)"),
+            Mark("putuser", lambda m: not m.big_ret, "plain ret (<= v5.16)"),
             Mark("image", lambda m: m.handler_encoding and ExType.COPY in m.types,
                  "__ex_table points at ex_handler_copy (v5.10 - v5.15)"),
             Mark("image", lambda m: m.handler_encoding and ExType.FAULT in m.types,
@@ -250,6 +236,10 @@ CATALOG: tuple[Era, ...] = (
                  "EX_TYPE_DEFAULT_MCE_SAFE entries (>= v5.16)"),
             Mark("getuser", lambda m: m.big_ret and not (m.modern_getuser or m.plain_loads),
                  "_ASM_EXTABLE_UA on the loads"),
+            Mark("putuser", lambda m: m.big_ret and not m.modern_getuser,
+                 "RET, the TASK_SIZE_MAX compare (v5.17 - v6.1 shape)"),
+            Mark("clear_user", lambda m: "clear_user_original" in m.defines,
+                 "defines clear_user_original (clear_page_64.S of v6.1 - v6.3)"),
             Mark("image", lambda m: not m.handler_encoding and ExType.COPY in m.types
                  and ".fixup" not in m.sections,
                  "EX_TYPE_COPY entries, no .fixup section (v5.17 - v6.3)"),
@@ -272,6 +262,10 @@ CATALOG: tuple[Era, ...] = (
                  "plain _ASM_EXTABLE on the loads: EX_TYPE_DEFAULT (v6.4 - v6.7)", 40),
             Mark("getuser", lambda m: m.big_ret and m.modern_getuser,
                  "_ASM_EXTABLE_UA on the loads"),
+            Mark("putuser", lambda m: m.big_ret and m.modern_getuser,
+                 "check_range macro (the v6.x range check, as in getuser.S)"),
+            Mark("clear_user", lambda m: "rep_stos_alternative" in m.defines,
+                 "defines rep_stos_alternative (v6.4+ rewrite)"),
             Mark("image", lambda m: not m.handler_encoding
                  and "rep_movs_alternative" in m.symbols,
                  "defines rep_movs_alternative (v6.4+); type/data __ex_table", 10),

@@ -23,7 +23,7 @@ from emu.core import layout as L
 from emu.kernel.extable import ExtableEntry
 from emu.core.machine import (Buffers, FaultKind, FaultRecord, Halt, RawRun, Redirect, State,
                       fast_init)
-from emu.core.records import base_slice
+from emu.core.records import SRC_WINDOW_BYTES, WINDOW_SPAN, base_slice
 
 #: Stable violation names and what each means.
 VIOLATIONS: dict[str, str] = {
@@ -168,6 +168,72 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
         violations = _judge(ret, n, src, dst, fill, copied, outside, records)
     return Outcome(raw.state, ret, n, copied, beyond, outside, faults, retouched,
                    tuple(violations), raw.message, raw.ac_at_return, raw.insns)
+
+
+def build_clear(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
+    """A clear_user-style run (``emu.kernel.conventions.CLEAR``): the user buffer is the
+    source of a copy from user (``bufs.src``), and the oracle is a zero-fill.
+
+    The first len − ret bytes must be 0 (``zero_with_missing`` when ret is 0,
+    ``bytes_mismatch`` otherwise), 0 ≤ ret ≤ len (``out_of_range_return``), and nothing
+    outside [addr, addr + len) may change (``write_outside_buffer``; the kernel window
+    counts as outside).  ``bytes_copied`` is the length of the zeroed prefix and
+    ``written_beyond`` the bytes changed past it: the clear_user() contract says only how
+    many bytes could not be cleared, so bytes zeroed past the reported count are measured,
+    not a violation.
+    """
+    n = bufs.length
+    sa = bufs.src_align
+    user = raw.src_bytes(sa, sa + n)
+    fill = base_slice(SRC_WINDOW_BYTES, L.PAGE + sa, L.PAGE + sa + n)
+    ret: int | None = None
+    if raw.state is State.RETURNED:
+        ret = _reg(raw.regs, "rax") & 0xFFFFFFFF if ret_reg == "eax" else _reg(raw.regs, ret_reg)
+    faults = fault_list(raw, bufs, symbolize)
+    zeros = bytes(n)
+    guesses = [n - ret] if ret is not None and 0 <= ret <= n else []
+    cleared = common_prefix(user, zeros, guesses + [f.offset for f in faults
+                                                    if f.offset is not None])
+    beyond = differing(user[cleared:], fill[cleared:])
+    outside = outside_user_buffer(raw, bufs)
+    violations: list[str] = []
+    if ret is not None:
+        if not 0 <= ret <= n:
+            violations.append("out_of_range_return")
+        elif cleared < n - ret:
+            violations.append("zero_with_missing" if ret == 0 else "bytes_mismatch")
+    if outside:
+        violations.append("write_outside_buffer")
+    retouched = len(raw.faults) > 1 and _retouched(raw.faults)
+    return Outcome(raw.state, ret, n, cleared, beyond, outside, faults, retouched,
+                   tuple(violations), raw.message, raw.ac_at_return, raw.insns)
+
+
+def outside_user_buffer(raw: RawRun, bufs: Buffers, length: int | None = None) -> int:
+    """Bytes a one-buffer helper changed outside its user buffer ([bufs.src, + ``length``),
+    default the case's length): in the rest of the user window and anywhere in the kernel
+    window."""
+    n = bufs.length if length is None else length
+    lo, hi = L.PAGE + bufs.src_align, L.PAGE + bufs.src_align + n
+    out = 0
+    for i, page in raw.src_pages:
+        p0 = i * L.PAGE
+        for a, b in ((p0, min(p0 + L.PAGE, lo)), (max(p0, hi), p0 + L.PAGE)):
+            if a < b:
+                out += differing(page[a - p0:b - p0], SRC_WINDOW_BYTES[a:b])
+    initial = raw.dst_initial
+    for i, page in raw.dst_pages:
+        p0 = i * L.PAGE
+        out += differing(page, initial[p0:min(p0 + L.PAGE, WINDOW_SPAN)])
+    return out
+
+
+def fault_list(raw: RawRun, bufs: Buffers, symbolize: Any) -> tuple[Fault, ...]:
+    """The faults of a run as reported to users (offsets into the case's buffers)."""
+    if not raw.faults:
+        return ()
+    user = bufs.src if bufs.direction == "from" else bufs.dst
+    return tuple(_fault(r, bufs.src, user, bufs.length, symbolize) for r in raw.faults)
 
 
 def _reg(regs: tuple[tuple[str, int], ...], name: str) -> int:

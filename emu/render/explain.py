@@ -122,12 +122,17 @@ def faults(t: Traced, image: Image, bufs: Buffers, out: IO[str], *, shift: int =
 
 
 def copy(t: Traced, image: Image, bufs: Buffers, title: str, ret_reg: str,
-         out: IO[str]) -> None:
-    """``emu explain`` for one copy routine call."""
+         out: IO[str], *, noun: str = "copied") -> None:
+    """``emu explain`` for one copy routine call (``noun`` "cleared": a clear_user one)."""
     o = t.outcome
     out.write(f"{title}\n")
-    out.write(f"case: copy_{bufs.direction}_user len={bufs.length} src={bufs.src:#x} "
-              f"dst={bufs.dst:#x} poison={_offs(bufs.poison)} unmapped={_offs(bufs.unmapped)}\n\n")
+    if noun == "copied":
+        out.write(f"case: copy_{bufs.direction}_user len={bufs.length} src={bufs.src:#x} "
+                  f"dst={bufs.dst:#x} poison={_offs(bufs.poison)} "
+                  f"unmapped={_offs(bufs.unmapped)}\n\n")
+    else:
+        out.write(f"case: clear_user len={bufs.length} addr={bufs.src:#x} "
+                  f"poison={_offs(bufs.poison)} unmapped={_offs(bufs.unmapped)}\n\n")
     if not t.records:
         out.write("no fault was taken\n")
     faults(t, image, bufs, out)
@@ -135,8 +140,8 @@ def copy(t: Traced, image: Image, bufs: Buffers, title: str, ret_reg: str,
     if o.return_value is None:
         out.write(f"{o.state.value}: {o.message}\n")
     else:
-        out.write(f"{ret_reg} = {o.return_value} (bytes not copied); {o.bytes_copied} of "
-                  f"{o.length} bytes really copied; contract: {o.verdict}\n")
+        out.write(f"{ret_reg} = {o.return_value} (bytes not {noun}); {o.bytes_copied} of "
+                  f"{o.length} bytes really {noun}; contract: {o.verdict}\n")
     out.write(f"machine checks: {o.mc_count}, page faults: {o.pf_count}, tail retry "
               f"touched a faulted address again: {'yes' if o.retouched else 'no'}\n")
 

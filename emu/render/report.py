@@ -81,7 +81,7 @@ def print_table(c: Console, t: Table) -> None:
                                     break_long_words=False, break_on_hyphens=False) + "\n")
 
 
-def _offsets(o: Outcome, kind: str) -> str:
+def _offsets(o: Any, kind: str) -> str:
     fs = [f for f in o.faults if f.kind == kind]
     if not fs:
         return "-"
@@ -94,17 +94,19 @@ def _ret(o: Outcome) -> str:
     return "-" if o.return_value is None else str(o.return_value)
 
 
-def run_table(o: Outcome, title: str, stream: IO[str], *, rules: str | None = None) -> None:
+def run_table(o: Outcome, title: str, stream: IO[str], *, rules: str | None = None,
+              noun: str = "copied", note: str = "") -> None:
     """One case: the summary, then every fault with its extable entry and fixup
-    (``rules``: the #MC rules and how emu knew them)."""
+    (``rules``: the #MC rules and how emu knew them; ``noun``: what the routine does to the
+    bytes, "copied" or "cleared"; ``note``: a remark on the case)."""
     c = console(stream)
     t = Table(title=escape(title), show_header=False, title_justify="left")
     t.add_column("field", style="bold")
     t.add_column("value")
     t.add_row("state", o.state.value)
-    t.add_row("returned", f"{_ret(o)} (bytes not copied)" if o.return_value is not None else "-")
-    t.add_row("bytes copied", f"{o.bytes_copied} of {o.length}")
-    t.add_row("written past copied prefix", str(o.written_beyond))
+    t.add_row("returned", f"{_ret(o)} (bytes not {noun})" if o.return_value is not None else "-")
+    t.add_row(f"bytes {noun}", f"{o.bytes_copied} of {o.length}")
+    t.add_row(f"written past {noun} prefix", str(o.written_beyond))
     t.add_row("written outside buffer", str(o.written_outside))
     t.add_row("contract", o.verdict)
     t.add_row("tail retry", "yes" if o.retouched else "no")
@@ -114,6 +116,8 @@ def run_table(o: Outcome, title: str, stream: IO[str], *, rules: str | None = No
         t.add_row("message", o.message)
     if rules:
         t.add_row("#MC rules", escape(rules))
+    if note:
+        t.add_row("note", escape(note))
     print_table(c, t)
     if o.faults:
         ft = Table(title="faults", title_justify="left")
@@ -127,17 +131,27 @@ def run_table(o: Outcome, title: str, stream: IO[str], *, rules: str | None = No
         print_table(c, ft)
 
 
-def diff_table(rows: Sequence[tuple[str, str, Outcome]], title: str, stream: IO[str]) -> None:
-    """One scenario across variants: a row per (variant, routine)."""
+def diff_table(rows: Sequence[tuple[str, str, Any]], title: str, stream: IO[str], *,
+               code: Sequence[str] | None = None, noun: str = "copied") -> None:
+    """One scenario across variants: a row per (variant, routine).  A row's result is an
+    ``Outcome`` or a helper's ``HelperResult`` (returned: its error code; copied: the size
+    when the value arrived; ``noun`` names that column).  ``code``: a "code" column (how the row's routine compares with
+    the reference source's, ``emu.runs.codediff``)."""
     c = console(stream)
     t = Table(title=escape(title), title_justify="left")
-    for col in ("variant", "routine", "returned", "copied", "contract", "#MC", "#PF",
-                "tail retry", "state"):
+    for col in ("variant", "routine", "returned", noun, "contract", "#MC", "#PF",
+                "tail retry", "state", *(("code",) if code is not None else ())):
         t.add_column(col)
-    for variant, routine, o in rows:
-        t.add_row(escape(variant), routine, _ret(o), str(o.bytes_copied), o.verdict,
-                  _offsets(o, "mc"), _offsets(o, "pf"), "yes" if o.retouched else "no",
-                  o.state.value)
+    for k, (variant, routine, o) in enumerate(rows):
+        if isinstance(o, Outcome):
+            cells = [_ret(o), str(o.bytes_copied), o.verdict, _offsets(o, "mc"),
+                     _offsets(o, "pf"), "yes" if o.retouched else "no"]
+        else:
+            cells = ["-" if o.err is None else str(o.err),
+                     str(o.size if o.verdict == "ok" and o.err == 0 else 0), o.verdict,
+                     _offsets(o, "mc"), _offsets(o, "pf"), "no"]
+        t.add_row(escape(variant), routine, *cells, o.state.value,
+                  *((escape(code[k]),) if code is not None else ()))
     print_table(c, t)
 
 
@@ -220,21 +234,33 @@ def rules_notes(notes: Sequence[tuple[str, str]], stream: IO[str]) -> None:
         stream.write(f"#MC rules: {variant}: {rules}\n")
 
 
-def get_user_table(g: Any, title: str, stream: IO[str], *, rules: str | None = None) -> None:
-    """One __get_user_N call (``emu.runs.getuser.GetUserResult``): error code, value, faults."""
+def helper_table(g: Any, title: str, stream: IO[str], *, rules: str | None = None,
+                 note: str = "") -> None:
+    """One get_user / put_user call (``emu.kernel.helpers.HelperResult``): the error code,
+    the value, the user bytes, the faults."""
     c = console(stream)
     t = Table(title=escape(title), show_header=False, title_justify="left")
     t.add_column("field", style="bold")
     t.add_column("value")
+    conv = g.convention
     t.add_row("state", g.state.value)
-    t.add_row("eax", "-" if g.err is None else f"{g.err}" + (" (-EFAULT)" if g.err == -14 else ""))
-    t.add_row("rdx", "-" if g.value is None else f"{g.value:#x}")
-    t.add_row("user value", f"{g.expected:#x}")
+    t.add_row(conv.result, "-" if g.err is None else f"{g.err}"
+              + (" (-EFAULT)" if g.err == -14 else ""))
+    if conv.value is not None:     # get_user: the value register, then the user bytes
+        t.add_row(conv.value, "-" if g.value is None else f"{g.value:#x}")
+        t.add_row("user value", f"{g.expected:#x}")
+    else:                          # put_user: the value passed, the user bytes before/after
+        t.add_row("rax (value)", f"{g.expected:#x}")
+        t.add_row("user before", f"{g.before:#x}")
+        t.add_row("user after", "-" if g.value is None else f"{g.value:#x}")
+        t.add_row("written outside", str(g.written_outside))
     t.add_row("verdict", g.verdict)
     if g.message:
         t.add_row("message", g.message)
     if rules:
         t.add_row("#MC rules", escape(rules))
+    if note:
+        t.add_row("note", escape(note))
     for i, f in enumerate(g.faults, 1):
         t.add_row(f"fault {i}", escape(f"{f.kind.upper()} at {f.where}, {f.handler or 'no entry'}"
                                        f" -> {f.action} {f.fixup_where or ''}".rstrip()))

@@ -36,7 +36,8 @@ from typing import Any
 from emu.core import layout as L
 from emu.runs import trace
 from emu.paths import ASM_DIR
-from emu.kernel.eras import Era, Routine, cpu_name
+from emu.kernel.conventions import KNOWN, Routine
+from emu.kernel.eras import Era, cpu_name
 from emu.errors import UsageError
 from emu.kernel.extable import Encoding
 from emu.core.machine import Buffers, Halt, State
@@ -220,8 +221,11 @@ class WriteSim:
         self.copy_t = resolve(source, cpu, severity=model.severity)
         self.source = "" if source.kind == "era" and not source.patches else self.copy_t.name
         self.routine = routine or self.copy_t.routine_for(None, cpu)
+        if not self.routine.convention.two_buffers:
+            raise UsageError(f"--caller write copies with a copy routine; {self.routine.name} "
+                             f"takes the {self.routine.convention.name} convention")
         self.gu_t = get_target(read_source(str(GETUSER)), GETUSER.name, settings, frozenset())
-        self.gu = Routine(model.fault_in.routine)
+        self.gu = KNOWN[model.fault_in.routine]
         self.trace_code = trace_code
 
     def run(self, length: int, src_align: int, file_off: int, poison: tuple[int, ...],
@@ -355,8 +359,8 @@ class WriteSim:
         shift, bufs = self._frame(start, n)
         bufs = replace(bufs, dst_align=file_off)
         r = self.routine
-        regs = (("rdi", bufs.dst), ("rsi", bufs.src), (r.len_reg, n), ("rax", 0))
-        t = trace.run(self.copy_t, r, bufs, regs, trace=self.trace_code)
+        t = trace.run(self.copy_t, r, bufs, self.copy_t.registers(r, bufs),
+                      trace=self.trace_code)
         o = t.outcome
         ret = o.return_value
         result = (f"→ {r.ret_reg} = {ret} ({n - ret if 0 <= ret <= n else '?'} of {n} bytes "

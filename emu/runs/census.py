@@ -250,6 +250,10 @@ def census(lf: LinkedFile, version: KernelVersion | None,
             if string:
                 reads |= value in _MOVS or insn.mnemonic.startswith(("lods", "rep movs"))
                 writes |= not insn.mnemonic.startswith("lods")
+                if "stos" in insn.mnemonic:
+                    # capstone marks stos's (%rdi) operand as read; stos only stores
+                    # AL/AX/EAX/RAX there (an inline clear_user(): not a user load)
+                    reads = False
             copyin = value in _MOVS or (value in _LOADS and reads and not writes)
         if entry.type in USER_TYPES and (reads or writes):
             touches = "user " + ("load+store" if reads and writes else

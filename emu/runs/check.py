@@ -25,11 +25,12 @@ present in both OLD and NEW:
   every page boundary inside the buffer).
 
 That is 746 cases per routine and CPU path (both directions), 2984 per routine; the four
-≤ v6.3 routines make 11936 cases per side.  __get_user_N helpers (getuser.S; address in rax,
-kernel-facts §4b) get their own cells: user address at page offsets 0, 1, 0x3f and 0xfff
-(straddling a line, a page), each clean, with an #MC on the line of the first and of the last
-byte, and with a #PF on the page of the first and of the last byte (12 to 15 cases per CPU
-path).
+≤ v6.3 routines make 11936 cases per side.  __get_user_N and __put_user_N helpers
+(getuser.S, putuser.S; their conventions in ``emu.kernel.conventions``) get their own cells:
+user address at page offsets 0, 1, 0x3f and 0xfff (straddling a line, a page), each clean,
+with an #MC on the line of the first and of the last byte, and with a #PF on the page of the
+first and of the last byte (12 to 15 cases per CPU path).  clear_user routines (one user
+buffer) run the copy cells of the "from" direction only.
 
 A CPU path whose assembled image is byte-identical to one already run (most ≤ v6.3 routines
 have no ALTERNATIVE site) reuses that path's outcomes, and so does a NEW image identical to
@@ -75,22 +76,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES
 from emu.build.resolve import Spec, resolve, source_of, tree_rules
 from emu.caching import Bounded
 from emu.core.machine import Buffers, State
 from emu.errors import EmuError, InputError, UsageError
-from emu.kernel.eras import CPUS, ERAS, Routine, get_era
+from emu.kernel import conventions as cv
+from emu.kernel.conventions import Oracle, Routine
+from emu.kernel.eras import CPUS, ERAS, get_era
+from emu.kernel.helpers import HelperResult
 from emu.kernel.severity import MceRules
 from emu.kernel.outcome import Outcome
 from emu.runs import map as umap
-from emu.runs.getuser import GetUserResult, run_get_user
 from emu.runs.repro import case_options
 
 MATRIX_VERSION = "std-1"
 SNAPSHOT_FORMAT = "emu-check-snapshot"
 #: 2: the snapshot records what copy_user_generic() reaches per CPU (``callers``) and its cases.
-SNAPSHOT_VERSION = 2
+#: 3: a routine's convention is recorded by name (``emu.kernel.conventions``) and size.
+SNAPSHOT_VERSION = 3
 #: The pseudo-routine of the caller comparison: the C entry every copy_{from,to}_user goes
 #: through, whichever routine of the file it reaches on a CPU.
 CALLER = "copy_user_generic()"
@@ -174,12 +177,22 @@ class MCase:
             faults.append("#MC at " + ",".join(f"+{p:#x}" for p in self.poison))
         if self.unmapped:
             faults.append("#PF at " + ",".join(f"+{p:#x}" for p in self.unmapped))
-        if self.routine in GET_USER_SIZES:
+        oracle = _oracle(self.routine)
+        if oracle in (Oracle.GET_USER, Oracle.PUT_USER):
             return (f"{self.routine} cpu {self.cpu}, user address at page offset "
                     f"{self.src_align:#x}, {' '.join(faults) or 'no fault'}")
+        if oracle is Oracle.CLEAR:
+            return (f"{self.routine} cpu {self.cpu}, clear_user len {self.length} "
+                    f"user+{self.src_align:#x}, {' '.join(faults) or 'no fault'}")
         return (f"{self.routine} cpu {self.cpu}, copy_{self.direction}_user len {self.length} "
                 f"src+{self.src_align:#x} dst+{self.dst_align:#x}, "
                 f"{' '.join(faults) or 'no fault'}")
+
+
+def _oracle(name: str) -> Oracle:
+    """How a routine of the matrix is judged (a name emu does not know: as a copy)."""
+    r = cv.KNOWN.get(name)
+    return r.convention.oracle if r is not None else Oracle.COPY
 
 
 def _line(src_align: int, off: int) -> int:
@@ -222,15 +235,18 @@ def matrix(routines: list[str], cpus: tuple[str, ...] = MATRIX_CPUS) -> list[MCa
     """Every case of the standard matrix for ``routines``, in a fixed order."""
     out: list[MCase] = []
     for r in routines:
-        size = GET_USER_SIZES.get(r)
+        known = cv.KNOWN.get(r)
+        size = known.size if known is not None else None
         if size is not None:
             for cpu in cpus:
                 for sa in GET_USER_ALIGNS:
                     for kind, po, un in get_user_faults(size, sa):
                         out.append(MCase(r, cpu, "from", size, sa, 0, kind, po, un))
             continue
+        # a clear routine has one user buffer: the "from" layout only
+        dirs = ("from",) if _oracle(r) is Oracle.CLEAR else MATRIX_DIRECTIONS
         for cpu in cpus:
-            for d in MATRIX_DIRECTIONS:
+            for d in dirs:
                 for n in MATRIX_LENGTHS:
                     for sa, da in MATRIX_ALIGNS:
                         for kind, po, un in case_faults(d, n, sa, da):
@@ -253,16 +269,14 @@ def compact(o: Outcome) -> dict[str, Any]:
             "retry": o.retouched}
 
 
-def compact_get_user(g: GetUserResult) -> dict[str, Any]:
-    """The same record for a __get_user_N call: ``ret`` is eax (0 / -EFAULT), ``copied`` the
-    size when rdx holds the user value, and a verdict other than ok is the violation."""
-    size = GET_USER_SIZES[g.name]
-    mc = sum(1 for f in g.faults if f.kind == "mc")
-    pf = sum(1 for f in g.faults if f.kind == "pf")
+def compact_helper(g: HelperResult) -> dict[str, Any]:
+    """The same record for a get_user / put_user call: ``ret`` is the error code (0 /
+    -EFAULT), ``copied`` the size when the value arrived (rdx for get_user, the user bytes
+    for put_user), and a verdict other than ok is the violation."""
     return {"state": g.state.value, "ret": g.err,
-            "copied": size if g.value is not None and g.value == g.expected else 0,
+            "copied": g.size if g.value is not None and g.value == g.expected else 0,
             "violations": [] if g.verdict in ("ok", g.state.value) else [g.verdict],
-            "mc": mc, "pf": pf, "retry": False}
+            "mc": g.mc_count, "pf": g.pf_count, "retry": False}
 
 
 # ---- sides --------------------------------------------------------------------------------
@@ -354,7 +368,7 @@ _MEMO: Bounded[tuple[str, str], dict[str, tuple[dict[str, Any], str | None]]] = 
     64, "check.outcomes")
 
 
-def _panic_site(o: Outcome | GetUserResult) -> str | None:
+def _panic_site(o: Outcome | HelperResult) -> str | None:
     for f in o.faults:
         if f.kind == "mc" and f.action == "panic":
             return f.where
@@ -379,13 +393,10 @@ def prepare(side: Side, era: str, names: list[str]) -> None:
     t = _targets(side, ("none",))["none"]
     side.functions = tuple(s.name for s in t.image.functions())
     known = {r.name: r for r in t.detection.routines}
-    known.update({g: Routine(g, len_reg="rax", ret_reg="eax") for g in t.detection.get_user})
     if names:
         for n in names:
             if n in t.image.symbols:
-                side.routines[n] = known.get(n) or KNOWN_ROUTINES.get(n) or (
-                    Routine(n, len_reg="rax", ret_reg="eax") if n in GET_USER_SIZES
-                    else Routine(n))
+                side.routines[n] = known.get(n) or cv.routine(n)
     else:
         side.routines = dict(known)
     side.callers = {}
@@ -416,15 +427,11 @@ def _outcomes(side: Side, t: Any, fp: str, r: str, cpu: str
     got = _MEMO.get(memo_key)
     if got is None:
         got = {}
-        routine = (side.routines.get(r) or side.known.get(r) or KNOWN_ROUTINES.get(r)
-                   or Routine(r))
+        routine = side.routines.get(r) or side.known.get(r) or cv.routine(r)
         for c in matrix([r], (cpu,)):
-            if r in GET_USER_SIZES:
-                g = run_get_user(t, r, c.buffers())
-                got[_cpuless(c.key)] = (compact_get_user(g), _panic_site(g))
-            else:
-                o = t.run(routine, c.buffers())
-                got[_cpuless(c.key)] = (compact(o), _panic_site(o))
+            res = t.call(routine, c.buffers())
+            rec = compact_helper(res) if isinstance(res, HelperResult) else compact(res)
+            got[_cpuless(c.key)] = (rec, _panic_site(res))
             side.distinct_runs += 1
         _MEMO[memo_key] = got
     return got
@@ -549,7 +556,8 @@ def judge(old: dict[str, Any], new: dict[str, Any], case: MCase | str
         return []
     kind = case.kind if isinstance(case, MCase) else case
     length = case.length if isinstance(case, MCase) else None
-    exactness = isinstance(case, MCase) and case.routine not in GET_USER_SIZES
+    exactness = isinstance(case, MCase) and _oracle(case.routine) not in (Oracle.GET_USER,
+                                                                           Oracle.PUT_USER)
     returned, panic, smap = State.RETURNED.value, State.PANIC.value, State.SMAP_VIOLATION.value
     out: list[tuple[str, str]] = []
     os_, ns = old["state"], new["state"]
@@ -717,7 +725,7 @@ def snapshot_json(side: Side) -> dict[str, Any]:
     return {"format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "matrix": matrix_json(),
             "source": side.label, "era": side.era, "detected_era": side.detected,
             "routines": sorted(side.routines), "callers": dict(sorted(side.callers.items())),
-            "conventions": {n: [r.len_reg, r.ret_reg, r.caller_stac]
+            "conventions": {n: [r.convention.name, r.size]
                             for n, r in sorted(side.routines.items())},
             "map": {cpu: [x.to_json() for x in acc] for cpu, acc in sorted(side.accesses.items())},
             "cases": dict(sorted(side.results.items()))}
@@ -771,8 +779,8 @@ def load_snapshot(path: str) -> Side:
     try:
         side = Side(d["source"], None, era=d["era"],
                     detected=d["detected_era"])
-        for n, (lr, rr, st) in d["conventions"].items():
-            side.routines[n] = Routine(n, lr, rr, st)
+        for n, (conv, size) in d["conventions"].items():
+            side.routines[n] = Routine(n, cv.CONVENTIONS[conv], size)
         side.callers = {str(c): str(r) for c, r in d["callers"].items()}
         side.results = {k: dict(v) for k, v in d["cases"].items()}
         side.accesses = {cpu: tuple(_access(x) for x in xs) for cpu, xs in d["map"].items()}

@@ -97,8 +97,10 @@ def build(image: Image, severity: Severity, functions: list[str] | None = None
                 writes |= bool(op.access & CS_AC_WRITE)
             if not pointer:
                 continue
-            if insn.mnemonic.startswith("movnti"):
-                reads, writes = False, True   # capstone 5 marks movnti's operand as read
+            if insn.mnemonic.startswith("movnti") or "stos" in insn.mnemonic:
+                # capstone 5 marks the operand of movnti and of (rep) stos as read; both only
+                # store (stos: AL/AX/EAX/RAX to (%rdi))
+                reads, writes = False, True
             access = "load+store" if reads and writes else "load" if reads else "store"
             entry = image.extable.search(insn.address)
             value = opcode_value(insn)

@@ -49,7 +49,9 @@ from emu.caching import Bounded
 from emu.core import layout as L
 from emu.core.machine import Buffers, State
 from emu.errors import EmuError, UsageError
-from emu.kernel.eras import Era, Routine, cpu_name, get_era, parse_cpu
+from emu.kernel import conventions
+from emu.kernel.conventions import Oracle, Routine
+from emu.kernel.eras import Era, cpu_name, get_era, parse_cpu
 from emu.kernel.outcome import BENIGN_FOR_COPY_FROM_USER, VIOLATIONS, Outcome
 from emu.runs.faults import KINDS, count, placements
 from emu.runs.repro import case_options
@@ -213,6 +215,8 @@ class Grid:
             for r in self.routines:
                 if v.era is not None and r != "all":
                     v.era.routine(r)
+                elif r != "all":
+                    conventions.routine(r)
         # Checked arithmetically (extremes only): a grid is never walked to be validated.
         aligns = self.src_aligns + self.dst_aligns
         if not self.lengths or not self.src_aligns or not self.dst_aligns:
@@ -238,8 +242,7 @@ class Grid:
             return list(cat.routines)
         if v.era is not None:
             return [v.era.routine(r) for r in self.routines]
-        known = {r.name: r for r in cat.routines}
-        return [known.get(r) or Routine(r) for r in self.routines]
+        return [conventions.routine(r) for r in self.routines]
 
     def paths(self) -> Iterator[tuple[Variant, str, Routine]]:
         """(variant, CPU name, routine) in grid order."""
@@ -251,6 +254,7 @@ class Grid:
                     continue
                 seen.add(cpu_name(cpu))
                 for r in self.routines_for(v, cpu):
+                    _sweepable(r, self.directions)
                     yield v, cpu_name(cpu), r
 
     def cells(self) -> int:
@@ -316,6 +320,18 @@ class Grid:
                 "lengths": list(self.lengths), "src_aligns": list(self.src_aligns),
                 "dst_aligns": list(self.dst_aligns), "kinds": list(self.kinds),
                 "step": self.step, "offsets": list(self.offsets)}
+
+
+def _sweepable(r: Routine, directions: tuple[str, ...]) -> None:
+    """Refuse a routine a sweep cannot run: a get_user / put_user helper (one value, not a
+    range of offsets), or a clear routine with a copy to user (it has one user buffer)."""
+    conv = r.convention
+    if conv.oracle in (Oracle.GET_USER, Oracle.PUT_USER):
+        raise UsageError(f"sweep: {r.name} takes the {conv.name} convention; sweeps run copy "
+                         "and clear routines (emu run and emu check run it)")
+    if conv.oracle is Oracle.CLEAR and directions != ("from",):
+        raise UsageError(f"sweep: {r.name} has one user buffer ({conv.name} convention): "
+                         "--direction does not apply")
 
 
 @dataclass(frozen=True, slots=True)

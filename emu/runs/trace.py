@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from emu.kernel import outcome
-from emu.kernel.eras import Routine
+from emu.kernel.conventions import Oracle, Routine
 from emu.core.machine import Buffers, Call, CpuView, FaultEvent, FaultKind, FaultRecord, Resolution
 from emu.kernel.outcome import Outcome
 from emu.kernel.decode import is_copy_from_user
@@ -91,7 +91,10 @@ def run(target: Target, routine: Routine, bufs: Buffers, regs: tuple[tuple[str, 
         if hook is not None:
             uc.hook_del(hook)
             uc.ctl_flush_tb()
-    o = outcome.build(raw, bufs, ret_reg or routine.ret_reg, target.image.symbolize)
+    if routine.convention.oracle is Oracle.CLEAR and ret_reg is None:
+        o = outcome.build_clear(raw, bufs, routine.ret_reg, target.image.symbolize)
+    else:
+        o = outcome.build(raw, bufs, ret_reg or routine.ret_reg, target.image.symbolize)
     paths: list[tuple[int, ...]] = []
     for i, m in enumerate(marks):
         end = marks[i + 1] if i + 1 < len(marks) else len(executed)

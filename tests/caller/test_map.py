@@ -117,7 +117,8 @@ def test_map_verdict_matches_an_emulated_mc(src: str, rules: str) -> None:
     rc, text = cli("map", src, "--era", "E", "--mce-rules", rules, "--json")
     (load,) = [r for r in json.loads(text)["accesses"] if r["access"] == "load"]
     rc2, text2 = cli("run", src, "--era", "E", "--mce-rules", rules, "--routine",
-                     "emu_fetch_words", "--len", "64", "--poison", "8", "--json")
+                     "emu_fetch_words", "--convention", "copy", "--len", "64", "--poison", "8",
+                     "--json")
     run = json.loads(text2)
     assert rc == rc2 == 0 and run["mc_count"] == 1
     assert run["state"] == {"panic": "panic", "recovered": "returned"}[load["mc"]]

@@ -105,7 +105,7 @@ def test_the_wheel_works_outside_the_checkout(venv: Path, tmp_path: Path) -> Non
 
     # 2. a user's own .S with the kernel headers
     (elsewhere / "mine.S").write_text(USER_S)
-    r = _run([emu, "run", "mine.S", "--routine", "my_copy", "--len", "256", "--poison", "0x80",
+    r = _run([emu, "run", "mine.S", "--routine", "my_copy", "--convention", "copy", "--len", "256", "--poison", "0x80",
               "--json"], elsewhere)
     assert r.returncode == 0, r.stderr
     o = json.loads(r.stdout)

@@ -19,7 +19,6 @@ import pytest
 from emu.build.assemble import AsmConfig, GasAssembler
 from emu.cli.main import main
 from emu.kernel.eras import ERAS
-from emu.runs.getuser import run_get_user
 from emu.core.machine import Buffers
 from emu.build.objects import built_target
 
@@ -132,9 +131,10 @@ def test_handler_pointer_encoding_resolves_ex_handler_names(built, linked: bool)
 def test_getuser_object_reads_or_returns_efault(built, linked: bool) -> None:  # type: ignore[no-untyped-def]
     t = built_target(str(built["gu612.vmlinux" if linked else "gu612"]), linked=linked,
                      cpu=frozenset())
-    ok = run_get_user(t, "__get_user_4", Buffers(length=4, src_align=8))
+    g = t.routine_for("__get_user_4")
+    ok = t.call(g, Buffers(length=4, src_align=8))
     assert (ok.err, ok.verdict) == (0, "ok")
-    mc = run_get_user(t, "__get_user_4", Buffers(length=4, src_align=8, poison=(0,)))
+    mc = t.call(g, Buffers(length=4, src_align=8, poison=(0,)))
     assert (mc.err, mc.value, mc.verdict) == (-14, 0, "ok")
 
 

@@ -207,12 +207,88 @@ def test_copy_mc_returns_the_exact_remainder(version: str, routine: str, align: 
                                         ("__get_user_4", 4), ("__get_user_8", 8),
                                         ("__get_user_nocheck_8", 8)])
 def test_get_user_reads_or_returns_efault(version: str, name: str, size: int) -> None:
-    from emu.runs.getuser import run_get_user
     t = debian_target(version, "getuser.S")
-    ok = run_get_user(t, name, Buffers(length=size, src_align=0x7E0))
+    g = t.routine_for(name)
+    assert (g.convention.name, g.size) == ("get_user", size)
+    ok = t.call(g, Buffers(length=size, src_align=0x7E0))
     assert (ok.err, ok.verdict) == (0, "ok") and ok.value == ok.expected != 0
-    mc = run_get_user(t, name, Buffers(length=size, src_align=0x7E0, poison=(0,)))
+    mc = t.call(g, Buffers(length=size, src_align=0x7E0, poison=(0,)))
     assert (mc.state, mc.err, mc.value) == (State.RETURNED, -14, 0)
     assert [f.handler for f in mc.faults] == ["EX_TYPE_UACCESS"]
-    pf = run_get_user(t, name, Buffers(length=size, src_align=0, unmapped=(0,)))
+    pf = t.call(g, Buffers(length=size, src_align=0, unmapped=(0,)))
     assert (pf.err, pf.value, pf.verdict) == (-14, 0, "ok")
+
+
+# ---- clear_user and put_user (clear_page_64.S, putuser.S) -----------------------------------
+
+@pytest.mark.parametrize("version, era", [("6.1", "E"), ("6.12", "F")])
+def test_clear_and_putuser_files_are_detected(version: str, era: str) -> None:
+    for name, kind, conv in (("clear_page_64.S", "clear_user", "clear"),
+                             ("putuser.S", "putuser", "put_user")):
+        d = detect(debian_source(version, name).text)
+        assert (d.kind, d.era.key) == (kind, era)
+        assert d.routines and {r.convention.name for r in d.routines} == {conv}
+
+
+def clear_expected(routine: str, n: int, edge: int) -> int:
+    """What a clear_user routine returns when the page at buffer offset ``edge`` is absent,
+    read from its code: 6.1's routines clear the first 8 * (n / 8) bytes by qwords from the
+    start (clear_user_original's movq loop, clear_user_rep_good's rep stosq; below 64 bytes
+    both go to clear_user_original) and report a fault there as whole qwords left, then the
+    rest byte by byte (exact); clear_user_erms from 64 bytes is one rep stosb, and
+    rep_stos_alternative retries a faulting word byte by byte: both exact."""
+    if routine == "rep_stos_alternative" or (routine == "clear_user_erms" and n >= 64):
+        return n - edge
+    return n - 8 * (edge // 8) if edge < 8 * (n // 8) else n - edge
+
+
+@pytest.mark.parametrize("version, routine", [
+    ("6.1", "clear_user_original"), ("6.1", "clear_user_rep_good"), ("6.1", "clear_user_erms"),
+    ("6.12", "rep_stos_alternative")])
+@pytest.mark.parametrize("n, align", [(4096, 0x7E0), (4096, 0x7E3), (100, 0xFC1), (40, 0xFF0),
+                                      (7, 0xFFD)])
+def test_clear_user_stops_at_an_absent_page(version: str, routine: str, n: int,
+                                            align: int) -> None:
+    t = debian_target(version, "clear_page_64.S")
+    r = t.routine_for(routine)
+    edge = 0x1000 - align                      # the buffer offset where the absent page starts
+    o = t.call(r, Buffers(length=n, src_align=align, unmapped=(edge,)))
+    assert o.return_value == clear_expected(routine, n, edge)
+    assert (o.bytes_copied, o.written_outside, o.verdict) == (n - o.return_value, 0, "ok")
+    assert o.pf_count in (1, 2) and o.retouched == (o.pf_count == 2)
+    if routine != "rep_stos_alternative":
+        assert o.pf_count == 1                 # 6.1's routines do not retry
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+def test_clear_user_poison_is_not_consumed(version: str) -> None:
+    t = debian_target(version, "clear_page_64.S")
+    for r in t.detection.routines:
+        o = t.call(r, Buffers(length=4096, src_align=0x7E0, poison=(0x960,)))
+        assert (o.return_value, o.bytes_copied, o.mc_count, o.verdict) == (0, 4096, 0, "ok")
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+@pytest.mark.parametrize("size", [1, 2, 4, 8])
+def test_put_user_stores_or_returns_efault(version: str, size: int) -> None:
+    t = debian_target(version, "putuser.S")
+    r = t.routine_for(f"__put_user_{size}")
+    assert (r.convention.name, r.size) == ("put_user", size)
+    ok = t.call(r, Buffers(length=size, src_align=0x7E0))
+    assert (ok.err, ok.value, ok.verdict) == (0, ok.expected, "ok") and ok.value != ok.before
+    pf = t.call(r, Buffers(length=size, src_align=0x10, unmapped=(0,)))
+    assert (pf.err, pf.value, pf.verdict) == (-14, pf.before, "ok")
+    assert [f.handler for f in pf.faults] == ["EX_TYPE_UACCESS"]
+
+
+def test_map_reads_rep_stos_as_a_store() -> None:
+    """capstone marks (rep) stos's (%rdi) operand as read; the map must not call it a load."""
+    import io
+    import json
+    from emu.cli.main import main
+    out = io.StringIO()
+    assert main(["map", "debian:6.1", "--file", "arch/x86/lib/clear_page_64.S", "--json"],
+                out) == 0
+    acc = json.loads(out.getvalue())["accesses"]
+    stos = [a for a in acc if "stos" in a["insn"]]
+    assert len(stos) >= 5 and {(a["access"], a["mc"]) for a in stos} == {("store", "store")}

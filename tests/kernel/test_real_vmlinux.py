@@ -21,12 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from dataclasses import replace
+
 from emu.build.objects import built_target, kernel_version, open_linked
 from emu.cli.main import main
 from emu.core.machine import Buffers
+from emu.errors import UsageError
+from emu.kernel.decode import att_disassembler
 from emu.kernel.eras import parse_cpu
+from emu.kernel.helpers import HelperResult
 from emu.kernel.policy import Severity
-from emu.runs import census
+from emu.runs import census, codediff
 
 from debian_sources import debian_target
 
@@ -183,3 +188,159 @@ def test_system_instruction_decoder_agrees_with_capstone_on_kernel_text(version:
         t = built_target(str(vmlinux(version)), linked=True, cpu=c, routine=r.name)
         fn = t.image.symbol(r.name)
         assert not [a for a in t.machine._system if fn.addr <= a < fn.addr + fn.size]
+
+
+# ---- other user-access routines: clear_user, put_user, get_user (issue 14, item 5) --------
+
+#: Per release: the file and the routines of each convention the tests run from the image.
+HELPERS = {
+    "6.1": {"clear_page_64.S": ("clear_user_original", "clear_user_rep_good", "clear_user_erms"),
+            "putuser.S": ("__put_user_1", "__put_user_8", "__put_user_nocheck_8"),
+            "getuser.S": ("__get_user_1", "__get_user_8", "__get_user_nocheck_8")},
+    "6.12": {"clear_page_64.S": ("rep_stos_alternative",),
+             "putuser.S": ("__put_user_1", "__put_user_8", "__put_user_nocheck_8"),
+             "getuser.S": ("__get_user_1", "__get_user_8", "__get_user_nocheck_8")},
+}
+#: clear_user cases: clean, #PF on a page boundary (aligned and not), #PF inside a short
+#: clear, a 7-byte clear ending in an absent page, and a poisoned line (a store: no #MC).
+CLEAR_CASES = [Buffers(length=4096, src_align=0x7E0), Buffers(length=4096, src_align=0x7E0,
+               unmapped=(0x820,)), Buffers(length=4096, src_align=0x7E3, unmapped=(0x900,)),
+               Buffers(length=100, src_align=0xFC1, unmapped=(0x60,)),
+               Buffers(length=7, src_align=0xFFD, unmapped=(6,)),
+               Buffers(length=63, src_align=5), Buffers(length=4096, poison=(0x960,))]
+
+
+def helper_cases(size: int) -> list[Buffers]:
+    """A get_user / put_user helper: aligned, odd, straddling a page (the second page
+    absent), absent at the first byte, and poisoned."""
+    return [Buffers(length=size, src_align=a) for a in (0, 0x7E3)] + [
+        Buffers(length=size, src_align=0x1000 - max(size // 2, 1), unmapped=(size - 1,)),
+        Buffers(length=size, src_align=0x10, unmapped=(0,)),
+        Buffers(length=size, src_align=0x7E0, poison=(0,))]
+
+
+def result(o):  # type: ignore[no-untyped-def]
+    if isinstance(o, HelperResult):
+        return (o.state, o.err, o.value, o.expected, o.before, o.written_outside, o.verdict,
+                [(f.kind, f.handler, f.action) for f in o.faults])
+    return behaviour(o) + (o.written_outside,)
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+def test_clear_put_and_get_user_in_the_image_give_the_sources_answers(version: str,
+                                                                      cpu: str) -> None:
+    c = parse_cpu(cpu)
+    for name, routines in HELPERS[version].items():
+        src = debian_target(version, name, cpu=c)
+        for routine in routines:
+            t = built_target(str(vmlinux(version)), linked=True, cpu=c, routine=routine)
+            r = t.routine_for(routine)
+            assert r == src.routine_for(routine) and r.convention.name in (
+                "clear", "put_user", "get_user")
+            cases = CLEAR_CASES if r.size is None else helper_cases(r.size)
+            for b in cases:
+                got, want = t.call(r, b), src.call(r, b)
+                assert result(got) == result(want), (routine, cpu, b)
+                assert (got.state.value, got.verdict) == ("returned", "ok"), (routine, cpu, b)
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+def test_helpers_under_mc_do_what_the_images_own_severity_code_says(version: str) -> None:
+    """The census runs the image's own error_context() on every __ex_table entry.  Where it
+    grades a helper's access as a recoverable user load (get_user), emu's run of the helper
+    with the line poisoned recovers with -EFAULT; where the access is a user store
+    (clear_user, put_user), the store consumes no poison and emu takes no #MC."""
+    lf = open_linked(str(vmlinux(version)))
+    sites, rules = census.census(lf, kernel_version(lf))
+    assert rules.name == "image"
+    names = {r for rs in HELPERS[version].values() for r in rs}
+    graded = {s.function: s for s in sites if s.function in names}
+    assert graded.keys() == names - {"__put_user_nocheck_8"} or graded.keys() == names
+    c = parse_cpu("skylake-sp")
+    for name, site in graded.items():
+        t = built_target(str(vmlinux(version)), linked=True, cpu=c, routine=name)
+        r = t.routine_for(name)
+        b = Buffers(length=r.size or 4096, src_align=0x7E0, poison=(0,))
+        got = t.call(r, b)
+        mcs = [f for f in got.faults if f.kind == "mc"]
+        if site.touches == "user load":
+            assert site.mc == "recovers" and r.convention.name == "get_user"
+            assert len(mcs) == 1 and mcs[0].action == "fixup"
+            assert (got.state.value, got.err, got.verdict) == ("returned", -14, "ok")
+        else:
+            assert site.touches == "user store" and r.convention.name in ("clear", "put_user")
+            assert mcs == [] and got.verdict == "ok"
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+def test_clear_user_routine_the_cpu_selects(version: str) -> None:
+    """__clear_user()'s ALTERNATIVE (uaccess_64.h) picks the same routine from the image's
+    and from the source's routines; on a CPU where it is an inline rep stosb, both refuse."""
+    for cpu in CPUS:
+        c = parse_cpu(cpu)
+        src = debian_target(version, "clear_page_64.S", cpu=c)
+        inline = ("FSRS" if version == "6.12" else "FSRM") in c
+        if inline:
+            with pytest.raises(UsageError, match="inline rep stosb"):
+                src.routine_for(None, c)
+            continue
+        r = src.routine_for(None, c)
+        assert r.name in HELPERS[version]["clear_page_64.S"]
+        t = built_target(str(vmlinux(version)), linked=True, cpu=c, routine=r.name)
+        assert t.call(r, CLEAR_CASES[1]).return_value == src.call(r, CLEAR_CASES[1]).return_value
+
+
+# ---- the code of the image against the source's (issue 14, item 3) ------------------------
+
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+def test_code_comparison_finds_a_changed_instruction_in_the_image(version: str) -> None:
+    """The image's routine against itself is the same; with one immediate changed in its
+    bytes, exactly that instruction differs, at its offset."""
+    c = parse_cpu("none")
+    routine = "copy_user_generic_unrolled" if version == "6.1" else "rep_movs_alternative"
+    img = built_target(str(vmlinux(version)), linked=True, cpu=c, routine=routine).image
+    assert codediff.compare(img, img, routine).same
+    insn = next(i for i in codediff.stream(img, routine) if i.text.startswith("cmp")
+                and "$" in i.text)
+    addr = img.symbol(routine).addr + insn.offset
+    sec = next(s for s in img.sections if s.addr <= addr < s.end)
+    data = bytearray(sec.data)
+    size = next(x for x in att_disassembler().disasm(img.read(addr, 16), addr, 1)).size
+    imm = addr - sec.addr + size - 1                              # its last byte: the imm8
+    data[imm] ^= 1
+    changed = replace(img, sections=tuple(replace(s, data=bytes(data)) if s is sec else s
+                                          for s in img.sections))
+    d = codediff.compare(changed, img, routine)
+    assert (d.differing, d.padding) == (1, 0) and d.places[0][0] == insn.offset
+    assert d.places[0][1] != d.places[0][2] and d.cell() == "differs (1)"
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+def test_emu_diff_of_image_and_source_has_a_code_column(version: str) -> None:
+    out = io.StringIO()
+    assert main(["diff", f"debian:{version}", f"vmlinux:{vmlinux(version)}", "--len", "4096",
+                 "--src-align", "0x7e0", "--poison", "0x960", "--json"], out) == 0
+    rows = json.loads(out.getvalue())["rows"]
+    assert rows[0]["code"] == "reference"
+    code = rows[1]["code"]
+    assert code["routine"] == rows[1]["routine"] == rows[0]["routine"]
+    assert code["same"] == (code["differing"] == code["padding"] == 0)
+    assert len(code["places"]) <= code["differing"]
+    text = io.StringIO()
+    assert main(["diff", f"debian:{version}", f"vmlinux:{vmlinux(version)}", "--len", "4096",
+                 "--src-align", "0x7e0", "--poison", "0x960"], text) == 0
+    assert "code: vmlinux (" in text.getvalue() and f"vs debian-{version}:" in text.getvalue()
+
+
+def test_run_clear_user_from_the_image_cli(capsys) -> None:  # type: ignore[no-untyped-def]
+    out = io.StringIO()
+    assert main(["run", "--vmlinux", str(vmlinux("6.1")), "--routine", "clear_user_rep_good",
+                 "--len", "4096", "--poison", "0x960", "--json"], out) == 0
+    doc = json.loads(out.getvalue())
+    assert (doc["convention"], doc["verdict"], doc["return_value"], doc["mc_count"]) == (
+        "clear", "ok", 0, 0)
+    assert main(["run", "--vmlinux", str(vmlinux("6.12")), "--routine", "vfs_read",
+                 "--len", "8"], io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--convention" in err and "put_user" in err

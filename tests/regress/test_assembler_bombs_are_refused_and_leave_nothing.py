@@ -45,7 +45,7 @@ def emu_run(tmp: Path, text: str, **kw: float) -> tuple[subprocess.CompletedProc
     src = tmp / "in.S"
     src.write_text(text)
     t0 = time.monotonic()
-    p = subprocess.run([*EMU, "run", str(src), "--routine", "f", "--len", "64"],
+    p = subprocess.run([*EMU, "run", str(src), "--routine", "f", "--convention", "copy", "--len", "64"],
                        capture_output=True, text=True, env=env(tmp, **kw), timeout=120)
     return p, time.monotonic() - t0
 
@@ -130,7 +130,7 @@ def start_bomb(tmp: Path, path: str | None = None) -> tuple[subprocess.Popen[str
     the tool's group id once GNU as runs in that group."""
     src = tmp / "in.S"
     src.write_text(REPT_BOMB)
-    p = subprocess.Popen([*EMU, "run", str(src), "--routine", "f", "--len", "64"],
+    p = subprocess.Popen([*EMU, "run", str(src), "--routine", "f", "--convention", "copy", "--len", "64"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env(tmp, timeout=60, path=path), preexec_fn=default_sigint)
     deadline = time.monotonic() + 20
@@ -210,7 +210,7 @@ def test_keystone_refuses_a_rept_bomb_before_building_it(tmp_path: Path) -> None
     src = tmp_path / "in.S"
     src.write_text(REPT_BOMB)
     t0 = time.monotonic()
-    p = subprocess.run([*EMU, "run", str(src), "--routine", "f", "--len", "64",
+    p = subprocess.run([*EMU, "run", str(src), "--routine", "f", "--convention", "copy", "--len", "64",
                         "--assembler", "keystone"], capture_output=True, text=True,
                        env=env(tmp_path, timeout=30), timeout=60)
     assert "refused" in one_error(p)

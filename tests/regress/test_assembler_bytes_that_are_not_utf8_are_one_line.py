@@ -33,6 +33,7 @@ def run(tmp: Path, fname: bytes, text: str, *extra: str) -> subprocess.Completed
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
     return subprocess.run([*map(os.fsencode, EMU), b"run", path, b"--routine", b"f",
+                           b"--convention", b"copy",
                            b"--len", b"64", *map(os.fsencode, extra)], capture_output=True,
                           env={**os.environ, "EMU_CACHE": str(tmp / "cache")}, timeout=120)
 

@@ -31,7 +31,8 @@ from elftools.elf.elffile import ELFFile
 
 from emu.core import layout as L
 from emu.build.assemble import AsmConfig, get_assembler
-from emu.kernel.eras import Routine, cpu_name
+from emu.kernel.conventions import GET_USER, Routine
+from emu.kernel.eras import cpu_name
 from emu.errors import EmulationError
 from emu.build.elf import load_object
 from emu.kernel.image import Image
@@ -205,7 +206,7 @@ def _undefined(obj: bytes) -> set[str]:
 
 def is_get_user(routine: Routine) -> bool:
     """A get_user helper: address in rax; eax = 0 / -EFAULT and rdx = the value out."""
-    return routine.len_reg == "rax"
+    return routine.convention is GET_USER
 
 
 def result(routine: Routine, regs: dict[str, int]) -> int | tuple[int, int]:

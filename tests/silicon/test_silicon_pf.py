@@ -39,11 +39,11 @@ from pathlib import Path
 
 import pytest
 
-from emu.kernel.eras import CPUS, ERAS, Routine
+from emu.kernel.conventions import Routine
+from emu.kernel.eras import CPUS, ERAS
 from emu.core.machine import Buffers, Redirect
 from emu.build.target import Target, era_target, read_source
 
-from emu.build.detect import GET_USER_SIZES
 from silicon_native import (Behaviour, Disagreement, Harness, build_harness, compare,
                             default_cases, full_cases, get_user_cases, is_get_user, object_for,
                             patch_privileged)
@@ -76,15 +76,15 @@ class Variant:
             from tests.kernel.debian_sources import debian_source, debian_target
             version = self.spec.split(":", 1)[1]
             t = debian_target(version, self.file, cpu=CPUS[self.cpu])
-            routines = tuple(t.detection.routines) + tuple(
-                Routine(n, len_reg="rax", ret_reg="eax") for n in t.detection.get_user)
+            routines = tuple(t.detection.routines)    # get_user helpers included
             return t, debian_source(version, self.file).text, routines
         era = ERAS[self.spec]
         return era_target(era, CPUS[self.cpu]), read_source(era.path), era.routines
 
     def cases(self, routine: Routine, full: bool) -> list[tuple[Routine, Buffers]]:
         if is_get_user(routine):
-            return get_user_cases(routine, GET_USER_SIZES[routine.name])
+            assert routine.size is not None
+            return get_user_cases(routine, routine.size)
         return full_cases(routine) if full else default_cases(routine, _seed(self.label))
 
 

@@ -115,14 +115,14 @@ CASES: list[tuple[str, list[str], Callable[[Path], str] | None, str]] = [
     ("object given as vmlinux", ["run", "--vmlinux", "{0}", "--routine", "f"],
      assemble("rel", HEADER + "SYM_FUNC_START(f)\n\tret\nSYM_FUNC_END(f)\n"),
      "not a linked kernel image"),
-    ("duplicate __ex_table entries", ["run", "{0}", "--routine", "f", "--len", "8"],
+    ("duplicate __ex_table entries", ["run", "{0}", "--routine", "f", "--convention", "copy", "--len", "8"],
      write("dup.S", DUP), "two __ex_table entries for the instruction at f+0x3"),
-    ("__ex_table entry outside the code", ["run", "{0}", "--routine", "f", "--len", "8"],
+    ("__ex_table entry outside the code", ["run", "{0}", "--routine", "f", "--convention", "copy", "--len", "8"],
      write("outside.S", OUTSIDE), "is outside the loaded code"),
     ("fixup that faults again forever",
-     ["run", EXAMPLES, "--routine", "demo_refault", "--len", "8", "--poison", "0"], None,
+     ["run", EXAMPLES, "--routine", "demo_refault", "--convention", "copy", "--len", "8", "--poison", "0"], None,
      "demo_refault: 256 faults taken: the fixup faults again forever"),
-    ("routine that never returns", ["run", EXAMPLES, "--routine", "demo_runaway", "--len", "8"],
+    ("routine that never returns", ["run", EXAMPLES, "--routine", "demo_runaway", "--convention", "copy", "--len", "8"],
      None, "demo_runaway: no return after"),
     ("len 0 with a fault", ["run", "E", "--len", "0", "--poison", "0"], None,
      "poison offset 0 is outside the 0-byte source"),
@@ -201,7 +201,7 @@ def test_keystone_crash_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setattr(kb, "_WORKER", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     monkeypatch.setenv("EMU_CACHE", str(tmp_path))
     monkeypatch.setattr(emu.build.target, "_CACHE", {})
-    code = main(["run", EXAMPLES, "--routine", "demo_movsb", "--assembler", "keystone"],
+    code = main(["run", EXAMPLES, "--routine", "demo_movsb", "--convention", "copy", "--assembler", "keystone"],
                 io.StringIO())
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1

@@ -19,7 +19,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def test_run_json_reports_fault_fixup_and_return(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(["run", str(EXAMPLES), "--routine", "demo_unrolled_copy",
+    code, out, _ = run_cli(["run", str(EXAMPLES), "--routine", "demo_unrolled_copy", "--convention", "copy",
                             "--len", "4096", "--src-align", "0x7e0", "--poison", "0x960",
                             "--json"], capsys)
     assert code == 0

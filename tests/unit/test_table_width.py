@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = ["--len", "4096", "--src-align", "0x7e0", "--poison", "0x960"]
-RUN = ["run", "asm/examples/test_routines.S", "--routine", "demo_unrolled_copy", *SEED]
+RUN = ["run", "asm/examples/test_routines.S", "--routine", "demo_unrolled_copy", "--convention",
+       "copy", *SEED]
 
 
 def _emu(argv: list[str], columns: str | None) -> str:
