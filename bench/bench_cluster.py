@@ -35,7 +35,7 @@ def timed(jobs: int, backend: Any) -> tuple[float, dict[str, Any]]:
     g = grid()
     store = Store(None, g.to_json(), resume=False)
     t0 = time.perf_counter()
-    summary, _, _ = execute(g, store, jobs=jobs, backend=backend)
+    summary = execute(g, store, jobs=jobs, backend=backend)
     wall = time.perf_counter() - t0
     store.close()
     return wall, summary
