@@ -424,11 +424,22 @@ class Runner:
         self._memo: Bounded[tuple[Any, ...], Outcome] = Bounded(4096, "sweep.outcomes")
         self._crash = os.environ.get(CRASH_ENV)
         self._raise = os.environ.get(RAISE_ENV)
+        self._last: tuple[tuple[Any, ...], tuple[Any, Routine]] | None = None
 
     def target_and_routine(self, case: Case) -> tuple[Any, Routine]:
-        """The case's target (through the one resolver) and its routine."""
+        """The case's target (through the one resolver) and its routine.
+
+        Units come in grid order, so one path's runs follow each other: the last path's
+        target is kept and reused until the path changes.  A spec names its content (an
+        era key, inline text, a shipped image's digest) or a file this runner's sweep
+        reads, so the same spec means the same target for the runner's life."""
+        key = (case.source, case.cpu, case.routine)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         t = resolve(case.source, parse_cpu(case.cpu), routine=case.routine)
-        return t, t.routine_for(case.routine)
+        got = (t, t.routine_for(case.routine))
+        self._last = (key, got)
+        return got
 
     def outcome(self, case: Case, members: Sequence[str] = ()) -> tuple[Outcome, bool]:
         """Run (or reuse) one case; returns the outcome and whether it was reused."""
