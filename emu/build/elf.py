@@ -760,6 +760,12 @@ class LinkedSlice(LinkedFile):
         """How many bytes of the file the slice holds."""
         return sum(len(b) for _, b in self.chunks)
 
+    def __sizeof__(self) -> int:
+        # What Dask accounts for it (its default ``sizeof`` is ``sys.getsizeof``): the
+        # bytes held, and a rough 100 bytes a header and a symbol.
+        return object.__sizeof__(self) + self.kept() + 100 * (len(self.sections)
+                                                              + len(self._symbols or ()))
+
     def _chunk(self, offset: int, size: int) -> tuple[int, bytes] | None:
         i = bisect.bisect_right(self._starts, offset) - 1
         if i >= 0:

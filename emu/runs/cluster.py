@@ -15,6 +15,12 @@ again elsewhere.  emu adds three things on top (https://distributed.dask.org/en/
 2. **Portable sources.**  Every unit carries ``resolve.portable(spec)``: a source file,
    revision or patched era travels as its text, so workers need emu installed and nothing
    of the user's; each worker builds and caches its own targets (one ``Runner`` each).
+   A built ``.o`` or vmlinux travels as its contents (``emu.build.shipping``: an object's
+   bytes; the slice of a vmlinux that the sweep's routines read, ~20 KB of a 600 MB
+   image).  The contents are not in the units: they are the result of one ``hold`` task
+   keyed by their digest, which every task of that variant takes as an argument, so Dask
+   moves them to each worker once and keeps them there; a worker that dies with them is
+   replaced by running ``hold`` again (the scheduler keeps its argument).
 3. **Records stream to the client.**  Each finished task's records go through the same
    ``on_record`` as the local pool's, into the results store in this process; a task is
    recorded once, when its result arrives, so a rescheduled task is neither lost nor
@@ -84,12 +90,40 @@ def _runner() -> Runner:
     return Runner()
 
 
-def run_batch(batch: list[Unit]) -> tuple[list[dict[str, Any]], float]:
-    """The task a Dask worker runs: the record of each unit, and the seconds it took."""
+def hold(contents: object) -> object:
+    """The task that puts a built input's contents on the cluster (see the module
+    docstring): its result is the argument."""
+    return contents
+
+
+def run_batch(batch: list[Unit], shipped: dict[str, object] | None = None
+              ) -> tuple[list[dict[str, Any]], float]:
+    """The task a Dask worker runs: the record of each unit, and the seconds it took.
+
+    Args:
+        batch: the units.
+        shipped: the contents of the built inputs the units name, by digest (the results
+            of ``hold``, which Dask fetches to this worker once).
+    """
     t0 = time.perf_counter()
     runner = _runner()
-    recs = [runner.run_unit(u) for u in batch]
+    recs = [runner.run_unit(u) for u in (attach(batch, shipped) if shipped else batch)]
     return recs, time.perf_counter() - t0
+
+
+def attach(batch: list[Unit], shipped: dict[str, object]) -> list[Unit]:
+    """The units with each built spec's contents attached (``Spec.shipped``)."""
+    specs: dict[Spec, Spec] = {}
+    out = []
+    for u in batch:
+        spec = u.case.spec
+        if spec is None or spec.digest is None:
+            out.append(u)
+            continue
+        if spec not in specs:
+            specs[spec] = replace(spec, shipped=shipped[spec.digest])
+        out.append(replace(u, case=replace(u.case, spec=specs[spec])))
+    return out
 
 
 def dask_backend(address: str) -> Backend:
@@ -140,12 +174,22 @@ def _run(client: Any, todo: Sequence[Unit], on_record: OnRecord) -> None:
     from distributed import as_completed
 
     sent: dict[Spec | None, Spec | None] = {}
+    held: dict[str, Any] = {}            # digest → the future of a ``hold`` task
+    routines: dict[Spec | None, set[str]] = {}
+    for u in todo:
+        routines.setdefault(u.case.spec, set()).add(u.case.routine)
 
     def travelling(u: Unit) -> Unit:
-        """The unit as workers get it: its source inline (one copy per spec)."""
+        """The unit as workers get it: its source inline (one copy per spec), a built
+        input by digest (its contents held on the cluster once)."""
         spec = u.case.spec
         if spec not in sent:
-            sent[spec] = portable(spec) if spec is not None else None
+            p = portable(spec, tuple(sorted(routines[spec]))) if spec is not None else None
+            if p is not None and p.shipped is not None and p.digest is not None:
+                if p.digest not in held:
+                    held[p.digest] = client.submit(hold, p.shipped, key=f"emu-{p.digest}")
+                p = replace(p, shipped=None)
+            sent[spec] = p
         return replace(u, case=replace(u.case, spec=sent[spec]))
 
     queue: deque[Unit] = deque(todo)
@@ -166,7 +210,10 @@ def _run(client: Any, todo: Sequence[Unit], on_record: OnRecord) -> None:
                 size = max(1, min(int(TASK_SECONDS / max(per_unit, 1e-6)),
                                   len(queue) // (IN_FLIGHT * threads())))
             batch = [queue.popleft() for _ in range(min(size, len(queue)))]
-        f = client.submit(run_batch, [travelling(u) for u in batch], pure=False)
+        units = [travelling(u) for u in batch]
+        digests = {u.case.spec.digest for u in units
+                   if u.case.spec is not None and u.case.spec.digest is not None}
+        f = client.submit(run_batch, units, {d: held[d] for d in digests} or None, pure=False)
         tasks[f] = batch
         done.add(f)
 
@@ -196,3 +243,5 @@ def _run(client: Any, todo: Sequence[Unit], on_record: OnRecord) -> None:
     finally:
         if tasks:
             client.cancel(list(tasks))
+        if held:
+            client.cancel(list(held.values()))
