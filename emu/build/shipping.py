@@ -28,7 +28,6 @@ import hashlib
 import pickle
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from emu.build import boot
 from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES
@@ -130,14 +129,3 @@ def slice_linked(lf: LinkedFile, routines: tuple[str, ...] = ()) -> LinkedSlice:
                 or n in listed or n == "linux_banner" or boot.thunk_symbol(n))
     return LinkedSlice(lf, ranges, [s for s in syms if wanted(s)])
 
-
-def describe(path: str, shipment: Shipment) -> str:
-    """One line for logs: what was sent for ``path``, against the file's size."""
-    try:
-        whole = Path(path).stat().st_size
-    except OSError:
-        whole = 0
-    kept = (shipment.contents.kept() if isinstance(shipment.contents, LinkedSlice)
-            else len(shipment.contents))
-    return (f"{Path(path).name}: {shipment.size} bytes sent ({kept} of the file's {whole} "
-            "bytes)")
