@@ -9,6 +9,7 @@ text the client sends.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -258,3 +259,51 @@ def test_shipped_object_outlives_the_workers_that_held_it(cluster: Cluster,
     assert 1500 <= killed_at < total
     assert out == r.stdout and dump(results) == dump(local)
     assert query(results, "SELECT COUNT(*) FROM runs WHERE class = 'tool_error'") == [(0,)]
+
+
+def test_campaign_on_the_cluster_equals_the_local_one(cluster: Cluster, tmp_path: Path) -> None:
+    """``emu campaign --cluster`` over a demo tree's range (5 revisions × 2 CPU models,
+    ~7.7 k runs): the per-revision report and the store are the local campaign's.  The tree
+    is a relative path in the client's directory, so the workers get each revision as its
+    text.  Then the client is SIGKILLed mid-campaign and ``--resume`` finishes it on the
+    cluster, to the same report and store."""
+    client = tmp_path / "client"
+    client.mkdir()
+    subprocess.run([str(ROOT / "scripts" / "demo-tree"), str(client / "linux")], check=True,
+                   capture_output=True)
+    argv = ["campaign", "--tree", "linux", "v5.9..HEAD", "--len", "4096,8192", "--src-align",
+            "0,0x7e0", "--step", "line", "--faults", "mc,mc2", "--cpu", "none", "--cpu",
+            "erms", "--json"]
+
+    def emu_in_client(*more: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([sys.executable, "-m", "emu", *argv, *more], cwd=client,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    local, dist, cut = tmp_path / "local.db", tmp_path / "dask.db", tmp_path / "cut.db"
+    a = emu_in_client("--results", str(local), "--jobs", "2")
+    b = emu_in_client("--results", str(dist), "--cluster", cluster.address)
+    rep = json.loads(b.stdout)
+    assert rep["revisions"] == 5 and [r["era"] for r in rep["rows"]
+                                      if r["cpu"] == "none"] == list("ACDEF")
+    assert b.stdout == a.stdout and dump(dist) == dump(local)
+    assert query(dist, "SELECT COUNT(*) FROM runs WHERE class = 'tool_error'") == [(0,)]
+    # killed mid-campaign, resumed on the cluster
+    p = subprocess.Popen([sys.executable, "-m", "emu", *argv, "--results", str(cut),
+                          "--cluster", cluster.address], cwd=client,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and runs_committed(cut) < 500:
+            time.sleep(0.02)
+        assert p.poll() is None, "the campaign finished before it could be killed"
+        p.kill()
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert 500 <= runs_committed(cut) < runs_committed(local)
+    c = emu_in_client("--results", str(cut), "--resume", "--cluster", cluster.address)
+    assert c.stdout == a.stdout and dump(cut) == dump(local)
