@@ -33,12 +33,13 @@ second, so an interrupted sweep can be resumed without redoing or losing cases.
 from __future__ import annotations
 
 import multiprocessing as mp
+import operator
 import os
 import signal
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,14 @@ class Case:
         """Sort key: smaller means a simpler reproducer."""
         return (self.length, len(self.poison) + len(self.unmapped), self.src_align,
                 self.dst_align, self.offset)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as the constructor's arguments: the default for a slotted dataclass calls
+        # fields() per object, and every unit crosses to a worker (3x faster dumps, 2x loads).
+        return (Case, _case_fields(self))
+
+
+_case_fields = operator.attrgetter(*(f.name for f in fields(Case)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +335,9 @@ class Unit:
     id: int
     case: Case
     offsets: tuple[int, ...]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Unit, (self.id, self.case, self.offsets))
 
     def cases(self) -> Iterator[Case]:
         """The cases of the unit (the first case with each offset)."""
