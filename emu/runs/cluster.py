@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pickle
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -96,19 +97,31 @@ def hold(contents: object) -> object:
     return contents
 
 
-def run_batch(batch: list[Unit], shipped: dict[str, object] | None = None
-              ) -> tuple[list[dict[str, Any]], float]:
+def run_batch(units: bytes, shipped: dict[str, object] | None = None) -> bytes:
     """The task a Dask worker runs: the record of each unit, and the seconds it took.
 
+    The units arrive, and the records leave, as one pickle each (``pack``): Dask moves a
+    bytes object as it is, where it would walk a list of thousands of units looking for
+    futures and serialise them one by one.
+
     Args:
-        batch: the units.
+        units: the pickled list of units.
         shipped: the contents of the built inputs the units name, by digest (the results
             of ``hold``, which Dask fetches to this worker once).
+
+    Returns:
+        ``pack((records, seconds))``.
     """
     t0 = time.perf_counter()
     runner = _runner()
+    batch = pickle.loads(units)
     recs = [runner.run_unit(u) for u in (attach(batch, shipped) if shipped else batch)]
-    return recs, time.perf_counter() - t0
+    return pack((recs, time.perf_counter() - t0))
+
+
+def pack(obj: object) -> bytes:
+    """One pickle of a task's units or results (``run_batch``)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def attach(batch: list[Unit], shipped: dict[str, object]) -> list[Unit]:
@@ -190,7 +203,8 @@ def _run(client: Any, todo: Sequence[Unit], on_record: OnRecord) -> None:
                     held[p.digest] = client.submit(hold, p.shipped, key=f"emu-{p.digest}")
                 p = replace(p, shipped=None)
             sent[spec] = p
-        return replace(u, case=replace(u.case, spec=sent[spec]))
+        p = sent[spec]
+        return u if p is spec else replace(u, case=replace(u.case, spec=p))
 
     queue: deque[Unit] = deque(todo)
     solo: deque[Unit] = deque()          # units of a failed batch, retried one per task
@@ -198,35 +212,34 @@ def _run(client: Any, todo: Sequence[Unit], on_record: OnRecord) -> None:
     per_unit: float | None = None        # measured seconds per unit (moving average)
     done = as_completed()
 
-    def threads() -> int:
-        return max(1, sum(client.nthreads().values()))
-
-    def submit() -> None:
+    def submit(threads: int) -> None:
         if solo:
             batch = [solo.popleft()]
         else:
             size = FIRST_BATCH
             if per_unit is not None:
                 size = max(1, min(int(TASK_SECONDS / max(per_unit, 1e-6)),
-                                  len(queue) // (IN_FLIGHT * threads())))
+                                  len(queue) // (IN_FLIGHT * threads)))
             batch = [queue.popleft() for _ in range(min(size, len(queue)))]
         units = [travelling(u) for u in batch]
         digests = {u.case.spec.digest for u in units
                    if u.case.spec is not None and u.case.spec.digest is not None}
-        f = client.submit(run_batch, units, {d: held[d] for d in digests} or None, pure=False)
+        f = client.submit(run_batch, pack(units), {d: held[d] for d in digests} or None,
+                          pure=False)
         tasks[f] = batch
         done.add(f)
 
     def top_up() -> None:
-        while (queue or solo) and len(tasks) < IN_FLIGHT * threads():
-            submit()
+        threads = max(1, sum(client.nthreads().values()))     # one scheduler round trip
+        while (queue or solo) and len(tasks) < IN_FLIGHT * threads:
+            submit(threads)
 
     try:
         top_up()
         for f in done:
             batch = tasks.pop(f)
             try:
-                recs, seconds = f.result()
+                recs, seconds = pickle.loads(f.result())
             except Exception as e:  # noqa: BLE001 - a lost task is retried or recorded
                 if len(batch) > 1:
                     solo.extend(batch)
