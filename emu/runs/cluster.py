@@ -11,7 +11,7 @@ again elsewhere.  emu adds three things on top (https://distributed.dask.org/en/
    and once their run time is known each task holds ``TASK_SECONDS`` of machine time, but
    never more than a fair share of what is left (every worker stays busy to the end).
    ``IN_FLIGHT`` tasks per worker thread are queued, so a worker never waits for the
-   round trip.
+   round trip.  A task's units go out, and its records come back, as one pickle each.
 2. **Portable sources.**  Every unit carries ``resolve.portable(spec)``: a source file,
    revision or patched era travels as its text, so workers need emu installed and nothing
    of the user's; each worker builds and caches its own targets (one ``Runner`` each).
