@@ -19,8 +19,8 @@ again elsewhere.  emu adds three things on top (https://distributed.dask.org/en/
    bytes; the slice of a vmlinux that the sweep's routines read, ~20 KB of a 600 MB
    image).  The contents are not in the units: they are the result of one ``hold`` task
    keyed by their digest, which every task of that variant takes as an argument, so Dask
-   moves them to each worker once and keeps them there; a worker that dies with them is
-   replaced by running ``hold`` again (the scheduler keeps its argument).
+   moves them to each worker once and keeps them there; if every worker holding them
+   dies, Dask runs ``hold`` again (the scheduler keeps its argument).
 3. **Records stream to the client.**  Each finished task's records go through the same
    ``on_record`` as the local pool's, into the results store in this process; a task is
    recorded once, when its result arrives, so a rescheduled task is neither lost nor
