@@ -128,6 +128,94 @@ def _relocate(repl: bytes, src: int, dst: int, name: str) -> bytes:
     return bytes(out)
 
 
+@dataclass(frozen=True, slots=True)
+class AltRecord:
+    """One ``struct alt_instr`` of ``.altinstructions`` (addresses resolved)."""
+
+    addr: int
+    site: int
+    repl: int
+    feature: int
+    inverted: bool
+    direct: bool
+    ilen: int
+    rlen: int
+
+
+def alt_record_size(version: KernelVersion | None) -> int:
+    """12 bytes up to v6.2, 14 from v6.3 (see the module docstring)."""
+    return 14 if version is not None and version.version >= (6, 3) else 12
+
+
+def alt_records(lf, version: KernelVersion | None, lo: int, hi: int  # type: ignore[no-untyped-def]
+                ) -> list[AltRecord]:
+    """The ``.altinstructions`` records whose site lies in ``[lo, hi)``, in table order.
+
+    Raises:
+        ImageError: the table is not a whole number of records of the version's size.
+    """
+    alt = lf.section(".altinstructions")
+    if alt is None or not alt.size:
+        return []
+    rec = alt_record_size(version)
+    if alt.size % rec:
+        v = version.version if version is not None else (0, 0)
+        raise ImageError(f"{lf.name}: .altinstructions is {alt.size} bytes, not a multiple "
+                         f"of the {rec}-byte record of v{v[0]}.{v[1]}")
+    out = []
+    for a, raw in lf.records(alt, rec):
+        site = a + struct.unpack_from("<i", raw, 0)[0]
+        if not lo <= site < hi:
+            continue
+        repl = a + 4 + struct.unpack_from("<i", raw, 4)[0]
+        if rec == 12:
+            cpuid, ilen, rlen = struct.unpack_from("<HBB", raw, 8)
+            feat, inv, direct = cpuid & 0x7FFF, bool(cpuid & 0x8000), False
+        else:
+            ft, ilen, rlen = struct.unpack_from("<IBB", raw, 8)
+            feat, inv, direct = ft & 0xFFFF, bool((ft >> 16) & 1), bool((ft >> 16) & 2)
+        out.append(AltRecord(a, site, repl, feat, inv, direct, ilen, rlen))
+    return out
+
+
+def site_records(lf, name: str, lo: int, hi: int) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """(record address, site) of the ``.return_sites`` / ``.retpoline_sites`` entries (s32
+    offsets to the site) whose site lies in ``[lo, hi)``, in table order."""
+    sec = lf.section(name)
+    if sec is None or not sec.size:
+        return []
+    out = []
+    for a, raw in lf.records(sec, 4):
+        site = a + struct.unpack_from("<i", raw, 0)[0]
+        if lo <= site < hi:
+            out.append((a, site))
+    return out
+
+
+def thunk_symbol(name: str) -> bool:
+    """The symbols the return and retpoline passes look up by name."""
+    return name == "__x86_return_thunk" or name.startswith("__x86_indirect_thunk_")
+
+
+def reads(lf, version: KernelVersion | None, lo: int, hi: int  # type: ignore[no-untyped-def]
+          ) -> list[tuple[int, int]]:
+    """(address, size) of every byte ``patch`` reads from the file for a window within
+    ``[lo, hi)`` (besides the window itself): the table records whose site lies there, and
+    each alternative's replacement.  A table ``patch`` would refuse adds nothing (``patch``
+    raises the same error from the section sizes)."""
+    out: list[tuple[int, int]] = []
+    try:
+        recs = alt_records(lf, version, lo, hi) if version is not None else []
+    except ImageError:
+        recs = []
+    rec = alt_record_size(version)
+    for r in recs:
+        out += [(r.addr, rec)] + ([(r.repl, r.rlen)] if r.rlen else [])
+    for name in (".return_sites", ".retpoline_sites"):
+        out += [(a, 4) for a, _site in site_records(lf, name, lo, hi)]
+    return out
+
+
 def patch(img: Image, lf, version: KernelVersion | None, cpu: frozenset[str]  # type: ignore[no-untyped-def]
           ) -> tuple[Image, BootReport]:
     """Run the three boot passes over the records whose site lies in ``img``'s window.
@@ -166,27 +254,12 @@ def patch(img: Image, lf, version: KernelVersion | None, cpu: frozenset[str]  # 
     # 1. Alternatives.
     if alt is not None and alt.size:
         bits, provenance = need_version()
-        rec = 14 if version is not None and version.version >= (6, 3) else 12
-        if alt.size % rec:
-            raise ImageError(f"{img.name}: .altinstructions is {alt.size} bytes, not a multiple "
-                             f"of the {rec}-byte record of v{version.version[0]}."  # type: ignore[union-attr]
-                             f"{version.version[1]}")  # type: ignore[union-attr]
         have = {bits[f] for f in cpu if f in bits} | {bits["ALWAYS"]}
         names = {v: k for k, v in bits.items()}
-        raw = lf.data(alt)
         unknown: set[int] = set()
-        for off in range(0, len(raw), rec):
-            a = alt.addr + off
-            site = a + struct.unpack_from("<i", raw, off)[0]
-            if not (w.lo <= site < w.hi):
-                continue
-            repl = a + 4 + struct.unpack_from("<i", raw, off + 4)[0]
-            if rec == 12:
-                cpuid, ilen, rlen = struct.unpack_from("<HBB", raw, off + 8)
-                feat, inv, direct = cpuid & 0x7FFF, bool(cpuid & 0x8000), False
-            else:
-                ft, ilen, rlen = struct.unpack_from("<IBB", raw, off + 8)
-                feat, inv, direct = ft & 0xFFFF, bool((ft >> 16) & 1), bool((ft >> 16) & 2)
+        for r in alt_records(lf, version, w.lo, w.hi):
+            site, repl, feat, inv, direct = r.site, r.repl, r.feature, r.inverted, r.direct
+            ilen, rlen = r.ilen, r.rlen
             rep.alt_records += 1
             if feat not in names:
                 unknown.add(feat)
@@ -210,13 +283,10 @@ def patch(img: Image, lf, version: KernelVersion | None, cpu: frozenset[str]  # 
                 "modelled: taken as absent")
 
     # 2. Return sites.
-    syms = {n: a for n, a, *_ in lf.symbols() if n == "__x86_return_thunk"
-            or n.startswith("__x86_indirect_thunk_")}
+    syms = {n: a for n, a, *_ in lf.symbols() if thunk_symbol(n)}
     thunk = syms.get("__x86_return_thunk")
     if ret is not None and ret.size and thunk is not None:
-        raw = lf.data(ret)
-        for off in range(0, len(raw), 4):
-            site = ret.addr + off + struct.unpack_from("<i", raw, off)[0]
+        for _a, site in site_records(lf, ".return_sites", w.lo, w.hi):
             if not w.inside(site, 5):
                 continue
             code = w.get(site, 5)
@@ -233,9 +303,7 @@ def patch(img: Image, lf, version: KernelVersion | None, cpu: frozenset[str]  # 
     # 3. Retpoline sites.
     if rpl is not None and rpl.size:
         by_addr = {a: n for n, a in syms.items()}
-        raw = lf.data(rpl)
-        for off in range(0, len(raw), 4):
-            site = rpl.addr + off + struct.unpack_from("<i", raw, off)[0]
+        for _a, site in site_records(lf, ".retpoline_sites", w.lo, w.hi):
             if not w.inside(site, 5):
                 continue
             code = w.get(site, 6)

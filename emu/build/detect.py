@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from emu.caching import Bounded
 from emu.kernel.conventions import CLEAR, GET_USER, KNOWN, PUT_USER, Routine
 from emu.kernel.eras import Era, SourceMarks, default_era, get_era, sniff
 from emu.errors import UsageError
@@ -189,6 +190,11 @@ def marks(text: str, *, name: str = "input.S") -> SourceMarks:
                                       code)))
 
 
+#: Detections by (text, name, forced): reading a file's marks costs ~1 ms of regular
+#: expressions, and a sweep resolves the same text spec for every run it makes.
+_DETECTED: Bounded[tuple[str, str, str | None], Detection] = Bounded(64, "detect.detections")
+
+
 def detect(text: str, *, name: str = "input.S", forced: str | None = None) -> Detection:
     """Decide which era's rules apply to a kernel source: the era whose marks it carries.
 
@@ -200,6 +206,14 @@ def detect(text: str, *, name: str = "input.S", forced: str | None = None) -> De
     Raises:
         UsageError: ``forced`` is not an era key.
     """
+    key = (text, name, forced)
+    got = _DETECTED.get(key)
+    if got is None:
+        got = _DETECTED[key] = _detect(text, name, forced)
+    return got
+
+
+def _detect(text: str, name: str, forced: str | None) -> Detection:
     m = marks(text, name=name)
     ev: list[str] = []
     if m.fixup:

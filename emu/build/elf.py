@@ -9,12 +9,13 @@ symbol (≤ v5.15) or data (v5.16+), see ``extable.py``.
 
 from __future__ import annotations
 
+import bisect
 import io
 import mmap
 import os
 import pickle
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -428,24 +429,28 @@ def _extent(syms: list[LinkedSymbol], a: int, size: int) -> tuple[int, int]:
     return a, a + 1
 
 
-def _load_linked(lf: LinkedFile, encoding: Encoding, layout_id: int, name: str,
-                 keep: tuple[str, ...]) -> Image:
-    syms = lf.symbols()
-    # 1. The exception table, resolved field by field.
-    raw_entries = linked_extable(lf, encoding)
+def linked_window(lf: LinkedFile, keep: tuple[str, ...],
+                  raw_entries: list[tuple[int, int, int, str | None]]) -> tuple[int, int]:
+    """The address range ``load_linked`` loads for ``keep``: the symbols so named, and the
+    fixups (plus 256 bytes) of the entries whose instruction lies in them, from a page
+    boundary; with ``keep`` empty, every allocated section.
 
-    # 2. The window to load.
-    secs = [s for s in lf.sections if s.alloc and s.size and s.name != EXTABLE]
+    Raises:
+        ImageError: none of ``keep`` is defined, or the range is larger than emu maps.
+    """
+    name = lf.name
     if keep:
+        syms = lf.symbols()
         ranges = [_extent(syms, a, size) for n, a, size, k, _ in syms if n in keep]
         if not ranges:
-            funcs = sorted(n for n, _, _, k, _ in syms if k == "func")
+            funcs = sorted(n for n, _, _, k, _ in lf.symbols() if k == "func")
             raise ImageError(f"{name}: defines none of {', '.join(keep)} (functions: "
                              f"{', '.join(funcs[:20]) or 'none'}{' ...' if len(funcs) > 20 else ''})")
         inside = [e for e in raw_entries if any(lo <= e[0] < hi for lo, hi in ranges)]
         lo = min([r[0] for r in ranges] + [e[1] for e in inside])
         hi = max([r[1] for r in ranges] + [e[1] + 256 for e in inside])
     else:
+        secs = loadable_sections(lf)
         lo = min(s.addr for s in secs)
         hi = max(s.addr + s.size for s in secs)
     lo &= ~(layout.PAGE - 1)
@@ -453,17 +458,33 @@ def _load_linked(lf: LinkedFile, encoding: Encoding, layout_id: int, name: str,
         raise ImageError(f"{name}: the code to load spans {hi - lo} bytes ({lo:#x}..{hi:#x}); "
                          f"emu maps at most {layout.TEXT_LIMIT} (name one routine with "
                          "--routine)")
+    return lo, hi
+
+
+def loadable_sections(lf: LinkedFile) -> list[SectionHeader]:
+    """The allocated sections a window is cut from (``__ex_table`` is read as entries)."""
+    return [s for s in lf.sections if s.alloc and s.size and s.name != EXTABLE]
+
+
+def _load_linked(lf: LinkedFile, encoding: Encoding, layout_id: int, name: str,
+                 keep: tuple[str, ...]) -> Image:
+    syms = lf.symbols()
+    # 1. The exception table, resolved field by field.
+    raw_entries = linked_extable(lf, encoding)
+
+    # 2. The window to load.
+    lo, hi = linked_window(lf, keep, raw_entries)
     delta = layout.TEXT_BASE - lo
 
     sections: list[Section] = []
-    for s in secs:
+    for s in loadable_sections(lf):
         a0, a1 = max(s.addr, lo), min(s.addr + s.size, hi)
         if a0 >= a1:
             continue
         if s.type == SHT_NOBITS:
             body = bytes(a1 - a0)
         else:
-            body = bytes(lf.buf[s.offset + a0 - s.addr:s.offset + a1 - s.addr])
+            body = lf.bytes_at(s.offset + a0 - s.addr, a1 - a0)
         sections.append(Section(s.name, a0 + delta, body, s.executable, s.writable))
     symbols: dict[str, Symbol] = {}
     for n, a, size, k, glob in syms:
@@ -550,6 +571,7 @@ class LinkedFile:
                 raise InputError(f"{source}: no such file (--vmlinux)") from None
             except (OSError, ValueError) as e:
                 raise InputError(f"{source}: cannot read (--vmlinux): {e}") from None
+        self.size = len(self.buf)
         self._symbols: list[LinkedSymbol] | None = None
         try:
             self._header()
@@ -599,22 +621,39 @@ class LinkedFile:
                              f"reads at most {MAX_READ} of one section")
         if sec.type == SHT_NOBITS:
             return bytes(sec.size)
-        if sec.offset + sec.size > len(self.buf):
+        if sec.offset + sec.size > self.size:
             raise ImageError(f"{self.name}: section {sec.name} lies past the end of the file "
                              "(truncated?)")
-        return bytes(self.buf[sec.offset:sec.offset + sec.size])
+        return self.bytes_at(sec.offset, sec.size)
+
+    def records(self, sec: SectionHeader, size: int) -> Iterator[tuple[int, bytes]]:
+        """A table section as (address, bytes) of each ``size``-byte record, in order."""
+        raw = self.data(sec)
+        for off in range(0, len(raw) - size + 1, size):
+            yield sec.addr + off, raw[off:off + size]
+
+    def bytes_at(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the file at ``offset`` (every read of the contents goes here)."""
+        return bytes(self.buf[offset:offset + size])
 
     def read(self, addr: int, size: int) -> bytes:
         """``size`` bytes at a kernel address, from the allocated section holding them."""
         if not 0 <= size <= MAX_READ:
             raise ImageError(f"{self.name}: cannot read {size} bytes at {addr:#x}")
+        s = self.section_at(addr, size)
+        if s is None:
+            raise ImageError(f"{self.name}: {addr:#x}+{size} is not inside one allocated "
+                             "section")
+        if s.type == SHT_NOBITS:
+            return bytes(size)
+        return self.bytes_at(s.offset + addr - s.addr, size)
+
+    def section_at(self, addr: int, size: int) -> SectionHeader | None:
+        """The first allocated section holding ``[addr, addr + size)`` (what ``read`` reads)."""
         for s in self.sections:
             if s.alloc and s.addr <= addr and addr + size <= s.addr + s.size:
-                if s.type == SHT_NOBITS:
-                    return bytes(size)
-                off = s.offset + addr - s.addr
-                return bytes(self.buf[off:off + size])
-        raise ImageError(f"{self.name}: {addr:#x}+{size} is not inside one allocated section")
+                return s
+        return None
 
     def build_id(self) -> str | None:
         """The GNU build-id (hex) from the allocated note sections, or None."""
@@ -692,3 +731,89 @@ class LinkedFile:
             out.append((strtab[nm:end].decode("latin-1"), value, size, kinds.get(typ, "notype"),
                         (info >> 4) != STB_LOCAL))
         return out
+
+
+class LinkedSlice(LinkedFile):
+    """Parts of a linked image: all its section headers, some byte ranges of the file and
+    some of its symbols.  Plain data: it pickles (to a cluster worker, ``emu.build.shipping``
+    decides what it holds) and reads like the whole file.
+
+    Invariant: every read goes through ``bytes_at``, which serves only the kept ranges and
+    raises ``ImageError`` for any other, so a slice that lacks something fails loudly and
+    never reads zeros; ``records`` yields only the table records that were kept.
+
+    Args:
+        whole: the image to cut from.
+        ranges: (file offset, size) of the bytes to keep.
+        symbols: the symbols to keep (a sub-list of ``whole.symbols()``, in its order).
+    """
+
+    def __init__(self, whole: LinkedFile, ranges: Iterable[tuple[int, int]],
+                 symbols: list[LinkedSymbol]) -> None:
+        self.name = whole.name
+        self.cache_dir = None
+        self._file = None
+        self.buf = b""
+        self.size = whole.size
+        self.sections = list(whole.sections)
+        self._links = list(whole._links)
+        self._by_name = dict(whole._by_name)
+        self._symbols = list(symbols)
+        self._build_id = whole.build_id()
+        merged: list[list[int]] = []
+        for off, size in sorted(r for r in ranges if r[1] > 0):
+            if merged and off <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], off + size)
+            else:
+                merged.append([off, off + size])
+        self.chunks: tuple[tuple[int, bytes], ...] = tuple(
+            (lo, whole.bytes_at(lo, hi - lo)) for lo, hi in merged)
+        self._starts = [c[0] for c in self.chunks]
+
+    def __getstate__(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k != "_starts"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._starts = [c[0] for c in self.chunks]
+
+    def close(self) -> None:
+        pass
+
+    def build_id(self) -> str | None:
+        return self._build_id
+
+    def kept(self) -> int:
+        """How many bytes of the file the slice holds."""
+        return sum(len(b) for _, b in self.chunks)
+
+    def __sizeof__(self) -> int:
+        # What Dask accounts for it (its default ``sizeof`` is ``sys.getsizeof``): the
+        # bytes held, and a rough 100 bytes a header and a symbol.
+        return object.__sizeof__(self) + self.kept() + 100 * (len(self.sections)
+                                                              + len(self._symbols or ()))
+
+    def _chunk(self, offset: int, size: int) -> tuple[int, bytes] | None:
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i >= 0:
+            lo, body = self.chunks[i]
+            if offset + size <= lo + len(body):
+                return lo, body
+        return None
+
+    def bytes_at(self, offset: int, size: int) -> bytes:
+        got = self._chunk(offset, size)
+        if got is None:
+            raise ImageError(f"{self.name}: bytes {offset:#x}+{size} of the file are not in "
+                             "the slice that was sent (only the named routines' windows are)")
+        lo, body = got
+        return body[offset - lo:offset - lo + size]
+
+    def records(self, sec: SectionHeader, size: int) -> Iterator[tuple[int, bytes]]:
+        end = sec.offset + sec.size - size + 1
+        for lo, body in self.chunks:
+            first = max(lo, sec.offset)
+            first += (sec.offset - first) % size       # the next record boundary
+            for off in range(first, min(lo + len(body) - size + 1, end), size):
+                yield sec.addr + off - sec.offset, body[off - lo:off - lo + size]
+

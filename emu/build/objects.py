@@ -99,7 +99,8 @@ def apply_alternatives(img: Image, cpu: frozenset[str]) -> tuple[Image, int]:
     return replace(img, sections=sections), patched
 
 
-def _read(path: str, what: str) -> bytes:
+def read_input(path: str, what: str) -> bytes:
+    """A built input's bytes, with a one-line error if it cannot be read."""
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
@@ -151,21 +152,30 @@ def _load(loader, data, name: str, era: Era, keep: tuple[str, ...]) -> Image:  #
 
 def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | None = None,
                  routine: str | None = None, count_insns: bool = False,
-                 severity: Severity | None = None) -> Target:
+                 severity: Severity | None = None,
+                 contents: bytes | LinkedFile | None = None) -> Target:
     """Load ``path`` (a .o, or a vmlinux if ``linked``) and configure it for its era.
 
     The extable encoding is tried as handler pointers first (a relocation or pointer in
     the third word), then as data; the era then follows from the entries and symbols.
+
+    Args:
+        contents: the file's contents instead of reading ``path`` (an object's bytes, a
+            ``LinkedFile`` or a ``LinkedSlice``): how a cluster worker, which does not have
+            the file, builds it from what the client sent (``emu.build.shipping``).
 
     Raises:
         InputError: the file cannot be read.
         ImageError: it is not a usable object / linked image in either encoding.
     """
     name = Path(path).name
-    if linked:
-        data: object = open_linked(path)
+    data: object
+    if contents is not None:
+        data = LinkedFile(contents, name) if linked and isinstance(contents, bytes) else contents
+    elif linked:
+        data = open_linked(path)
     else:
-        data = _read(path, "--object")
+        data = read_input(path, "--object")
     loader = load_linked if linked else load_object
     keep: tuple[str, ...] = (routine,) if routine else tuple(KNOWN)
     first_error: ImageError | None = None
@@ -221,12 +231,17 @@ def open_linked(path: str) -> LinkedFile:
     return LinkedFile(path, Path(path).name, vmlinux_cache_dir())
 
 
+def banner_span(addr: int, size: int) -> tuple[int, int]:
+    """(address, size) of what ``kernel_version`` reads of a ``linux_banner`` symbol."""
+    return addr, max(min(size, 512), 1)
+
+
 def kernel_version(lf: LinkedFile) -> KernelVersion | None:
     """The image's ``linux_banner`` ("Linux version ..."), parsed; None without one."""
     for n, a, size, _k, _g in lf.symbols():
         if n == "linux_banner":
             try:
-                raw = lf.read(a, max(min(size, 512), 1))
+                raw = lf.read(*banner_span(a, size))
             except ImageError:
                 return None
             return parse_banner(raw.split(b"\0", 1)[0].decode("latin-1"))

@@ -27,7 +27,7 @@ Nothing in this module knows about argparse: the CLI turns options into ``Spec``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from emu.build.detect import Detection, detect
@@ -62,6 +62,10 @@ class Spec:
         inline: the source text itself, patches applied (``portable``): resolving it reads
             no file, so a machine without the user's files (a cluster worker) can build it.
         rules: with ``inline``, the #MC rules read from the tree's severity.c (``tree_rules``).
+        digest: a built input's contents as sent to cluster workers
+            (``emu.build.shipping``): the spec stands for those contents, not the path.
+        shipped: the contents ``digest`` names, once attached on the worker; not part of
+            the spec's identity (the digest is).
     """
 
     kind: str
@@ -73,6 +77,8 @@ class Spec:
     assembler: str = "gas"
     inline: Source | None = None
     rules: MceRules | None = None
+    digest: str | None = None
+    shipped: object = field(default=None, compare=False, repr=False)
 
     @property
     def is_era(self) -> bool:
@@ -205,20 +211,24 @@ def source_of(spec: Spec) -> Source:
     return apply_patches(src, list(spec.patches))
 
 
-def portable(spec: Spec) -> Spec:
+def portable(spec: Spec, routines: tuple[str, ...] = ()) -> Spec:
     """The same source, as a spec that reads none of the user's files: a text spec carries
-    its text (patches applied) inline; a bundled era key is already portable.  Cluster
-    workers get these, so they need only emu installed.
+    its text (patches applied) inline; a bundled era key is already portable; a built
+    object or vmlinux carries its contents in ``shipped``, named by ``digest``
+    (``emu.build.shipping``: an object's bytes, the slice of a vmlinux that ``routines``
+    need).  Cluster workers get these, so they need only emu installed.
 
     Raises:
-        UsageError: a built object or vmlinux (the workers read it at the same path).
-        InputError: the source cannot be read.
+        InputError: the source or the built file cannot be read.
+        ImageError: a vmlinux that is not a linked image.
     """
-    if spec.inline is not None or (spec.kind == "era" and not spec.patches):
+    if spec.inline is not None or spec.digest is not None or (
+            spec.kind == "era" and not spec.patches):
         return spec
     if spec.kind not in TEXT_KINDS:
-        raise UsageError(f"{spec.text}: a built {spec.kind} cannot be sent to cluster workers "
-                         "yet; sweep it locally, or give its source")
+        from emu.build.shipping import ship
+        sent = ship(spec.value, linked=spec.kind == "vmlinux", routines=routines)
+        return replace(spec, digest=sent.digest, shipped=sent.contents)
     return replace(spec, inline=source_of(spec), patches=(), rules=tree_rules(spec)[0])
 
 
@@ -302,17 +312,23 @@ def resolve(spec: Spec, cpu: frozenset[str], *, count_insns: bool = False,
     """
     if spec.kind in ("object", "vmlinux"):
         from emu.build.objects import built_target
-        try:
-            st = os.stat(spec.value)
-            stamp: tuple[object, ...] = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            stamp = ()
+        stamp: tuple[object, ...] = ()
+        if spec.digest is not None:
+            if spec.shipped is None:
+                raise UsageError(f"{spec.text}: its contents ({spec.digest}) were not attached")
+        else:
+            try:
+                st = os.stat(spec.value)
+                stamp = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                pass
         key = (spec, stamp, cpu, count_insns, severity, routine)
         t = _BUILT.get(key)
         if t is None:
             t = _BUILT[key] = built_target(spec.value, linked=spec.kind == "vmlinux", cpu=cpu,
                                            era=spec.era, routine=routine,
-                                           count_insns=count_insns, severity=severity)
+                                           count_insns=count_insns, severity=severity,
+                                           contents=spec.shipped)  # type: ignore[arg-type]
         return t
     if (spec.kind == "era" and not spec.patches and spec.inline is None
             and spec.assembler == "gas"):

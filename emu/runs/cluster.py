@@ -11,10 +11,16 @@ again elsewhere.  emu adds three things on top (https://distributed.dask.org/en/
    and once their run time is known each task holds ``TASK_SECONDS`` of machine time, but
    never more than a fair share of what is left (every worker stays busy to the end).
    ``IN_FLIGHT`` tasks per worker thread are queued, so a worker never waits for the
-   round trip.
+   round trip.  A task's units go out, and its records come back, as one pickle each.
 2. **Portable sources.**  Every unit carries ``resolve.portable(spec)``: a source file,
    revision or patched era travels as its text, so workers need emu installed and nothing
    of the user's; each worker builds and caches its own targets (one ``Runner`` each).
+   A built ``.o`` or vmlinux travels as its contents (``emu.build.shipping``: an object's
+   bytes; the slice of a vmlinux that the sweep's routines read, ~20 KB of a 600 MB
+   image).  The contents are not in the units: they are the result of one ``hold`` task
+   keyed by their digest, which every task of that variant takes as an argument, so Dask
+   moves them to each worker once and keeps them there; if every worker holding them
+   dies, Dask runs ``hold`` again (the scheduler keeps its argument).
 3. **Records stream to the client.**  Each finished task's records go through the same
    ``on_record`` as the local pool's, into the results store in this process; a task is
    recorded once, when its result arrives, so a rescheduled task is neither lost nor
@@ -31,6 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pickle
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -84,12 +91,52 @@ def _runner() -> Runner:
     return Runner()
 
 
-def run_batch(batch: list[Unit]) -> tuple[list[dict[str, Any]], float]:
-    """The task a Dask worker runs: the record of each unit, and the seconds it took."""
+def hold(contents: object) -> object:
+    """The task that puts a built input's contents on the cluster (see the module
+    docstring): its result is the argument."""
+    return contents
+
+
+def run_batch(units: bytes, shipped: dict[str, object] | None = None) -> bytes:
+    """The task a Dask worker runs: the record of each unit, and the seconds it took.
+
+    The units arrive, and the records leave, as one pickle each (``pack``): Dask moves a
+    bytes object as it is, where it would walk a list of thousands of units looking for
+    futures and serialise them one by one.
+
+    Args:
+        units: the pickled list of units.
+        shipped: the contents of the built inputs the units name, by digest (the results
+            of ``hold``, which Dask fetches to this worker once).
+
+    Returns:
+        ``pack((records, seconds))``.
+    """
     t0 = time.perf_counter()
     runner = _runner()
-    recs = [runner.run_unit(u) for u in batch]
-    return recs, time.perf_counter() - t0
+    batch = pickle.loads(units)
+    recs = [runner.run_unit(u) for u in (attach(batch, shipped) if shipped else batch)]
+    return pack((recs, time.perf_counter() - t0))
+
+
+def pack(obj: object) -> bytes:
+    """One pickle of a task's units or results (``run_batch``)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def attach(batch: list[Unit], shipped: dict[str, object]) -> list[Unit]:
+    """The units with each built spec's contents attached (``Spec.shipped``)."""
+    specs: dict[Spec, Spec] = {}
+    out = []
+    for u in batch:
+        spec = u.case.spec
+        if spec is None or spec.digest is None:
+            out.append(u)
+            continue
+        if spec not in specs:
+            specs[spec] = replace(spec, shipped=shipped[spec.digest])
+        out.append(replace(u, case=replace(u.case, spec=specs[spec])))
+    return out
 
 
 def dask_backend(address: str) -> Backend:
@@ -140,13 +187,24 @@ def _run(client: Any, todo: Sequence[Unit], on_record: OnRecord) -> None:
     from distributed import as_completed
 
     sent: dict[Spec | None, Spec | None] = {}
+    held: dict[str, Any] = {}            # digest → the future of a ``hold`` task
+    routines: dict[Spec | None, set[str]] = {}
+    for u in todo:
+        routines.setdefault(u.case.spec, set()).add(u.case.routine)
 
     def travelling(u: Unit) -> Unit:
-        """The unit as workers get it: its source inline (one copy per spec)."""
+        """The unit as workers get it: its source inline (one copy per spec), a built
+        input by digest (its contents held on the cluster once)."""
         spec = u.case.spec
         if spec not in sent:
-            sent[spec] = portable(spec) if spec is not None else None
-        return replace(u, case=replace(u.case, spec=sent[spec]))
+            p = portable(spec, tuple(sorted(routines[spec]))) if spec is not None else None
+            if p is not None and p.shipped is not None and p.digest is not None:
+                if p.digest not in held:
+                    held[p.digest] = client.submit(hold, p.shipped, key=f"emu-{p.digest}")
+                p = replace(p, shipped=None)
+            sent[spec] = p
+        p = sent[spec]
+        return u if p is spec else replace(u, case=replace(u.case, spec=p))
 
     queue: deque[Unit] = deque(todo)
     solo: deque[Unit] = deque()          # units of a failed batch, retried one per task
@@ -154,32 +212,34 @@ def _run(client: Any, todo: Sequence[Unit], on_record: OnRecord) -> None:
     per_unit: float | None = None        # measured seconds per unit (moving average)
     done = as_completed()
 
-    def threads() -> int:
-        return max(1, sum(client.nthreads().values()))
-
-    def submit() -> None:
+    def submit(threads: int) -> None:
         if solo:
             batch = [solo.popleft()]
         else:
             size = FIRST_BATCH
             if per_unit is not None:
                 size = max(1, min(int(TASK_SECONDS / max(per_unit, 1e-6)),
-                                  len(queue) // (IN_FLIGHT * threads())))
+                                  len(queue) // (IN_FLIGHT * threads)))
             batch = [queue.popleft() for _ in range(min(size, len(queue)))]
-        f = client.submit(run_batch, [travelling(u) for u in batch], pure=False)
+        units = [travelling(u) for u in batch]
+        digests = {u.case.spec.digest for u in units
+                   if u.case.spec is not None and u.case.spec.digest is not None}
+        f = client.submit(run_batch, pack(units), {d: held[d] for d in digests} or None,
+                          pure=False)
         tasks[f] = batch
         done.add(f)
 
     def top_up() -> None:
-        while (queue or solo) and len(tasks) < IN_FLIGHT * threads():
-            submit()
+        threads = max(1, sum(client.nthreads().values()))     # one scheduler round trip
+        while (queue or solo) and len(tasks) < IN_FLIGHT * threads:
+            submit(threads)
 
     try:
         top_up()
         for f in done:
             batch = tasks.pop(f)
             try:
-                recs, seconds = f.result()
+                recs, seconds = pickle.loads(f.result())
             except Exception as e:  # noqa: BLE001 - a lost task is retried or recorded
                 if len(batch) > 1:
                     solo.extend(batch)
@@ -196,3 +256,5 @@ def _run(client: Any, todo: Sequence[Unit], on_record: OnRecord) -> None:
     finally:
         if tasks:
             client.cancel(list(tasks))
+        if held:
+            client.cancel(list(held.values()))

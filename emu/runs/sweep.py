@@ -34,12 +34,13 @@ second, so an interrupted sweep can be resumed without redoing or losing cases.
 from __future__ import annotations
 
 import multiprocessing as mp
+import operator
 import os
 import signal
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,14 @@ class Case:
         """Sort key: smaller means a simpler reproducer."""
         return (self.length, len(self.poison) + len(self.unmapped), self.src_align,
                 self.dst_align, self.offset)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as the constructor's arguments: the default for a slotted dataclass calls
+        # fields() per object, and every unit crosses to a worker (3x faster dumps, 2x loads).
+        return (Case, _case_fields(self))
+
+
+_case_fields = operator.attrgetter(*(f.name for f in fields(Case)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,6 +354,9 @@ class Unit:
     case: Case
     offsets: tuple[int, ...]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Unit, (self.id, self.case, self.offsets))
+
     def cases(self) -> Iterator[Case]:
         """The cases of the unit (the first case with each offset)."""
         first = self.case.offset
@@ -442,11 +454,22 @@ class Runner:
         self._memo: Bounded[tuple[Any, ...], Outcome] = Bounded(4096, "sweep.outcomes")
         self._crash = os.environ.get(CRASH_ENV)
         self._raise = os.environ.get(RAISE_ENV)
+        self._last: tuple[tuple[Any, ...], tuple[Any, Routine]] | None = None
 
     def target_and_routine(self, case: Case) -> tuple[Any, Routine]:
-        """The case's target (through the one resolver) and its routine."""
+        """The case's target (through the one resolver) and its routine.
+
+        Units come in grid order, so one path's runs follow each other: the last path's
+        target is kept and reused until the path changes.  A spec names its content (an
+        era key, inline text, a shipped image's digest) or a file this runner's sweep
+        reads, so the same spec means the same target for the runner's life."""
+        key = (case.source, case.cpu, case.routine)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
         t = resolve(case.source, parse_cpu(case.cpu), routine=case.routine)
-        return t, t.routine_for(case.routine)
+        got = (t, t.routine_for(case.routine))
+        self._last = (key, got)
+        return got
 
     def outcome(self, case: Case, members: Sequence[str] = ()) -> tuple[Outcome, bool]:
         """Run (or reuse) one case; returns the outcome and whether it was reused."""

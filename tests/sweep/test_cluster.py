@@ -9,6 +9,7 @@ text the client sends.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -37,10 +38,13 @@ def _free_port() -> int:
 
 
 class Cluster:
-    """A scheduler and its workers, as separate processes (each in its own session)."""
+    """A scheduler and its workers, as separate processes (each in its own session).
 
-    def __init__(self, workdir: Path) -> None:
+    The workers run in ``workdir`` with ``env`` added to their environment."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
+        self.env = env or {}
         self.port = _free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -49,8 +53,9 @@ class Cluster:
         self.workers = [self.worker() for _ in range(2)]
         self.wait_for(2)
 
-    def _spawn(self, module: str, *args: str) -> subprocess.Popen[bytes]:
-        env = {**os.environ, "PYTHONPATH": ""}
+    def _spawn(self, module: str, *args: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONPATH": "", **(env or {})}
         p = subprocess.Popen([sys.executable, "-m", module, *args], cwd=self.workdir,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                              start_new_session=True)
@@ -59,7 +64,8 @@ class Cluster:
 
     def worker(self) -> subprocess.Popen[bytes]:
         return self._spawn("distributed.cli.dask_worker", self.address, "--nthreads", "1",
-                           "--no-nanny", "--dashboard-address", ":0", "--host", "127.0.0.1")
+                           "--no-nanny", "--dashboard-address", ":0", "--host", "127.0.0.1",
+                           env=self.env)
 
     def wait_for(self, n: int) -> None:
         from distributed import Client
@@ -75,9 +81,10 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Workers in an empty directory, with an empty emu cache of their own."""
     work = tmp_path / "workers"
     work.mkdir()
-    c = Cluster(work)
+    c = Cluster(work, env={"EMU_CACHE": str(tmp_path / "workers-cache")})
     try:
         yield c
     finally:
@@ -166,3 +173,137 @@ def test_local_cluster_and_bad_addresses(tmp_path: Path, capsys, monkeypatch) ->
         err = capsys.readouterr().err
         assert rc == 2 and out == "", (argv, err)
         assert msg in err and err.count("\n") == 1, (argv, err)
+
+
+def test_built_object_and_vmlinux_sweep_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    """A .o and Debian's real 6.1 and 6.12 debug images as variants: the store and the
+    summary are the local pool's.  The client names them by relative paths in its own
+    directory, which the workers (another directory) do not have, so every run a worker
+    made, with no tool_error, was made from the contents the client sent.  No worker opened
+    a vmlinux: that would have left its symbol cache (by build-id) in their emu cache."""
+    sys.path.insert(0, str(ROOT / "tests" / "kernel"))
+    from test_real_vmlinux import vmlinux
+    client = tmp_path / "client"
+    for v in ("6.1", "6.12"):
+        (client / v).mkdir(parents=True)
+        (client / v / "vmlinux").symlink_to(vmlinux(v))
+    _object(client / "mine.o")
+    grid = ["mine.o", "vmlinux:6.1/vmlinux", "vmlinux:6.12/vmlinux", "--cpu", "none",
+            "--cpu", "erms", "--cpu", "icelake-sp", "--len", "100,4096", "--src-align",
+            "0,0x7e0", "--faults", "mc,pf", "--step", "line", "--json"]
+    local, dist = tmp_path / "local.db", tmp_path / "dask.db"
+
+    def sweep(*argv: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([sys.executable, "-m", "emu", "sweep", *argv], cwd=client,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    a = sweep(*grid, "--results", str(local), "--jobs", "2")
+    b = sweep(*grid, "--results", str(dist), "--cluster", cluster.address)
+    assert b.stdout == a.stdout
+    assert dump(dist) == dump(local)
+    assert query(dist, "SELECT COUNT(*) FROM runs WHERE class = 'tool_error'") == [(0,)]
+    assert query(dist, "SELECT COUNT(DISTINCT variant), COUNT(DISTINCT cpu) FROM runs") == \
+        [(3, 3)]
+    assert not (tmp_path / "workers-cache" / "vmlinux").exists()
+
+
+def _object(path: Path) -> None:
+    """An era-F .o built with emu's headers, as a user's kbuild object."""
+    from emu.build.assemble import AsmConfig, GasAssembler
+    from emu.kernel.eras import ERAS
+    era = ERAS["F"]
+    path.write_bytes(GasAssembler().assemble((ROOT / "asm" / "era-F.S").read_text(),
+                                             AsmConfig(int(era.encoding), era.ex_layout,
+                                                       frozenset()), "mine.S"))
+
+
+def test_shipped_object_outlives_the_workers_that_held_it(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    """A .o sweep (~17 k runs) loses both workers mid-run (SIGKILL) and a third joins: all
+    copies of the object's bytes died with them, so Dask runs the ``hold`` task again on
+    the new worker (the scheduler kept its argument), and the store is the local pool's."""
+    client = tmp_path / "client"
+    client.mkdir()
+    _object(client / "mine.o")
+    grid = ["mine.o", "--cpu", "none", "--cpu", "fsrm", "--routine", "all",
+            "--len", "2048..8192/512", "--src-align", "0,0x7e0", "--step", "line",
+            "--faults", "mc,mc2", "--json"]
+    results = tmp_path / "dask.db"
+    p = subprocess.Popen([sys.executable, "-m", "emu", "sweep", *grid, "--results",
+                          str(results), "--cluster", cluster.address], cwd=client,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and runs_committed(results) < 1500:
+            time.sleep(0.02)
+        assert p.poll() is None, "the sweep finished before the workers could be killed"
+        for victim in cluster.workers:
+            os.killpg(victim.pid, signal.SIGKILL)
+            victim.wait()
+        killed_at = runs_committed(results)
+        cluster.workers.append(cluster.worker())
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    local = tmp_path / "local.db"
+    r = subprocess.run([sys.executable, "-m", "emu", "sweep", *grid, "--results", str(local),
+                        "--jobs", "2"], cwd=client, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    total = runs_committed(local)
+    assert 1500 <= killed_at < total
+    assert out == r.stdout and dump(results) == dump(local)
+    assert query(results, "SELECT COUNT(*) FROM runs WHERE class = 'tool_error'") == [(0,)]
+
+
+def test_campaign_on_the_cluster_equals_the_local_one(cluster: Cluster, tmp_path: Path) -> None:
+    """``emu campaign --cluster`` over a demo tree's range (5 revisions × 2 CPU models,
+    ~7.7 k runs): the per-revision report and the store are the local campaign's.  The tree
+    is a relative path in the client's directory, so the workers get each revision as its
+    text.  Then the client is SIGKILLed mid-campaign and ``--resume`` finishes it on the
+    cluster, to the same report and store."""
+    client = tmp_path / "client"
+    client.mkdir()
+    subprocess.run([str(ROOT / "scripts" / "demo-tree"), str(client / "linux")], check=True,
+                   capture_output=True)
+    argv = ["campaign", "--tree", "linux", "v5.9..HEAD", "--len", "4096,8192", "--src-align",
+            "0,0x7e0", "--step", "line", "--faults", "mc,mc2", "--cpu", "none", "--cpu",
+            "erms", "--json"]
+
+    def emu_in_client(*more: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([sys.executable, "-m", "emu", *argv, *more], cwd=client,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    local, dist, cut = tmp_path / "local.db", tmp_path / "dask.db", tmp_path / "cut.db"
+    a = emu_in_client("--results", str(local), "--jobs", "2")
+    b = emu_in_client("--results", str(dist), "--cluster", cluster.address)
+    rep = json.loads(b.stdout)
+    assert rep["revisions"] == 5 and [r["era"] for r in rep["rows"]
+                                      if r["cpu"] == "none"] == list("ACDEF")
+    assert b.stdout == a.stdout and dump(dist) == dump(local)
+    assert query(dist, "SELECT COUNT(*) FROM runs WHERE class = 'tool_error'") == [(0,)]
+    # killed mid-campaign, resumed on the cluster
+    p = subprocess.Popen([sys.executable, "-m", "emu", *argv, "--results", str(cut),
+                          "--cluster", cluster.address], cwd=client,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None and runs_committed(cut) < 500:
+            time.sleep(0.02)
+        assert p.poll() is None, "the campaign finished before it could be killed"
+        p.kill()
+        p.wait()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert 500 <= runs_committed(cut) < runs_committed(local)
+    c = emu_in_client("--results", str(cut), "--resume", "--cluster", cluster.address)
+    assert c.stdout == a.stdout and dump(cut) == dump(local)
