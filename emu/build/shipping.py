@@ -30,7 +30,7 @@ import struct
 from dataclasses import dataclass, field
 
 from emu.build import boot
-from emu.build.detect import GET_USER_SIZES, KNOWN_ROUTINES
+from emu.kernel.conventions import KNOWN
 from emu.build.elf import (EXTABLE, SHT_NOBITS, LinkedFile, LinkedSlice, LinkedSymbol,
                            linked_extable, linked_window, loadable_sections)
 from emu.build.objects import banner_span, kernel_version, open_linked, read_input
@@ -87,7 +87,7 @@ def slice_linked(lf: LinkedFile, routines: tuple[str, ...] = ()) -> LinkedSlice:
     """
     syms = lf.symbols()
     if not routines:
-        known = set(KNOWN_ROUTINES) | set(GET_USER_SIZES)
+        known = set(KNOWN)
         routines = tuple(sorted({n for n, *_ in syms if n in known}))
     version = kernel_version(lf)
     keep: list[tuple[int, int]] = []           # (address, size)
