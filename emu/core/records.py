@@ -123,6 +123,22 @@ class CpuView(Protocol):
 FaultHandler = Callable[[CpuView, FaultEvent], Resolution]
 
 
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """A handler's promise about the faults of one kind at one instruction: it resolves
+    every one of them the same way, or (with ``operand``) every one whose memory operand
+    lies on the same side of TASK_SIZE_MAX (a user address or not).
+
+    A handler may offer ``reuse(kind, rip) -> Reuse | None`` (None: no promise, ask every
+    time); the machine's compiled hooks then keep its resolutions in a table instead of
+    calling it for every fault (``fastpath``).  ``operand`` is (base, index, scale, disp):
+    the address base + index * scale + disp, register names ("" for none).
+    """
+
+    operand: tuple[str, str, int, int] | None = None
+
+
 class CodeSection(Protocol):
     """One block of code or data at a kernel address (``emu.kernel.image.Section`` is one)."""
 
