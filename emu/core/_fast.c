@@ -674,3 +674,57 @@ uint64_t emu_run_sizes(uint64_t which) {
     default: return 0;
     }
 }
+
+/* ---- byte facts for the outcome (emu/kernel/outcome.py, ``measure``) -------------------- */
+
+#define CHUNK 64
+
+/* First position in [lo, hi) where a and b differ, or hi. */
+static uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t lo, uint64_t hi) {
+    while (lo + CHUNK <= hi && memcmp(a + lo, b + lo, CHUNK) == 0)
+        lo += CHUNK;
+    while (lo < hi && a[lo] == b[lo])
+        lo++;
+    return lo;
+}
+
+/* One past the last position in [lo, hi) where a and b differ, or lo. */
+static uint64_t last_diff(const uint8_t *a, const uint8_t *b, uint64_t lo, uint64_t hi) {
+    while (hi >= lo + CHUNK && memcmp(a + hi - CHUNK, b + hi - CHUNK, CHUNK) == 0)
+        hi -= CHUNK;
+    while (hi > lo && a[hi - 1] == b[hi - 1])
+        hi--;
+    return hi;
+}
+
+static uint64_t count_diff(const uint8_t *a, const uint8_t *b, uint64_t lo, uint64_t hi) {
+    uint64_t n = 0;
+    lo = first_diff(a, b, lo, hi);
+    hi = last_diff(a, b, lo, hi);
+    for (; lo < hi; lo++)
+        n += a[lo] != b[lo];
+    return n;
+}
+
+/* out[0]: the common prefix of dst and src (n bytes each); out[1]: how many bytes of dst
+ * from there differ from fill; when 0 <= reported <= n, out[2], out[3]: [first, last+1) of
+ * the positions at or after reported where dst differs from fill (n, n: none), and out[4]:
+ * 1 if every byte there that differs from fill holds the source's byte. */
+void emu_measure(const uint8_t *dst, const uint8_t *src, const uint8_t *fill, uint64_t n,
+                 int64_t reported, uint64_t *out) {
+    uint64_t copied = first_diff(dst, src, 0, n), lo, hi, i;
+    out[0] = copied;
+    out[1] = count_diff(dst, fill, copied, n);
+    out[2] = out[3] = n;
+    out[4] = 1;
+    if (reported < 0 || (uint64_t)reported > n)
+        return;
+    lo = first_diff(dst, fill, (uint64_t)reported, n);
+    if (lo == n)
+        return;
+    hi = last_diff(dst, fill, lo, n);
+    out[2] = lo;
+    out[3] = hi;
+    for (i = lo; i < hi; i++)
+        if (dst[i] != fill[i] && dst[i] != src[i]) { out[4] = 0; break; }
+}

@@ -303,6 +303,11 @@ class RawRun:
 
 def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int) -> bytes:
     """``base[lo:hi]`` with each (page index, contents) of ``pages`` (ascending) over it."""
+    if len(pages) == 1:                 # the usual case: one changed page
+        i, data = pages[0]
+        p0 = i * L.PAGE
+        if p0 <= lo and hi <= p0 + L.PAGE:
+            return data if hi - lo == L.PAGE else data[lo - p0:hi - p0]
     pieces: list[memoryview] = []       # views: the join below is the only copy
     pos = lo
     for i, data in pages:

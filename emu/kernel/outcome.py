@@ -14,6 +14,7 @@ a copy that missed bytes never returns 0.  Violations carry stable names (``VIOL
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,15 +142,8 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
         src_base = bufs.src
         user_base = src_base if bufs.direction == "from" else bufs.dst
         faults = tuple([_fault(r, src_base, user_base, n, symbolize) for r in records])
-    # Likely answers: the count the routine reports (exact for a correct routine), then the
-    # offsets of the faults (where a copy stops).
-    guesses = [n - ret] if ret is not None and 0 <= ret <= n else []
-    guesses += [f.offset for f in faults if f.offset is not None]
-    copied = common_prefix(dst, src, guesses)
-    # dst and fill are n bytes long: "ends with fill[copied:]" is "equal from copied on"
-    # (compared through a memoryview: no copy of the tail).
-    beyond = (0 if dst.endswith(memoryview(fill)[copied:])
-              else differing(dst[copied:], fill[copied:]))
+    reported = n - ret if ret is not None and 0 <= ret <= n else -1
+    copied, beyond, clo, chi, same = measure(dst, src, fill, n, reported, faults)
     # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
     #    Pages wholly inside the buffer have nothing outside it.
     outside = 0
@@ -165,9 +159,69 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     retouched = len(records) > 1 and _retouched(records)
     violations: list[str] = []
     if ret is not None:
-        violations = _judge(ret, n, src, dst, fill, copied, outside, records)
+        violations = _judge(ret, n, copied, clo, chi, same, outside, records)
     return Outcome(raw.state, ret, n, copied, beyond, outside, faults, retouched,
                    tuple(violations), raw.message, raw.ac_at_return, raw.insns)
+
+
+def measure(dst: bytes, src: bytes, fill: bytes, n: int, reported: int,
+            faults: tuple[Fault, ...] = ()) -> tuple[int, int, int, int, bool]:
+    """The byte facts a copy is judged by, from the destination, source and initial fill
+    (``n`` bytes each):
+
+    * the common prefix of ``dst`` and ``src`` (the bytes copied);
+    * how many bytes of ``dst`` from there differ from ``fill`` (written beyond);
+    * with ``0 <= reported <= n`` (the count the routine reports as copied, else -1):
+      [first, last+1) of the positions at or after ``reported`` where ``dst`` differs
+      from ``fill`` ((n, n): none), and whether every such changed byte holds the
+      source's value.
+
+    Computed by the compiled helper when it is available (``emu_measure``), else in Python
+    (``measure_python``); the two agree (tests/unit/test_fastpath.py).
+    """
+    f = _MEASURE_C[0] if _MEASURE_C else _measure_function()
+    if f is None:
+        return measure_python(dst, src, fill, n, reported, faults)
+    out = _OUT5()
+    f(dst, src, fill, n, reported, out)
+    a, b, c, d, e = out[:]
+    return a, b, c, d, e != 0
+
+
+_OUT5 = ctypes.c_uint64 * 5
+_MEASURE_C: list[Any] = []     # the compiled function (or None), looked up once
+
+
+def _measure_function() -> Any:
+    from emu.core import native
+    f = native.measure_function()
+    _MEASURE_C.append(f)
+    return f
+
+
+def measure_python(dst: bytes, src: bytes, fill: bytes, n: int, reported: int,
+                   faults: tuple[Fault, ...] = ()) -> tuple[int, int, int, int, bool]:
+    """``measure`` in Python (binary searches on C-speed compares)."""
+    # Likely answers: the count the routine reports (exact for a correct routine), then the
+    # offsets of the faults (where a copy stops).
+    guesses = [reported] if reported >= 0 else []
+    guesses += [f.offset for f in faults if f.offset is not None]
+    copied = common_prefix(dst, src, guesses)
+    # dst and fill are n bytes long: "ends with fill[copied:]" is "equal from copied on"
+    # (compared through a memoryview: no copy of the tail).
+    beyond = (0 if dst.endswith(memoryview(fill)[copied:])
+              else differing(dst[copied:], fill[copied:]))
+    lo = hi = n
+    same = True
+    if reported >= 0:
+        lo, hi = _changed_after(dst, fill, reported, copied)
+        if lo < hi:
+            # All of [lo, hi) equal to the source is the usual case: one C-speed compare.
+            same = dst[lo:hi] == src[lo:hi] or all(dst[i] == src[i] for i in range(lo, hi)
+                                                   if dst[i] != fill[i])
+        else:
+            lo = hi = n
+    return copied, beyond, lo, hi, same
 
 
 def _reg(regs: tuple[tuple[str, int], ...], name: str) -> int:
@@ -241,7 +295,7 @@ def differing(a: bytes, b: bytes) -> int:
     return sum(x != y for x, y in zip(a[lo:hi], b[lo:hi]))
 
 
-def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, outside: int,
+def _judge(ret: int, n: int, copied: int, clo: int, chi: int, same: bool, outside: int,
            faults: tuple[FaultRecord, ...]) -> list[str]:
     out: list[str] = []
     if not 0 <= ret <= n:
@@ -252,14 +306,8 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
             out.append("zero_with_missing")
         elif copied < reported:
             out.append("bytes_mismatch")
-        lo, hi = _changed_after(dst, fill, reported, copied)
-        if lo < hi:
-            # All of [lo, hi) equal to the source is the usual case: one C-speed compare.
-            if dst[lo:hi] == src[lo:hi] or all(dst[i] == src[i] for i in range(lo, hi)
-                                               if dst[i] != fill[i]):
-                out.append("modified_past_reported")
-            else:
-                out.append("garbage_past_reported")
+        if clo < chi:       # bytes past the reported count changed (``measure``)
+            out.append("modified_past_reported" if same else "garbage_past_reported")
         if ret == n and n > 0 and copied > 0:
             out.append("claimed_nothing")
     if outside:

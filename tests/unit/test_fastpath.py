@@ -16,6 +16,8 @@ import copy
 import random
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from emu.build.target import Target, era_target
 from emu.caching import Bounded
@@ -334,3 +336,47 @@ def test_emu_pure_selects_the_python_path(monkeypatch) -> None:  # type: ignore[
     m.close()
     with pytest.raises(EmulationError, match="not available"):
         Machine(img, compiled=True)
+
+
+# ---- outcome.measure: the compiled byte facts against Python's ----------------------------
+
+_bytes = st.binary(min_size=0, max_size=300)
+
+
+@given(data=st.data(), n=st.integers(0, 300))
+@example(data=None, n=0).via("empty")
+def test_measure_compiled_matches_python(data, n: int) -> None:  # type: ignore[no-untyped-def]
+    if data is None:
+        src = dst = fill = b""
+        reported = 0
+    else:
+        src = data.draw(st.binary(min_size=n, max_size=n))
+        fill = data.draw(st.binary(min_size=n, max_size=n))
+        # dst: a copied prefix, then fill, with some bytes changed anywhere
+        k = data.draw(st.integers(0, n))
+        dst = bytearray(src[:k] + fill[k:])
+        for i in data.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=8)):
+            if n:
+                dst[i] = data.draw(st.sampled_from([src[i], fill[i], (dst[i] + 1) & 0xFF]))
+        dst = bytes(dst)
+        reported = data.draw(st.integers(-1, n + 1))
+        reported = -1 if reported > n else reported
+    assert native.measure_function() is not None
+    assert outcome.measure(dst, src, fill, n, reported) == \
+        outcome.measure_python(dst, src, fill, n, reported)
+
+
+@given(pages=st.lists(st.integers(0, WINDOW_PAGES - 1), max_size=3, unique=True),
+       lo=st.integers(0, WINDOW_SPAN), size=st.integers(0, 3 * 4096))
+@example(pages=[1], lo=4096, size=4096).via("one whole page")
+@example(pages=[1], lo=4100, size=100).via("inside one page")
+def test_raw_run_byte_views_overlay_the_changed_pages(pages: list[int], lo: int,
+                                                      size: int) -> None:
+    from emu.core.records import DST_WINDOW_BYTES
+    changed = tuple((i, bytes([i + 1]) * 4096) for i in sorted(pages))
+    raw = RawRun(State.RETURNED, "", (), (), (), changed)
+    want = bytearray(DST_WINDOW_BYTES)
+    for i, data in changed:
+        want[i * 4096:(i + 1) * 4096] = data
+    hi = min(lo + size, WINDOW_SPAN)
+    assert raw.dst_bytes(lo, hi) == bytes(want[lo:hi])
