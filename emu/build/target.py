@@ -187,9 +187,11 @@ class Target:
             raise UsageError(f"{routine.name} is a get_user helper (address in rax, value in "
                              "rdx): run it with `emu run`, not as a copy routine")
         call = self._call(routine, bufs)
-        kwargs: dict[str, int] = {} if budget is None else {"budget": budget}
         start = self.checkpoint(routine, bufs, budget) if fast_forward else None
-        raw = self.machine.run(call, bufs, self.kernel, start=start, **kwargs)
+        if budget is None:
+            raw = self.machine.run(call, bufs, self.kernel, start=start)
+        else:
+            raw = self.machine.run(call, bufs, self.kernel, start=start, budget=budget)
         return outcome.build(raw, bufs, routine.ret_reg, self.image.symbolize)
 
     def _call(self, routine: Routine, bufs: Buffers) -> Call:

@@ -706,13 +706,14 @@ static uint64_t count_diff(const uint8_t *a, const uint8_t *b, uint64_t lo, uint
     return n;
 }
 
-/* out[0]: the common prefix of dst and src (n bytes each); out[1]: how many bytes of dst
+/* out[0]: the common prefix of dst and src (len bytes each, len <= 2^31 - 1: the ints are
+ * passed without ctypes argtypes); out[1]: how many bytes of dst
  * from there differ from fill; when 0 <= reported <= n, out[2], out[3]: [first, last+1) of
  * the positions at or after reported where dst differs from fill (n, n: none), and out[4]:
  * 1 if every byte there that differs from fill holds the source's byte. */
-void emu_measure(const uint8_t *dst, const uint8_t *src, const uint8_t *fill, uint64_t n,
-                 int64_t reported, uint64_t *out) {
-    uint64_t copied = first_diff(dst, src, 0, n), lo, hi, i;
+void emu_measure(const uint8_t *dst, const uint8_t *src, const uint8_t *fill, int32_t len,
+                 int32_t reported, uint64_t *out) {
+    uint64_t n = (uint64_t)len, copied = first_diff(dst, src, 0, n), lo, hi, i;
     out[0] = copied;
     out[1] = count_diff(dst, fill, copied, n);
     out[2] = out[3] = n;

@@ -121,6 +121,12 @@ _W = {name: getattr(EmuRun, name).offset // 8
 _RESULT, _NREC, _HALTED, _HALT_RES, _NDIRTY, _DIRTY, _REC = (
     _W["result"], _W["nrec"], _W["halted"], _W["halt_res"], _W["ndirty"], _W["dirty"], _W["rec"])
 _EFLAGS_AC = 1 << 18
+_RETURNED = State.RETURNED          # an Enum member is slow to look up
+#: The registers a run reads at its end (``machine.RESULT_REGS``), and where RIP and EFLAGS
+#: are among them.
+_RESULT_NAMES = ("rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "rsp", "rip",
+                 "eflags")
+_RIP_AT, _EFLAGS_AT = _RESULT_NAMES.index("rip"), _RESULT_NAMES.index("eflags")
 _DEFER_CFUNC = ctypes.CFUNCTYPE(None, _U64, _U64, _U64, _U64)
 _NULL = ctypes.c_void_p(0)
 
@@ -262,7 +268,8 @@ class Compiled:
         r.ret_pa = self._stack_page + ((L.STACK_TOP - 8) & 0xFFF)
         r.sentinel = L.SENTINEL
         self._fast_cbuf = ctypes.create_string_buffer(2 * WMAX * L.PAGE)
-        r.cbuf = self._fast_cbuf_at = ctypes.addressof(self._fast_cbuf)
+        r.cbuf = ctypes.addressof(self._fast_cbuf)
+        self._fast_cbuf_view = memoryview(self._fast_cbuf).cast("B")
         self._fast_wpa = (self._user_pa, self._kern_pa)
         self._fast_calls: Bounded[int, tuple[EmuCall, ctypes.c_void_p, Call]] = Bounded(
             64, "fastpath.calls")
@@ -277,8 +284,8 @@ class Compiled:
         self._fast_st = EmuStart()
         self._fast_start_ref = ctypes.c_void_p(ctypes.addressof(self._fast_st))
         self._fast_start_cp: Any = None       # the checkpoint in the start record (kept)
-        self._fast_rip_at = result_regs.index("rip")
-        self._fast_eflags_at = result_regs.index("eflags")
+        assert result_regs == _RESULT_NAMES
+        self._fast_run_case = lib.emu_run_case
         self._fast_budgets: Bounded[int, ctypes.c_uint64] = Bounded(16, "fastpath.budgets")
         self._fast_handler: object = None
         self._fast_res: list[Any] = []          # resolutions the memo refers to, by index
@@ -295,23 +302,19 @@ class Compiled:
     def _fast_run(self, call: Call, bufs: Buffers, handler: FaultHandler, budget: int,
                   start: Any) -> RawRun | None:
         """``Machine.run`` in C; None when the case needs the Python path (which then runs)."""
+        direction = bufs.direction
+        key = (direction, bufs.src_align, bufs.poison) if bufs.poison else ()
         if (self._recording is not None or len(bufs.unmapped) > MAX_ABSENT
-                or not self._fast_set_lines(bufs)):
+                or (key != self._fast_lines_key and not self._fast_set_lines(bufs, key))):
             self._fast_hand_over()
             return None
-        r = self._fast
-        assert r is not None
         if self._fast_stale:
             self._fast_take_back()
         # 1. The windows' contents, when the direction changes (as Machine.run).
-        if bufs.direction != self._layout:
-            src_pa, dst_pa = self._window_pa(bufs.direction)
-            self.uc.mem_write(src_pa, SRC_WINDOW_BYTES)
-            self.uc.mem_write(dst_pa, DST_WINDOW_BYTES)
-            self._layout = bufs.direction
-            ctypes.memset(ctypes.addressof(r.res_state), 0, ctypes.sizeof(r.res_state))
-        lay = self._fast_layouts.get((bufs.direction, bufs.length, bufs.src_align,
-                                      bufs.dst_align, bufs.unmapped))
+        if direction != self._layout:
+            self._fast_set_direction(direction)
+        lay = self._fast_layouts.get((direction, bufs.length, bufs.src_align, bufs.dst_align,
+                                      bufs.unmapped))
         if lay is None:
             lay = self._fast_layout(bufs)
         c = self._fast_calls.get(id(call))
@@ -337,8 +340,8 @@ class Compiled:
         uc._hook_exception = None  # noqa: SLF001 - a binding hook (trace) that raised
         prev = self._resident      # holds the bytes C's page states may point to
         self._resident = resident = {} if start is None else dict(start.page_map)
-        status = self._fast_lib.emu_run_case(self._fast_ref, c[1], lay[0], self._fast_ls_ref,
-                                             start_ref, b)
+        status = self._fast_run_case(self._fast_ref, c[1], lay[0], self._fast_ls_ref, start_ref,
+                                     b)
         del prev
         words = self._fast_words
         values = words[_RESULT:_RESULT + NRESULT].tolist()
@@ -349,7 +352,13 @@ class Compiled:
         # 6. How it ended.
         if run is None:
             nrec = words[_NREC]
-            faults = self._fast_records(0, nrec) if nrec else ()
+            if nrec == 1:
+                v = words[_REC:_REC + 5 + NSNAP].tolist()
+                faults: tuple[FaultRecord, ...] = (FaultRecord(
+                    FaultEvent(KINDS[v[0]], v[1], v[2], v[3] != 0), self._fast_res[v[4]],
+                    tuple(v[5:])),)
+            else:
+                faults = self._fast_records(0, nrec) if nrec else ()
             halt = self._fast_res[words[_HALT_RES]] if words[_HALTED] else None
         else:
             self._fast_drain(run)
@@ -358,11 +367,11 @@ class Compiled:
             halt = run.halt
             if halt is None and words[_HALTED]:
                 halt = self._fast_res[words[_HALT_RES]]
-        rip = values[self._fast_rip_at]
+        rip = values[_RIP_AT]
         if halt is not None:
             state, message = halt.state, halt.message
         elif rip == L.SENTINEL:
-            state, message = State.RETURNED, ""
+            state, message = _RETURNED, ""
         else:
             state = State.HANG
             message = (f"no return after {budget} instructions; stopped at "
@@ -373,23 +382,41 @@ class Compiled:
         if ndirty == 1 and not resident:       # the usual case: one page
             d = words[_DIRTY]
             w = d // WMAX
-            pages = ((d - w * WMAX, ctypes.string_at(self._fast_cbuf_at + d * L.PAGE, L.PAGE)),)
-            resident[(self._fast_wpa[w], d - w * WMAX)] = pages[0][1]
-            src_w = 0 if bufs.direction == "from" else 1
-            src_pages, dst_pages = (pages, ()) if w == src_w else ((), pages)
+            at = d * L.PAGE
+            page = (d - w * WMAX, self._fast_cbuf_view[at:at + L.PAGE].tobytes())
+            resident[(self._fast_wpa[w], page[0])] = page[1]
+            if w == (0 if direction == "from" else 1):
+                src_pages, dst_pages = (page,), ()
+            else:
+                src_pages, dst_pages = (), (page,)
         else:
-            cbuf, wpa = self._fast_cbuf_at, self._fast_wpa
-            for d in words[_DIRTY:_DIRTY + ndirty].tolist():
-                w = d // WMAX
-                resident[(wpa[w], d - w * WMAX)] = ctypes.string_at(cbuf + d * L.PAGE, L.PAGE)
-            src_pa = wpa[0] if bufs.direction == "from" else wpa[1]
-            sp, dp = [], []
-            for (pa, i), data in sorted(resident.items()):
-                (sp if pa == src_pa else dp).append((i, data))
-            src_pages, dst_pages = tuple(sp), tuple(dp)
-        return RawRun(state, message, tuple(zip(self._fast_result_regs, values)), faults,
-                      src_pages, dst_pages, bool(values[self._fast_eflags_at] & _EFLAGS_AC),
-                      None)
+            src_pages, dst_pages = self._fast_pages(resident, ndirty, direction)
+        return RawRun(state, message, tuple(zip(_RESULT_NAMES, values)), faults, src_pages,
+                      dst_pages, values[_EFLAGS_AT] & _EFLAGS_AC != 0, None)
+
+    def _fast_pages(self, resident: dict[tuple[int, int], bytes], ndirty: int,
+                    direction: str) -> tuple[tuple[tuple[int, bytes], ...], ...]:
+        """(source pages, destination pages) of a run: the dirtied ones over ``resident``."""
+        view, wpa = self._fast_cbuf_view, self._fast_wpa
+        for d in self._fast_words[_DIRTY:_DIRTY + ndirty].tolist():
+            w = d // WMAX
+            resident[(wpa[w], d - w * WMAX)] = view[d * L.PAGE:(d + 1) * L.PAGE].tobytes()
+        src_pa = wpa[0] if direction == "from" else wpa[1]
+        sp, dp = [], []
+        for (pa, i), data in sorted(resident.items()):
+            (sp if pa == src_pa else dp).append((i, data))
+        return tuple(sp), tuple(dp)
+
+    def _fast_set_direction(self, direction: str) -> None:
+        """Both windows rewritten for the direction (Machine.run, step 1); C forgets the
+        pages the last run left changed."""
+        src_pa, dst_pa = self._window_pa(direction)
+        self.uc.mem_write(src_pa, SRC_WINDOW_BYTES)
+        self.uc.mem_write(dst_pa, DST_WINDOW_BYTES)
+        self._layout = direction
+        r = self._fast
+        assert r is not None
+        ctypes.memset(ctypes.addressof(r.res_state), 0, ctypes.sizeof(r.res_state))
 
     def _fast_failed(self, status: int, values: list[int], lay: Any) -> Any:
         """After a C run that stopped with an error or whose hooks raised (Machine.run,
@@ -400,7 +427,7 @@ class Compiled:
             if status:
                 from unicorn import UC_ERR_INSN_INVALID, UcError
                 err = UcError(status)
-                rip = values[self._fast_rip_at]
+                rip = values[_RIP_AT]
                 if status != UC_ERR_INSN_INVALID:
                     raise EmulationError(f"unicorn stopped at {self.image.symbolize(rip)}: "
                                          f"{err}", pc=rip, errno=status) from err
@@ -449,12 +476,9 @@ class Compiled:
                                                      lay, absent)
         return got
 
-    def _fast_set_lines(self, bufs: Buffers) -> bool:
-        """The poisoned lines of ``bufs`` into the lines record (when they differ from the
-        last case's); False if there are more than it holds."""
-        key = (bufs.direction, bufs.src_align, bufs.poison) if bufs.poison else ()
-        if key == self._fast_lines_key:
-            return True
+    def _fast_set_lines(self, bufs: Buffers, key: tuple[object, ...]) -> bool:
+        """The poisoned lines of ``bufs`` (``key``: direction, source alignment, offsets)
+        into the lines record; False if there are more than it holds."""
         if key:
             hit = self._poison_lines.get(key)
             if hit is None:

@@ -109,16 +109,15 @@ _MEASURE: list[object] = []
 
 
 def measure_function() -> object | None:
-    """``emu_measure`` of the compiled helper (byte facts for ``outcome.build``), typed and
-    called with the GIL held; None without the helper."""
+    """``emu_measure`` of the compiled helper (byte facts for ``outcome.build``), called
+    with the GIL held; None without the helper."""
     if not _MEASURE:
         lib = load()
         f = None
         if lib is not None:
             f = ctypes.PyDLL(lib._name).emu_measure
-            f.restype = None
-            f.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64,
-                          ctypes.c_int64, ctypes.c_void_p]
+            f.restype = None        # no argtypes (faster): callers pass three bytes, two
+            #                         ints (C int) and a c_uint64 * 5 array
         _MEASURE.append(f)
     return _MEASURE[0] if not pure() else None
 

@@ -15,6 +15,7 @@ a copy that missed bytes never returns 0.  Violations carry stable names (``VIOL
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from emu.core import layout as L
 from emu.kernel.extable import ExtableEntry
 from emu.core.machine import (Buffers, FaultKind, FaultRecord, Halt, RawRun, Redirect, State,
                       fast_init)
-from emu.core.records import base_slice
+from emu.core.records import DST_WINDOW_BYTES, SRC_WINDOW_BYTES, base_slice
 
 #: Stable violation names and what each means.
 VIOLATIONS: dict[str, str] = {
@@ -127,21 +128,38 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     """
     n = bufs.length
     sa = bufs.src_align
-    src = raw.src_bytes(sa, sa + n)
+    # the source, usually untouched: a slice of the initial window (kept)
+    src = (raw.src_bytes(sa, sa + n) if raw.src_pages else
+           base_slice(SRC_WINDOW_BYTES, sa + L.PAGE, sa + n + L.PAGE))
     lo = L.PAGE + bufs.dst_align
     dst = raw.dst_bytes(lo, lo + n)
-    initial = raw.dst_initial
+    initial = DST_WINDOW_BYTES
     fill = base_slice(initial, lo, lo + n)
     ret: int | None = None
-    if raw.state is State.RETURNED:
+    state = raw.state
+    if state is _RETURNED:
         ret = (_reg(raw.regs, "rax") & 0xFFFFFFFF if ret_reg == "eax"
                else _reg(raw.regs, ret_reg))
     records = raw.faults
     faults: tuple[Fault, ...] = ()
     if records:
-        src_base = bufs.src
-        user_base = src_base if bufs.direction == "from" else bufs.dst
-        faults = tuple([_fault(r, src_base, user_base, n, symbolize) for r in records])
+        # bufs.src and bufs.dst, without their properties
+        if bufs.direction == "from":
+            src_base = user_base = L.USER_WINDOW + sa
+        else:
+            src_base, user_base = L.KERNEL_WINDOW + sa, L.USER_WINDOW + bufs.dst_align
+        out = []
+        for r in records:                   # _fault, inlined: a sweep's hot loop
+            ev, res = r.event, r.resolution
+            rip, kind = ev.rip, ev.kind
+            t = _TEMPLATES.get((id(res), rip))
+            if t is None or t[0] is not res or t[1] != symbolize or t[9] is not kind:
+                t = _TEMPLATES[(id(res), rip)] = _template(kind, rip, res, symbolize)
+            base = src_base if kind is _MC else user_base
+            address = ev.address
+            offset = address - base if base <= address < base + (n or 1) else None
+            out.append(Fault(t[2], rip, t[3], address, offset, t[4], t[5], t[6], t[7], t[8]))
+        faults = tuple(out)
     reported = n - ret if ret is not None and 0 <= ret <= n else -1
     copied, beyond, clo, chi, same = measure(dst, src, fill, n, reported, faults)
     # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
@@ -160,8 +178,11 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     violations: list[str] = []
     if ret is not None:
         violations = _judge(ret, n, copied, clo, chi, same, outside, records)
-    return Outcome(raw.state, ret, n, copied, beyond, outside, faults, retouched,
+    return Outcome(state, ret, n, copied, beyond, outside, faults, retouched,
                    tuple(violations), raw.message, raw.ac_at_return, raw.insns)
+
+
+_RETURNED, _MC = State.RETURNED, FaultKind.MC   # an Enum member is slow to look up
 
 
 def measure(dst: bytes, src: bytes, fill: bytes, n: int, reported: int,
@@ -182,13 +203,16 @@ def measure(dst: bytes, src: bytes, fill: bytes, n: int, reported: int,
     f = _MEASURE_C[0] if _MEASURE_C else _measure_function()
     if f is None:
         return measure_python(dst, src, fill, n, reported, faults)
-    out = _OUT5()
+    try:
+        out = _LOCAL.out
+    except AttributeError:                # the first call in this thread
+        out = _LOCAL.out = (ctypes.c_uint64 * 5)()
     f(dst, src, fill, n, reported, out)
     a, b, c, d, e = out[:]
     return a, b, c, d, e != 0
 
 
-_OUT5 = ctypes.c_uint64 * 5
+_LOCAL = threading.local()       # the result array of ``emu_measure``, one per thread
 _MEASURE_C: list[Any] = []     # the compiled function (or None), looked up once
 
 
@@ -348,26 +372,11 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
     return False
 
 
-#: Per-resolution parts of a ``Fault``: (id(resolution), rip) → (resolution, symbolize,
+#: Per-resolution parts of a ``Fault`` (``build``): (id(resolution), rip) → (resolution, symbolize,
 #: kind value, where, handler, fixup, fixup_where, action, note, FaultKind).  The resolution is kept so that
 #: its id is not reused while the entry lives; resolutions the kernel memoises make this a
 #: lookup per fault instead of two symbol look-ups, a type name and the action.
 _TEMPLATES: Bounded[tuple[int, int], tuple[Any, ...]] = Bounded(4096, "outcome.templates")
-
-
-def _fault(r: FaultRecord, src: int, user: int, length: int, symbolize: Any) -> Fault:
-    """The ``Fault`` of one record; ``src`` and ``user`` are the case's source and user
-    buffer addresses, ``length`` its length."""
-    ev, res = r.event, r.resolution
-    key = (id(res), ev.rip)              # FaultKind (an Enum) hashes slowly: compared below
-    t = _TEMPLATES.get(key)
-    if t is None or t[0] is not res or t[1] != symbolize or t[9] is not ev.kind:
-        t = _template(ev.kind, ev.rip, res, symbolize)
-        _TEMPLATES[key] = t
-    base = src if ev.kind is FaultKind.MC else user
-    address = ev.address
-    offset = address - base if base <= address < base + max(length, 1) else None
-    return Fault(t[2], ev.rip, t[3], address, offset, t[4], t[5], t[6], t[7], t[8])
 
 
 def _template(kind: FaultKind, rip: int, res: Any, symbolize: Any) -> tuple[Any, ...]:
