@@ -140,6 +140,20 @@ def _addr(obj: object) -> int:
     return v
 
 
+def _bytes_offset() -> int:
+    """Where a bytes object's contents start, from its id (CPython keeps them inline, after
+    the header); checked against ctypes' view of a few objects."""
+    probes = [b"\x01" * n for n in (1, 100, 4096)]
+    offs = {_addr(b) - id(b) for b in probes}
+    if len(offs) != 1:
+        raise EmulationError("cannot locate the contents of a bytes object (not CPython?)")
+    return offs.pop()
+
+
+#: ``_addr(b) == id(b) + _BYTES_AT`` for bytes ``b`` (a page's address in a few ns).
+_BYTES_AT = _bytes_offset()
+
+
 def load() -> ctypes.CDLL | None:
     """The compiled helper with the harness's entry points typed, or None (``native.load``)."""
     lib = native.load()
@@ -271,6 +285,8 @@ class Compiled:
         r.cbuf = ctypes.addressof(self._fast_cbuf)
         self._fast_cbuf_view = memoryview(self._fast_cbuf).cast("B")
         self._fast_wpa = (self._user_pa, self._kern_pa)
+        self._fast_wva = (L.USER_WINDOW - L.PAGE, L.KERNEL_WINDOW - L.PAGE)
+        assert all(self.pa(va) == pa for va, pa in zip(self._fast_wva, self._fast_wpa))
         self._fast_calls: Bounded[int, tuple[EmuCall, ctypes.c_void_p, Call]] = Bounded(
             64, "fastpath.calls")
         self._fast_layouts: Bounded[tuple[object, ...], tuple[ctypes.c_void_p, EmuLayout,
@@ -379,7 +395,7 @@ class Compiled:
         # 7. What was written: the pages the CPU dirtied (read back by C) over the pages
         #    the start carried.
         ndirty = words[_NDIRTY]
-        if ndirty == 1 and not resident:       # the usual case: one page
+        if ndirty == 1 and not resident:       # a full run's usual case: one page
             d = words[_DIRTY]
             w = d // WMAX
             at = d * L.PAGE
@@ -398,12 +414,14 @@ class Compiled:
                     direction: str) -> tuple[tuple[tuple[int, bytes], ...], ...]:
         """(source pages, destination pages) of a run: the dirtied ones over ``resident``."""
         view, wpa = self._fast_cbuf_view, self._fast_wpa
-        for d in self._fast_words[_DIRTY:_DIRTY + ndirty].tolist():
-            w = d // WMAX
-            resident[(wpa[w], d - w * WMAX)] = view[d * L.PAGE:(d + 1) * L.PAGE].tobytes()
+        if ndirty:
+            for d in self._fast_words[_DIRTY:_DIRTY + ndirty].tolist():
+                w = d // WMAX
+                resident[(wpa[w], d - w * WMAX)] = view[d * L.PAGE:(d + 1) * L.PAGE].tobytes()
         src_pa = wpa[0] if direction == "from" else wpa[1]
         sp, dp = [], []
-        for (pa, i), data in sorted(resident.items()):
+        for (pa, i), data in (sorted(resident.items()) if len(resident) > 1
+                              else resident.items()):
             (sp if pa == src_pa else dp).append((i, data))
         return tuple(sp), tuple(dp)
 
@@ -479,6 +497,17 @@ class Compiled:
     def _fast_set_lines(self, bufs: Buffers, key: tuple[object, ...]) -> bool:
         """The poisoned lines of ``bufs`` (``key``: direction, source alignment, offsets)
         into the lines record; False if there are more than it holds."""
+        if key and len(key[2]) == 1:            # one poisoned line: a sweep's usual case
+            w = 0 if key[0] == "from" else 1
+            va = (self._fast_wva[w] + L.PAGE + key[1] + key[2][0]) & ~(L.LINE - 1)
+            pa = self._fast_wpa[w] + va - self._fast_wva[w]
+            ls = self._fast_ls
+            ls.nlines, ls.pa[0], ls.va[0] = 1, pa, va
+            self._hook_lines = {pa: va}
+            self._fast_lines_key = key
+            if not self._instrumented:
+                self._instrument()
+            return True
         if key:
             hit = self._poison_lines.get(key)
             if hit is None:
@@ -502,16 +531,20 @@ class Compiled:
         return True
 
     def _fast_set_start(self, start: Any) -> None:
-        """A checkpoint into the start record."""
+        """A checkpoint into the start record (its context, RIP, stack page and pages; the
+        bytes are the checkpoint's, which the record keeps alive)."""
         s = self._fast_st
-        if len(start.pages) > 2 * WMAX:
-            raise EmulationError(f"a checkpoint of {len(start.pages)} pages")
-        s.ctx, s.rip, s.stack = _addr(start.ctx.context), start.rip, _addr(start.stack)
-        s.npages = len(start.pages)
-        wpa = self._fast_wpa
-        for k, (pa, i, data) in enumerate(start.pages):
-            s.win[k] = 0 if pa == wpa[0] else 1
-            s.idx[k], s.ptr[k] = i, _addr(data)
+        pages = start.pages
+        n = len(pages)
+        if n > 2 * WMAX:
+            raise EmulationError(f"a checkpoint of {n} pages")
+        s.ctx, s.rip, s.stack = start.ctx.context.value, start.rip, id(start.stack) + _BYTES_AT
+        s.npages = n
+        if n:
+            user = self._fast_wpa[0]
+            s.win[:n] = [0 if pa == user else 1 for pa, _, _ in pages]
+            s.idx[:n] = [i for _, i, _ in pages]
+            s.ptr[:n] = [id(data) + _BYTES_AT for _, _, data in pages]
         self._fast_start_cp = start
 
     # -- faults -----------------------------------------------------------------------------
@@ -648,7 +681,7 @@ class Compiled:
         for (pa, i), data in self._resident.items():
             w = wpa.index(pa)
             r.res_state[w][i] = 1
-            r.res_ptr[w][i] = _addr(data)
+            r.res_ptr[w][i] = id(data) + _BYTES_AT
         r.pte_known[0] = r.pte_known[1] = 0
         self._fast_stale = False
 
