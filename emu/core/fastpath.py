@@ -395,12 +395,15 @@ class Compiled:
         # 7. What was written: the pages the CPU dirtied (read back by C) over the pages
         #    the start carried.
         ndirty = words[_NDIRTY]
-        if ndirty == 1 and not resident:       # a full run's usual case: one page
+        one = False
+        if ndirty == 1:
             d = words[_DIRTY]
-            w = d // WMAX
-            at = d * L.PAGE
-            page = (d - w * WMAX, self._fast_cbuf_view[at:at + L.PAGE].tobytes())
-            resident[(self._fast_wpa[w], page[0])] = page[1]
+            w, i = divmod(d, WMAX)
+            key = (self._fast_wpa[w], i)
+            one = not resident or (len(resident) == 1 and key in resident)
+        if one:         # the usual case: the run's pages are the one page it dirtied
+            page = (i, self._fast_cbuf_view[d * L.PAGE:(d + 1) * L.PAGE].tobytes())
+            resident[key] = page[1]
             if w == (0 if direction == "from" else 1):
                 src_pages, dst_pages = (page,), ()
             else:
@@ -540,8 +543,11 @@ class Compiled:
             raise EmulationError(f"a checkpoint of {n} pages")
         s.ctx, s.rip, s.stack = start.ctx.context.value, start.rip, id(start.stack) + _BYTES_AT
         s.npages = n
-        if n:
-            user = self._fast_wpa[0]
+        user = self._fast_wpa[0]
+        if n == 1:                   # a short copy's usual case: one destination page
+            pa, i, data = pages[0]
+            s.win[0], s.idx[0], s.ptr[0] = 0 if pa == user else 1, i, id(data) + _BYTES_AT
+        elif n:
             s.win[:n] = [0 if pa == user else 1 for pa, _, _ in pages]
             s.idx[:n] = [i for _, i, _ in pages]
             s.ptr[:n] = [id(data) + _BYTES_AT for _, _, data in pages]
