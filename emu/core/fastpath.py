@@ -231,6 +231,7 @@ class Compiled:
         def _intr_entry(self, _uch: object, intno: int, _ud: object) -> None: ...
         def _hook_failed(self, e: BaseException) -> None: ...
         def _invalid_opcode(self, rip: int) -> None: ...
+        def _ending(self, halt: Any, rip: int, budget: int) -> tuple[State, str]: ...
 
     def _fast_setup(self, compiled: bool | None, regs: dict[str, int],
                     fault_regs: tuple[str, ...], result_regs: tuple[str, ...],
@@ -383,15 +384,10 @@ class Compiled:
             halt = run.halt
             if halt is None and words[_HALTED]:
                 halt = self._fast_res[words[_HALT_RES]]
-        rip = values[_RIP_AT]
-        if halt is not None:
-            state, message = halt.state, halt.message
-        elif rip == L.SENTINEL:
+        if halt is None and values[_RIP_AT] == L.SENTINEL:
             state, message = _RETURNED, ""
-        else:
-            state = State.HANG
-            message = (f"no return after {budget} instructions; stopped at "
-                       f"{self.image.symbolize(rip)}")
+        else:                                  # the machine's own rules (both paths')
+            state, message = self._ending(halt, values[_RIP_AT], budget)
         # 7. What was written: the pages the CPU dirtied (read back by C) over the pages
         #    the start carried.
         ndirty = words[_NDIRTY]

@@ -413,14 +413,7 @@ class Machine(Recorder, Compiled):
         values = self._result_regs.read()
         regs = tuple(zip(RESULT_REGS, values))
         rip, eflags = values[_RESULT_RIP], values[_RESULT_EFLAGS]
-        if run.halt is not None:
-            state, message = run.halt.state, run.halt.message
-        elif rip == L.SENTINEL:
-            state, message = State.RETURNED, ""
-        else:
-            state = State.HANG
-            message = (f"no return after {budget} instructions; stopped at "
-                       f"{self.image.symbolize(rip)}")
+        state, message = self._ending(run.halt, rip, budget)
         # 7. What was written: only pages the CPU marked dirty are read back; with the
         #    pages the start carried they are the run's changes, and stay resident for the
         #    next run to settle.
@@ -444,6 +437,16 @@ class Machine(Recorder, Compiled):
             ac_at_return=bool(eflags & EFLAGS_AC),
             insns=self._insns if self.count_insns else None,
         )
+
+    def _ending(self, halt: Halt | None, rip: int, budget: int) -> tuple[State, str]:
+        """How a run ended (``run`` step 6, both paths): halted by a hook, returned to the
+        sentinel, or out of budget."""
+        if halt is not None:
+            return halt.state, halt.message
+        if rip == L.SENTINEL:
+            return State.RETURNED, ""
+        return State.HANG, (f"no return after {budget} instructions; stopped at "
+                            f"{self.image.symbolize(rip)}")
 
     def _instrument(self) -> None:
         """Make every translated block call the read hooks, from now on.
