@@ -629,11 +629,13 @@ class Compiled:
                 return
         elif not isinstance(res, Halt):
             return
+        op = rule.operand
+        if op is not None and any(n and n not in self._fast_regs for n in op[:2]):
+            return                                   # a register C is not given: Python
         at = self._fast_lib.emu_memo_slot(self._fast_ref, event.rip, _CODE[event.kind])
         if not at:
             return                                   # the table is full: Python decides
         m = Memo.from_address(at)
-        op = rule.operand
         if not (m.valid[0] or m.valid[1]):
             m.op_type = int(op is not None)
             if op is not None:
