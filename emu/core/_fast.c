@@ -679,8 +679,12 @@ uint64_t emu_run_sizes(uint64_t which) {
 
 #define CHUNK 64
 
-/* First position in [lo, hi) where a and b differ, or hi. */
+#define BLOCK 4096
+
+/* First position in [lo, hi) where a and b differ, or hi (whole blocks compared first). */
 static uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t lo, uint64_t hi) {
+    while (lo + BLOCK <= hi && memcmp(a + lo, b + lo, BLOCK) == 0)
+        lo += BLOCK;
     while (lo + CHUNK <= hi && memcmp(a + lo, b + lo, CHUNK) == 0)
         lo += CHUNK;
     while (lo < hi && a[lo] == b[lo])
@@ -690,6 +694,8 @@ static uint64_t first_diff(const uint8_t *a, const uint8_t *b, uint64_t lo, uint
 
 /* One past the last position in [lo, hi) where a and b differ, or lo. */
 static uint64_t last_diff(const uint8_t *a, const uint8_t *b, uint64_t lo, uint64_t hi) {
+    while (hi >= lo + BLOCK && memcmp(a + hi - BLOCK, b + hi - BLOCK, BLOCK) == 0)
+        hi -= BLOCK;
     while (hi >= lo + CHUNK && memcmp(a + hi - CHUNK, b + hi - CHUNK, CHUNK) == 0)
         hi -= CHUNK;
     while (hi > lo && a[hi - 1] == b[hi - 1])

@@ -308,20 +308,26 @@ def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int
         p0 = i * L.PAGE
         if p0 <= lo and hi <= p0 + L.PAGE:
             return data if hi - lo == L.PAGE else data[lo - p0:hi - p0]
-    pieces: list[memoryview] = []       # views: the join below is the only copy
+    pieces: list[bytes | memoryview] = []   # whole pages and views: the join is the only copy
     pos = lo
+    view = memoryview(base)
     for i, data in pages:
         p0 = i * L.PAGE
-        a, b = max(pos, p0), min(hi, p0 + L.PAGE)
-        if a < b:
-            if a > pos:
-                pieces.append(memoryview(base)[pos:a])
-            pieces.append(memoryview(data)[a - p0:b - p0])
-            pos = b
+        p1 = p0 + L.PAGE
+        if p0 >= hi:
+            break
+        if p1 <= pos:
+            continue
+        if p0 > pos:
+            pieces.append(view[pos:p0])
+            pos = p0
+        end = hi if hi < p1 else p1
+        pieces.append(data if pos == p0 and end == p1 else memoryview(data)[pos - p0:end - p0])
+        pos = end
     if not pieces:
         return base_slice(base, lo, hi)
     if pos < hi:
-        pieces.append(memoryview(base)[pos:hi])
+        pieces.append(view[pos:hi])
     return b"".join(pieces)
 
 
