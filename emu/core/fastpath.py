@@ -553,14 +553,12 @@ class Compiled:
 
     def _fast_records(self, lo: int, hi: int) -> tuple[FaultRecord, ...]:
         """The C hooks' fault records lo..hi-1 as ``FaultRecord``s."""
-        words, res = self._fast_words, self._fast_res
-        out = []
-        base = _REC
-        for k in range(lo, hi):
-            v = words[base + k * REC_W:base + k * REC_W + 5 + NSNAP].tolist()
-            out.append(FaultRecord(FaultEvent(KINDS[v[0]], v[1], v[2], bool(v[3])), res[v[4]],
-                                   tuple(v[5:])))
-        return tuple(out)
+        res = self._fast_res
+        flat = self._fast_words[_REC + lo * REC_W:_REC + hi * REC_W].tolist()
+        return tuple([FaultRecord(FaultEvent(KINDS[flat[at]], flat[at + 1], flat[at + 2],
+                                             flat[at + 3] != 0), res[flat[at + 4]],
+                                  tuple(flat[at + 5:at + 5 + NSNAP]))
+                      for at in range(0, len(flat), REC_W)])
 
     def _fast_drain(self, run: Any) -> None:
         """Append the C records not yet in ``run.faults`` (the order faults were taken)."""

@@ -338,7 +338,7 @@ def _judge(ret: int, n: int, copied: int, clo: int, chi: int, same: bool, outsid
         out.append("write_outside_buffer")
     if len(faults) > 1:
         lines = [r.event.address & ~(L.LINE - 1) for r in faults
-                 if r.event.kind is FaultKind.MC]
+                 if r.event.kind is _MC]
         if len(lines) != len(set(lines)):
             out.append("poison_consumed_twice")
     return out
@@ -364,7 +364,7 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
     seen: set[tuple[str, int]] = set()
     for r in faults:
         kind = r.event.kind
-        unit = L.LINE if kind is FaultKind.MC else L.PAGE
+        unit = L.LINE if kind is _MC else L.PAGE
         key = (kind._value_, r.event.address & ~(unit - 1))   # the value: Enums hash slowly
         if key in seen:
             return True
