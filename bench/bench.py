@@ -312,7 +312,58 @@ def main() -> int:
         print(f"{length:>6} {1 / bulk:9.0f} {1 / it:9.0f} {it / bulk:7.2f} {1 / st:7.0f}"
               f" {st / bulk:11.2f}")
     ti.machine.close()
+    if era_target(ERAS["E"], CPUS["none"]).machine._fast is not None:
+        print()
+        where_the_time_goes(a.r)
     return 0
+
+
+class CompiledTimer:
+    """Wraps a machine's compiled per-case call (``emu_run_case``: Unicorn and the C harness
+    around it) and adds up the CPU time spent inside it."""
+
+    def __init__(self, machine) -> None:  # type: ignore[no-untyped-def]
+        self.m, self.f, self.total = machine, machine._fast_run_case, 0.0
+
+    def __call__(self, *args):  # type: ignore[no-untyped-def]
+        t0 = clock()
+        try:
+            return self.f(*args)
+        finally:
+            self.total += clock() - t0
+
+    def __enter__(self) -> CompiledTimer:
+        self.m._fast_run_case = self
+        return self
+
+    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        self.m._fast_run_case = self.f
+
+
+def where_the_time_goes(reps: int) -> None:
+    """µs (CPU) per case of the 4 KiB offset sweep: in all, inside the compiled call
+    (Unicorn and the C harness) and in Python around it; the compiled parts' ratio full/ff is
+    what fast-forward could give with no Python at all."""
+    print("4 KiB offset sweep, µs (CPU) per case: all, inside the compiled call (Unicorn + the C")
+    print("harness), Python around it; ceiling = compiled full / compiled fast-forward (no Python)")
+    print(f"{'routine':<22} {'full':>6} {'C':>6} {'Python':>6}  {'ff':>6} {'C':>6} {'Python':>6}"
+          f" {'ceiling':>7}")
+    for label, era_key, cpu, name in CASES:
+        era = ERAS[era_key]
+        t = era_target(era, CPUS[cpu])
+        r = era.routine(name)
+        cases = sweep_cases(4096)
+        sweep_loop(t, r, cases, True)
+        rows: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        for _ in range(reps):
+            for ff in (False, True):
+                with CompiledTimer(t.machine) as ct:
+                    per = sweep_loop(t, r, cases, ff)
+                rows[ff].append((per, ct.total / len(cases)))
+        (full, cfull), (ffw, cff) = ((statistics.median(x[0] for x in rows[k]),
+                                      statistics.median(x[1] for x in rows[k])) for k in (False, True))
+        print(f"{label:<22} {full * 1e6:6.1f} {cfull * 1e6:6.1f} {(full - cfull) * 1e6:6.1f}"
+              f"  {ffw * 1e6:6.1f} {cff * 1e6:6.1f} {(ffw - cff) * 1e6:6.1f} {cfull / cff:7.2f}")
 
 
 if __name__ == "__main__":

@@ -196,9 +196,11 @@ class Target:
                              "emu fuzz run copy and clear routines")
         self.check_case(routine, bufs)
         call = self._call(routine, bufs)
-        kwargs: dict[str, int] = {} if budget is None else {"budget": budget}
         start = self.checkpoint(routine, bufs, budget) if fast_forward else None
-        raw = self.machine.run(call, bufs, self.kernel, start=start, **kwargs)
+        if budget is None:
+            raw = self.machine.run(call, bufs, self.kernel, start=start)
+        else:
+            raw = self.machine.run(call, bufs, self.kernel, start=start, budget=budget)
         return self.judge(routine, raw, bufs)  # type: ignore[return-value]
 
     def judge(self, routine: Routine, raw: RawRun, bufs: Buffers) -> Outcome | HelperResult:

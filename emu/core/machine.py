@@ -48,6 +48,7 @@ from emu.core import native, strings, sysinsn
 from emu.errors import EmulationError
 from emu.core.engine import Engine, RegBatch
 from emu.core.fastforward import DEFAULT_BUDGET, Checkpoint, FastForward, Recorder, Recording
+from emu.core.fastpath import Compiled
 from emu.core.records import (DST_FILL, PF_INSTR, PF_PROT, PF_WRITE, TRAPNR, VECTORS, WINDOW_PAGES,
                       WINDOW_SPAN, Buffers, Call, Code, CpuView, FaultEvent, FaultHandler,
                       FaultKind, FaultRecord, Halt, RawRun, Redirect, Resolution, SNAPSHOT_REGS,
@@ -88,7 +89,7 @@ MAX_FAULTS = 256
 KEEP_PAGES = 2
 
 
-class Machine(Recorder):
+class Machine(Recorder, Compiled):
     """A reusable Unicorn x86-64 machine holding one image.
 
     Args:
@@ -99,9 +100,9 @@ class Machine(Recorder):
         bulk_strings: run the unwatched iterations of ``rep movs``/``rep stos`` in one step
             (``strings.py``); off, every iteration is a pass through Unicorn.  Instruction
             counting needs the iterations, so ``count_insns`` turns it off.
-        compiled: run the bulk step in the compiled helper (``_fast.c``) rather than in
-            Python; None (default): when it is available and ``EMU_PURE`` is not set.  The
-            results are the same either way.
+        compiled: run the bulk step and the per-case harness (``fastpath``) in the compiled
+            helper (``_fast.c``) rather than in Python; None (default): when it is available
+            and ``EMU_PURE`` is not set.  The results are the same either way.
     """
 
     def __init__(self, image: Code, *, count_insns: bool = False, smap: bool = True,
@@ -180,7 +181,7 @@ class Machine(Recorder):
         self._intr_cb = HOOK_INTR_CFUNC(self._intr_entry)
         self._read_cb = HOOK_MEM_ACCESS_CFUNC(self._read_entry)
         self._record_cb = HOOK_MEM_ACCESS_CFUNC(self._record_entry)
-        self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
+        self._intr_hook = self._eng.hook_add(UC_HOOK_INTR, self._intr_cb, 0, 1, 0)
         self._insn_cache: Bounded[tuple[int, int], int] = Bounded(4096, "machine.block_sizes")
         # Registers a redirect writes → their batch register write and values.
         self._redirects: Bounded[tuple[object, ...], tuple[RegBatch, list[int]]] = Bounded(
@@ -231,6 +232,7 @@ class Machine(Recorder):
                 self._eng.hook_add(UC_HOOK_BLOCK, cb, ud, op.addr, op.addr)
         self._run: _RunState | None = None
         self._snap: tuple[int, ...] | None = None   # the snapshot of the fault being decided
+        self._fast_setup(compiled, REGS, FAULT_REGS, RESULT_REGS, _RunState)
 
     # -- construction -------------------------------------------------------------------
 
@@ -324,6 +326,10 @@ class Machine(Recorder):
         Raises:
             EmulationError: Unicorn failed for a reason that is not kernel behaviour.
         """
+        if self._fast is not None:           # the compiled path (fastpath.py), if it takes it
+            raw = self._fast_run(call, bufs, handler, budget, start)
+            if raw is not None:
+                return raw
         uc = self.uc
         eng = self._eng
         eng.context_restore(self._ctx if start is None else start.ctx)
@@ -446,16 +452,7 @@ class Machine(Recorder):
         values = self._result_regs.read()
         regs = tuple(zip(RESULT_REGS, values))
         rip, eflags = values[_RESULT_RIP], values[_RESULT_EFLAGS]
-        if run.halt is None and rip != L.SENTINEL and rip in self._system:
-            run.halt = self._system_halt(rip, self._system[rip])
-        if run.halt is not None:
-            state, message = run.halt.state, run.halt.message
-        elif rip == L.SENTINEL:
-            state, message = State.RETURNED, ""
-        else:
-            state = State.HANG
-            message = (f"no return after {budget} instructions; stopped at "
-                       f"{self.image.symbolize(rip)}")
+        state, message = self._ending(run.halt, rip, budget)
         # 7. What was written: only pages the CPU marked dirty are read back; with the
         #    pages the start carried they are the run's changes, and stay resident for the
         #    next run to settle.
@@ -479,6 +476,18 @@ class Machine(Recorder):
             ac_at_return=bool(eflags & EFLAGS_AC),
             insns=self._insns if self.count_insns else None,
         )
+
+    def _ending(self, halt: Halt | None, rip: int, budget: int) -> tuple[State, str]:
+        """How a run ended (``run`` step 6, both paths): halted by a hook, stopped at the
+        Unicorn exit of a system instruction, returned to the sentinel, or out of budget."""
+        if halt is None and rip != L.SENTINEL and rip in self._system:
+            halt = self._system_halt(rip, self._system[rip])     # stopped at its exit
+        if halt is not None:
+            return halt.state, halt.message
+        if rip == L.SENTINEL:
+            return State.RETURNED, ""
+        return State.HANG, (f"no return after {budget} instructions; stopped at "
+                            f"{self.image.symbolize(rip)}")
 
     def _instrument(self) -> None:
         """Make every translated block call the read hooks, from now on.

@@ -105,6 +105,23 @@ def string_hook() -> int | None:
     return ctypes.cast(lib.emu_string_hook, ctypes.c_void_p).value
 
 
+_MEASURE: list[object] = []
+
+
+def measure_function() -> object | None:
+    """``emu_measure`` of the compiled helper (byte facts for ``outcome.build``), called
+    with the GIL held; None without the helper."""
+    if not _MEASURE:
+        lib = load()
+        f = None
+        if lib is not None:
+            f = ctypes.PyDLL(lib._name).emu_measure
+            f.restype = None        # no argtypes (faster): callers pass three bytes, two
+            #                         ints (C int) and a c_uint64 * 5 array
+        _MEASURE.append(f)
+    return _MEASURE[0] if not pure() else None
+
+
 if __name__ == "__main__":                    # make install: build ahead of time
     print(library_path() if load() is not None else "emu: compiled helper not built "
           "(no gcc?); the pure-Python code is used")

@@ -147,6 +147,22 @@ class CpuView(Protocol):
 FaultHandler = Callable[[CpuView, FaultEvent], Resolution]
 
 
+@fast_init
+@dataclass(frozen=True, slots=True)
+class Reuse:
+    """A handler's promise about the faults of one kind at one instruction: it resolves
+    every one of them the same way, or (with ``operand``) every one whose memory operand
+    lies on the same side of TASK_SIZE_MAX (a user address or not).
+
+    A handler may offer ``reuse(kind, rip) -> Reuse | None`` (None: no promise, ask every
+    time); the machine's compiled hooks then keep its resolutions in a table instead of
+    calling it for every fault (``fastpath``).  ``operand`` is (base, index, scale, disp):
+    the address base + index * scale + disp, register names ("" for none).
+    """
+
+    operand: tuple[str, str, int, int] | None = None
+
+
 class CodeSection(Protocol):
     """One block of code or data at a kernel address (``emu.kernel.image.Section`` is one)."""
 
@@ -313,20 +329,31 @@ class RawRun:
 
 def _overlay(base: bytes, pages: tuple[tuple[int, bytes], ...], lo: int, hi: int) -> bytes:
     """``base[lo:hi]`` with each (page index, contents) of ``pages`` (ascending) over it."""
-    pieces: list[memoryview] = []       # views: the join below is the only copy
+    if len(pages) == 1:                 # the usual case: one changed page
+        i, data = pages[0]
+        p0 = i * L.PAGE
+        if p0 <= lo and hi <= p0 + L.PAGE:
+            return data if hi - lo == L.PAGE else data[lo - p0:hi - p0]
+    pieces: list[bytes | memoryview] = []   # whole pages and views: the join is the only copy
     pos = lo
+    view = memoryview(base)
     for i, data in pages:
         p0 = i * L.PAGE
-        a, b = max(pos, p0), min(hi, p0 + L.PAGE)
-        if a < b:
-            if a > pos:
-                pieces.append(memoryview(base)[pos:a])
-            pieces.append(memoryview(data)[a - p0:b - p0])
-            pos = b
+        p1 = p0 + L.PAGE
+        if p0 >= hi:
+            break
+        if p1 <= pos:
+            continue
+        if p0 > pos:
+            pieces.append(view[pos:p0])
+            pos = p0
+        end = hi if hi < p1 else p1
+        pieces.append(data if pos == p0 and end == p1 else memoryview(data)[pos - p0:end - p0])
+        pos = end
     if not pieces:
         return base_slice(base, lo, hi)
     if pos < hi:
-        pieces.append(memoryview(base)[pos:hi])
+        pieces.append(view[pos:hi])
     return b"".join(pieces)
 
 

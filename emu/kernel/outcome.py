@@ -14,6 +14,8 @@ a copy that missed bytes never returns 0.  Violations carry stable names (``VIOL
 
 from __future__ import annotations
 
+import ctypes
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +25,7 @@ from emu.core import layout as L
 from emu.kernel.extable import ExtableEntry
 from emu.core.machine import (Buffers, FaultKind, FaultRecord, Halt, RawRun, Redirect, State,
                       fast_init)
-from emu.core.records import SRC_WINDOW_BYTES, WINDOW_SPAN, base_slice
+from emu.core.records import DST_WINDOW_BYTES, SRC_WINDOW_BYTES, WINDOW_SPAN, base_slice
 
 #: Stable violation names and what each means.
 VIOLATIONS: dict[str, str] = {
@@ -126,30 +128,40 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     """
     n = bufs.length
     sa = bufs.src_align
-    src = raw.src_bytes(sa, sa + n)
+    # the source, usually untouched: a slice of the initial window (kept)
+    src = (raw.src_bytes(sa, sa + n) if raw.src_pages else
+           base_slice(SRC_WINDOW_BYTES, sa + L.PAGE, sa + n + L.PAGE))
     lo = L.PAGE + bufs.dst_align
     dst = raw.dst_bytes(lo, lo + n)
-    initial = raw.dst_initial
+    initial = DST_WINDOW_BYTES
     fill = base_slice(initial, lo, lo + n)
     ret: int | None = None
-    if raw.state is State.RETURNED:
+    state = raw.state
+    if state is _RETURNED:
         ret = (_reg(raw.regs, "rax") & 0xFFFFFFFF if ret_reg == "eax"
                else _reg(raw.regs, ret_reg))
     records = raw.faults
     faults: tuple[Fault, ...] = ()
     if records:
-        src_base = bufs.src
-        user_base = src_base if bufs.direction == "from" else bufs.dst
-        faults = tuple([_fault(r, src_base, user_base, n, symbolize) for r in records])
-    # Likely answers: the count the routine reports (exact for a correct routine), then the
-    # offsets of the faults (where a copy stops).
-    guesses = [n - ret] if ret is not None and 0 <= ret <= n else []
-    guesses += [f.offset for f in faults if f.offset is not None]
-    copied = common_prefix(dst, src, guesses)
-    # dst and fill are n bytes long: "ends with fill[copied:]" is "equal from copied on"
-    # (compared through a memoryview: no copy of the tail).
-    beyond = (0 if dst.endswith(memoryview(fill)[copied:])
-              else differing(dst[copied:], fill[copied:]))
+        # bufs.src and bufs.dst, without their properties
+        if bufs.direction == "from":
+            src_base = user_base = L.USER_WINDOW + sa
+        else:
+            src_base, user_base = L.KERNEL_WINDOW + sa, L.USER_WINDOW + bufs.dst_align
+        out = []
+        for r in records:                   # _fault, inlined: a sweep's hot loop
+            ev, res = r.event, r.resolution
+            rip, kind = ev.rip, ev.kind
+            t = _TEMPLATES.get((id(res), rip))
+            if t is None or t[0] is not res or t[1] != symbolize or t[9] is not kind:
+                t = _TEMPLATES[(id(res), rip)] = _template(kind, rip, res, symbolize)
+            base = src_base if kind is _MC else user_base
+            address = ev.address
+            offset = address - base if base <= address < base + (n or 1) else None
+            out.append(Fault(t[2], rip, t[3], address, offset, t[4], t[5], t[6], t[7], t[8]))
+        faults = tuple(out)
+    reported = n - ret if ret is not None and 0 <= ret <= n else -1
+    copied, beyond, clo, chi, same = measure(dst, src, fill, n, reported, faults)
     # Outside [dst, dst+len): only pages the run changed can differ from the initial window.
     #    Pages wholly inside the buffer have nothing outside it.
     outside = 0
@@ -165,8 +177,8 @@ def build(raw: RawRun, bufs: Buffers, ret_reg: str, symbolize: Any) -> Outcome:
     retouched = len(records) > 1 and _retouched(records)
     violations: list[str] = []
     if ret is not None:
-        violations = _judge(ret, n, src, dst, fill, copied, outside, records)
-    return Outcome(raw.state, ret, n, copied, beyond, outside, faults, retouched,
+        violations = _judge(ret, n, copied, clo, chi, same, outside, records)
+    return Outcome(state, ret, n, copied, beyond, outside, faults, retouched,
                    tuple(violations), raw.message, raw.ac_at_return, raw.insns)
 
 
@@ -234,6 +246,72 @@ def fault_list(raw: RawRun, bufs: Buffers, symbolize: Any) -> tuple[Fault, ...]:
         return ()
     user = bufs.src if bufs.direction == "from" else bufs.dst
     return tuple(_fault(r, bufs.src, user, bufs.length, symbolize) for r in raw.faults)
+
+
+_RETURNED, _MC = State.RETURNED, FaultKind.MC   # an Enum member is slow to look up
+
+
+def measure(dst: bytes, src: bytes, fill: bytes, n: int, reported: int,
+            faults: tuple[Fault, ...] = ()) -> tuple[int, int, int, int, bool]:
+    """The byte facts a copy is judged by, from the destination, source and initial fill
+    (``n`` bytes each):
+
+    * the common prefix of ``dst`` and ``src`` (the bytes copied);
+    * how many bytes of ``dst`` from there differ from ``fill`` (written beyond);
+    * with ``0 <= reported <= n`` (the count the routine reports as copied, else -1):
+      [first, last+1) of the positions at or after ``reported`` where ``dst`` differs
+      from ``fill`` ((n, n): none), and whether every such changed byte holds the
+      source's value.
+
+    Computed by the compiled helper when it is available (``emu_measure``), else in Python
+    (``measure_python``); the two agree (tests/unit/test_fastpath.py).
+    """
+    f = _MEASURE_C[0] if _MEASURE_C else _measure_function()
+    if f is None:
+        return measure_python(dst, src, fill, n, reported, faults)
+    try:
+        out = _LOCAL.out
+    except AttributeError:                # the first call in this thread
+        out = _LOCAL.out = (ctypes.c_uint64 * 5)()
+    f(dst, src, fill, n, reported, out)
+    a, b, c, d, e = out[:]
+    return a, b, c, d, e != 0
+
+
+_LOCAL = threading.local()       # the result array of ``emu_measure``, one per thread
+_MEASURE_C: list[Any] = []     # the compiled function (or None), looked up once
+
+
+def _measure_function() -> Any:
+    from emu.core import native
+    f = native.measure_function()
+    _MEASURE_C.append(f)
+    return f
+
+
+def measure_python(dst: bytes, src: bytes, fill: bytes, n: int, reported: int,
+                   faults: tuple[Fault, ...] = ()) -> tuple[int, int, int, int, bool]:
+    """``measure`` in Python (binary searches on C-speed compares)."""
+    # Likely answers: the count the routine reports (exact for a correct routine), then the
+    # offsets of the faults (where a copy stops).
+    guesses = [reported] if reported >= 0 else []
+    guesses += [f.offset for f in faults if f.offset is not None]
+    copied = common_prefix(dst, src, guesses)
+    # dst and fill are n bytes long: "ends with fill[copied:]" is "equal from copied on"
+    # (compared through a memoryview: no copy of the tail).
+    beyond = (0 if dst.endswith(memoryview(fill)[copied:])
+              else differing(dst[copied:], fill[copied:]))
+    lo = hi = n
+    same = True
+    if reported >= 0:
+        lo, hi = _changed_after(dst, fill, reported, copied)
+        if lo < hi:
+            # All of [lo, hi) equal to the source is the usual case: one C-speed compare.
+            same = dst[lo:hi] == src[lo:hi] or all(dst[i] == src[i] for i in range(lo, hi)
+                                                   if dst[i] != fill[i])
+        else:
+            lo = hi = n
+    return copied, beyond, lo, hi, same
 
 
 def _reg(regs: tuple[tuple[str, int], ...], name: str) -> int:
@@ -307,7 +385,7 @@ def differing(a: bytes, b: bytes) -> int:
     return sum(x != y for x, y in zip(a[lo:hi], b[lo:hi]))
 
 
-def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, outside: int,
+def _judge(ret: int, n: int, copied: int, clo: int, chi: int, same: bool, outside: int,
            faults: tuple[FaultRecord, ...]) -> list[str]:
     out: list[str] = []
     if not 0 <= ret <= n:
@@ -318,21 +396,15 @@ def _judge(ret: int, n: int, src: bytes, dst: bytes, fill: bytes, copied: int, o
             out.append("zero_with_missing")
         elif copied < reported:
             out.append("bytes_mismatch")
-        lo, hi = _changed_after(dst, fill, reported, copied)
-        if lo < hi:
-            # All of [lo, hi) equal to the source is the usual case: one C-speed compare.
-            if dst[lo:hi] == src[lo:hi] or all(dst[i] == src[i] for i in range(lo, hi)
-                                               if dst[i] != fill[i]):
-                out.append("modified_past_reported")
-            else:
-                out.append("garbage_past_reported")
+        if clo < chi:       # bytes past the reported count changed (``measure``)
+            out.append("modified_past_reported" if same else "garbage_past_reported")
         if ret == n and n > 0 and copied > 0:
             out.append("claimed_nothing")
     if outside:
         out.append("write_outside_buffer")
     if len(faults) > 1:
         lines = [r.event.address & ~(L.LINE - 1) for r in faults
-                 if r.event.kind is FaultKind.MC]
+                 if r.event.kind is _MC]
         if len(lines) != len(set(lines)):
             out.append("poison_consumed_twice")
     return out
@@ -358,7 +430,7 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
     seen: set[tuple[str, int]] = set()
     for r in faults:
         kind = r.event.kind
-        unit = L.LINE if kind is FaultKind.MC else L.PAGE
+        unit = L.LINE if kind is _MC else L.PAGE
         key = (kind._value_, r.event.address & ~(unit - 1))   # the value: Enums hash slowly
         if key in seen:
             return True
@@ -366,7 +438,7 @@ def _retouched(faults: tuple[FaultRecord, ...]) -> bool:
     return False
 
 
-#: Per-resolution parts of a ``Fault``: (id(resolution), rip) → (resolution, symbolize,
+#: Per-resolution parts of a ``Fault`` (``build``): (id(resolution), rip) → (resolution, symbolize,
 #: kind value, where, handler, fixup, fixup_where, action, note, FaultKind).  The resolution is kept so that
 #: its id is not reused while the entry lives; resolutions the kernel memoises make this a
 #: lookup per fault instead of two symbol look-ups, a type name and the action.
@@ -375,7 +447,7 @@ _TEMPLATES: Bounded[tuple[int, int], tuple[Any, ...]] = Bounded(4096, "outcome.t
 
 def _fault(r: FaultRecord, src: int, user: int, length: int, symbolize: Any) -> Fault:
     """The ``Fault`` of one record; ``src`` and ``user`` are the case's source and user
-    buffer addresses, ``length`` its length."""
+    buffer addresses, ``length`` its length (``build`` inlines the same)."""
     ev, res = r.event, r.resolution
     key = (id(res), ev.rip)              # FaultKind (an Enum) hashes slowly: compared below
     t = _TEMPLATES.get(key)

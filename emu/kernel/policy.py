@@ -19,6 +19,7 @@ from emu.errors import EmulationError
 from emu.kernel.extable import EX_FLAG_CLEAR_AX, EX_FLAG_CLEAR_DX, REG_NAMES, Extable, ExtableEntry, ExType
 from emu.core.machine import (PF_INSTR, PF_PROT, PF_WRITE, TRAPNR, CpuView, FaultEvent, FaultKind,
                               Halt, Redirect, Resolution, State)
+from emu.core.records import Reuse
 from emu.kernel.decode import decode, source_of
 from emu.kernel.severity import Severity
 
@@ -31,6 +32,7 @@ PANIC_NO_FIXUP = "Kernel panic - not syncing: Failed kernel mode recovery"
 _READS_REGISTERS = frozenset({ExType.POP_REG, ExType.UCOPY_LEN})
 
 _UNDECODED = object()
+_SAME = Reuse()
 
 
 def grade(severity: Severity, entry: ExtableEntry | None, copyin: bool) -> tuple[bool, str]:
@@ -129,6 +131,27 @@ class Kernel:
             if entry is None or entry.type not in _READS_REGISTERS:
                 self._done[key] = res
         return res
+
+    def reuse(self, kind: FaultKind, rip: int) -> Reuse | None:
+        """Which faults of ``kind`` at ``rip`` this policy resolves alike (``Reuse``): the
+        ones ``__call__`` memoises.  For a #MC, the resolution depends on the
+        is_copy_from_user() verdict, i.e. on whether the decoded load's source is a user
+        address; a #PF or #GP with no entry, and fixup types that read registers, are
+        resolved afresh each time (None)."""
+        site = self._sites.get(rip)
+        if site is None:
+            site = self._sites[rip] = [self.extable.search(rip), _UNDECODED]
+        entry = site[0]
+        if entry is not None and entry.type in _READS_REGISTERS:
+            return None
+        if kind is not FaultKind.MC:
+            return None if entry is None else _SAME
+        if site[1] is _UNDECODED:
+            site[1] = decode(self.code(rip, 16), rip)
+        shape = site[1]
+        if shape is None:
+            return _SAME
+        return Reuse(("rsi", "", 1, 0) if shape == "movs" else shape)  # type: ignore[arg-type]
 
     @staticmethod
     def _no_entry(cpu: CpuView, event: FaultEvent) -> Halt:
