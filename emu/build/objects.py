@@ -41,7 +41,7 @@ from emu.kernel.conventions import KNOWN
 from emu.kernel.eras import ERAS, Era, ImageMarks, default_era, get_era, sniff
 from emu.kernel.extable import Encoding
 from emu.kernel.image import Image
-from emu.kernel.severity import Severity
+from emu.kernel.severity import MceRules, Severity, release_rules
 
 
 #: X86_FEATURE_* numbers (32 * word + bit) of what emu selects, as in asm/emu_kernel.h.
@@ -209,7 +209,14 @@ def built_target(path: str, *, linked: bool, cpu: frozenset[str], era: str | Non
         if patched or any(s.name == ".altinstructions" for s in img.sections):
             evidence = [*evidence, f"{patched} ALTERNATIVE site(s) patched for this CPU"]
     det = _detection(img, chosen, evidence, era is not None)
-    t = Target(img, Settings.of(chosen, severity), cpu, catalog=det, era=chosen,
+    rules = None
+    if severity is None and era is None and version is not None:
+        # the image's release, not the era of its copy routine: a stable kernel carries
+        # later #MC fixes (Debian 6.1.192 has the 2025 rules); ``emu map`` runs the image's
+        # own error_context() instead, which needs the whole image
+        rules = MceRules(release_rules(version),
+                         f"{version.describe()}: the table of releases and stable backports")
+    t = Target(img, Settings.of(chosen, severity, rules), cpu, catalog=det, era=chosen,
                detection=det, count_insns=count_insns)
     t.version = version          # type: ignore[attr-defined]  # the image's linux_banner
     return t

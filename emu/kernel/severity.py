@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from emu.kernel.cpus import KernelVersion
 
 
 class Severity(str, Enum):
@@ -39,3 +43,22 @@ class MceRules:
 
     def to_json(self) -> dict[str, str]:
         return {"mce": self.severity.value, "how": self.how}
+
+
+def release_rules(version: KernelVersion | None) -> Severity:
+    """The #MC rules of a kernel release, from the documented table of releases and stable
+    backports (used where the rules cannot be read from the kernel itself): the 2025 rules
+    from v6.15 and in stable trees that carry 1a15bb8303b6 (Debian 6.1.192 and 6.12.118 do:
+    their severity.c tests is_copy_from_user() first; other point releases UNVERIFIED),
+    else the rules of the release's era.  No version: v5.17's."""
+    if version is None:
+        return Severity.V5_17
+    v = version.version
+    if v >= (6, 15) or (version.stable or (0, 0, 0)) >= {(6, 1): (6, 1, 192),
+                                                        (6, 12): (6, 12, 118)}.get(v, (99, 0, 0)):
+        return Severity.V2025
+    if v <= (5, 9):
+        return Severity.V5_9
+    if v <= (5, 15):
+        return Severity.V5_10
+    return Severity.V5_16 if v == (5, 16) else Severity.V5_17

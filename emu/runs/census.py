@@ -40,6 +40,7 @@ from emu.core import layout
 from emu.core.machine import Buffers, Call, Machine, State
 from emu.errors import ImageError
 from emu.kernel.cpus import KernelVersion
+from emu.kernel.severity import release_rules
 from emu.kernel.extable import Encoding, Extable, ExType, decode
 from emu.kernel.image import Section
 from emu.kernel.decode import LOADS as _LOADS, MOVS as _MOVS, att_disassembler
@@ -172,23 +173,6 @@ class _ImageRules:
         return (dict(raw.regs)["rax"] & 0xFFFFFFFF) == IN_KERNEL_RECOV
 
 
-def _table_rules(version: KernelVersion | None) -> Severity:
-    """The documented fallback: the 2025 rules from v6.15 and in stable trees that carry
-    1a15bb8303b6 (Debian 6.1.192 and 6.12.118 do: their severity.c tests
-    is_copy_from_user() first; other point releases UNVERIFIED), else the era's rules."""
-    if version is None:
-        return Severity.V5_17
-    v = version.version
-    if v >= (6, 15) or (version.stable or (0, 0, 0)) >= {(6, 1): (6, 1, 192),
-                                                        (6, 12): (6, 12, 118)}.get(v, (99, 0, 0)):
-        return Severity.V2025
-    if v <= (5, 9):
-        return Severity.V5_9
-    if v <= (5, 15):
-        return Severity.V5_10
-    return Severity.V5_16 if v == (5, 16) else Severity.V5_17
-
-
 def census(lf: LinkedFile, version: KernelVersion | None,
            mce_rules: Severity | None = None) -> tuple[list[Site], Rules]:
     """Decode and judge every ``__ex_table`` entry of ``lf``.
@@ -224,7 +208,7 @@ def census(lf: LinkedFile, version: KernelVersion | None,
             rules = Rules("image", "ran the image's own error_context() under the emulator "
                           "(ex_get_fixup_type and is_copy_from_user answered by emu)")
         except LookupError as e:
-            sev = _table_rules(version)
+            sev = release_rules(version)
             rules = Rules(sev.value, f"documented version table ({e})")
             mce_rules = sev
     md = att_disassembler()

@@ -344,3 +344,24 @@ def test_run_clear_user_from_the_image_cli(capsys) -> None:  # type: ignore[no-u
                  "--len", "8"], io.StringIO()) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--convention" in err and "put_user" in err
+
+
+@pytest.mark.parametrize("version", ["6.1", "6.12"])
+def test_an_image_is_judged_by_its_release_s_mce_rules_not_its_copy_routine_era_s(
+        version: str) -> None:
+    """`emu run --vmlinux` on a stable kernel: the #MC rules follow the image's release (its
+    banner; Debian 6.1.192 and 6.12.118 carry the 2025 fix), not the era its copy routine
+    matches (v5.17).  They are the rules the same release's source reads from its own
+    severity.c, found independently; `--era` and `--mce-rules` still override."""
+    c = parse_cpu("none")
+    img = built_target(str(vmlinux(version)), linked=True, cpu=c)
+    from emu.build.resolve import parse_spec, resolve
+    src = resolve(parse_spec(f"debian:{version}"), c)
+    assert "severity.c" in src.rules.how
+    assert img.rules.severity is src.rules.severity
+    assert img.rules.severity is not img.era.severity          # the era alone would differ
+    assert "table of releases" in img.rules.how and img.version.describe() in img.rules.how
+    forced = built_target(str(vmlinux(version)), linked=True, cpu=c, era=img.era.key)
+    assert forced.rules.severity is img.era.severity
+    assert built_target(str(vmlinux(version)), linked=True, cpu=c,
+                        severity=Severity.V5_17).rules.severity is Severity.V5_17
