@@ -9,6 +9,7 @@ text the client sends.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -91,6 +92,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
+def _sweep(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``emu sweep ARGV`` run from ``cwd`` (the client's directory); it must succeed."""
+    r = subprocess.run([sys.executable, "-m", "emu", "sweep", *argv], cwd=cwd,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def test_cluster_sweep_equals_the_local_one(cluster: Cluster, tmp_path: Path) -> None:
     """Same store rows and byte-identical summary, an era key and a relative .S file (which
     the workers, in another directory, cannot read) alike; then --resume over the cluster."""
@@ -101,11 +110,7 @@ def test_cluster_sweep_equals_the_local_one(cluster: Cluster, tmp_path: Path) ->
             "--step", "4", "--json"]
     local, dist = tmp_path / "local.db", tmp_path / "dask.db"
 
-    def sweep(*argv: str) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([sys.executable, "-m", "emu", "sweep", *argv], cwd=src,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        return r
+    sweep = functools.partial(_sweep, src)
 
     a = sweep(*grid, "--results", str(local), "--jobs", "2")
     b = sweep(*grid, "--results", str(dist), "--cluster", cluster.address)
@@ -193,11 +198,7 @@ def test_built_object_and_vmlinux_sweep_on_the_cluster(cluster: Cluster, tmp_pat
             "0,0x7e0", "--faults", "mc,pf", "--step", "line", "--json"]
     local, dist = tmp_path / "local.db", tmp_path / "dask.db"
 
-    def sweep(*argv: str) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([sys.executable, "-m", "emu", "sweep", *argv], cwd=client,
-                           capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        return r
+    sweep = functools.partial(_sweep, client)
 
     a = sweep(*grid, "--results", str(local), "--jobs", "2")
     b = sweep(*grid, "--results", str(dist), "--cluster", cluster.address)

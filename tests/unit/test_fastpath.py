@@ -28,6 +28,8 @@ from emu.errors import EmulationError
 from emu.kernel import outcome
 from emu.kernel.eras import CPUS, ERAS, Routine
 
+from test_fast_forward import cases as ff_cases
+
 pytestmark = pytest.mark.skipif(native.load() is None,
                                 reason="the compiled helper cannot be built here (gcc "
                                        "missing, or EMU_PURE=1)")
@@ -63,14 +65,8 @@ def run_both(t: Target, tp: Target, r: Routine, b: Buffers, *, ff: bool = False,
 
 
 def cases(length: int, sa: int, da: int, direction: str, step: int) -> list[Buffers]:
-    out = [Buffers(direction, length, sa, da)]
-    for off in range(0, length, step):
-        out.append(Buffers(direction, length, sa, da, poison=(off,)))
-        out.append(Buffers(direction, length, sa, da, unmapped=(off,)))
-    out.append(Buffers(direction, length, sa, da, poison=(length - 1, length // 3)))
-    out.append(Buffers(direction, length, sa, da, poison=(length // 2,),
-                       unmapped=(length - 1,)))
-    return out
+    """The clean case, then the fast-forward tests' faulting cases."""
+    return [Buffers(direction, length, sa, da), *ff_cases(length, sa, da, direction, step)]
 
 
 def combos():  # type: ignore[no-untyped-def]
