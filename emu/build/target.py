@@ -33,12 +33,23 @@ from emu.kernel.severity import MceRules, Severity
 
 _MISSING = object()
 
+
+def _recording_bytes(ff: Any) -> int:
+    """The memory a recording (a ``FastForward``, or None for a run that cannot be
+    fast-forwarded) holds."""
+    return 1 if ff is None else ff.nbytes()
+
 #: Clean-run recordings for fast-forward, by (target, routine, direction, length,
 #: alignments, budget), shared by every target of the process.  A recording of a 16 KiB
 #: copy holds a checkpoint per line (the CPU context and the dirty pages: ~1-2 MB); a sweep
 #: runs a cell's offsets in a row, so a few recordings serve it.  One bound for the process,
 #: not 16 per target (issue 17: 16 per target × 24 targets grew a worker to 1 GB).
-_RECORDINGS: Bounded[tuple[object, ...], Any] = Bounded(8, "target.recordings")
+#: A recording of a 64 KiB copy holds ~12 MB (1,040 checkpoints of ~5.6 KB of context and a
+#: 4 KiB page each), so the bound is also by bytes: 8 recordings of 64 KiB copies held
+#: 96 MB and made the largest ``make bench-sweep`` worker 158 MB (issue 19).
+RECORDINGS_BUDGET = 32 << 20
+_RECORDINGS: Bounded[tuple[object, ...], Any] = Bounded(
+    8, "target.recordings", weigh=_recording_bytes, budget=RECORDINGS_BUDGET)
 
 
 @dataclass(frozen=True, slots=True)

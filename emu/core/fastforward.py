@@ -48,6 +48,18 @@ class FastForward:
     lines: dict[int, Checkpoint]
     pages: dict[int, Checkpoint]
 
+    def nbytes(self) -> int:
+        """Roughly the memory the checkpoints hold: each distinct checkpoint's CPU context
+        and its maps, and each distinct page and stack copy once (checkpoints share the
+        bytes of pages that did not change between them)."""
+        cps = {id(cp): cp for cp in (*self.lines.values(), *self.pages.values())}
+        held = {id(b): len(b) for cp in cps.values()
+                for b in (cp.stack, *(data for _, _, data in cp.pages))}
+        return (sum(held.values())
+                + sum(getattr(cp.ctx, "size", 0) + 200 + 150 * len(cp.pages)
+                      for cp in cps.values())
+                + 100 * (len(self.lines) + len(self.pages)))
+
     def start_for(self, bufs: Buffers) -> Checkpoint | None:
         """The earliest checkpoint among the case's faults; None if the run never meets one.
 

@@ -68,3 +68,40 @@ def test_the_hot_caches_are_bounded() -> None:
                  "_insn_cache"):
         assert isinstance(getattr(m, name), Bounded), name
     assert isinstance(m._eng._u64, Bounded) and isinstance(m._eng._batches, Bounded)
+
+
+def test_a_weight_budget_evicts_the_oldest_until_the_weights_fit() -> None:
+    c: Bounded[str, bytes] = Bounded(8, "t-weight", weigh=len, budget=10)
+    c["a"], c["b"], c["c"] = b"1234", b"1234", b"12"
+    assert list(c) == ["a", "b", "c"] and c.weight() == 10
+    c["d"] = b"123"                     # 13 > 10: "a" goes
+    assert list(c) == ["b", "c", "d"] and c.weight() == 9
+    c["e"] = b"x" * 25                  # heavier than the budget: it alone stays
+    assert list(c) == ["e"] and c.weight() == 25
+    c["f"] = b"1"
+    assert list(c) == ["f"] and c.weight() == 1
+    c["f"] = b"12345"                   # a replaced value is weighed again
+    assert c.weight() == 5
+    del c["f"]
+    c["g"] = b"12"
+    assert c.pop("g") == b"12" and c.weight() == 0 and len(c) == 0
+    c.update({"h": b"123", "i": b"12345678"})
+    assert list(c) == ["i"] and c.weight() == 8
+    clear_all()
+    assert c.weight() == 0
+
+
+def test_a_weighted_cache_still_keeps_its_entry_limit_and_pickles_with_its_budget() -> None:
+    c: Bounded[int, bytes] = Bounded(2, "t-weight-limit", weigh=len, budget=100)
+    for i in range(4):
+        c[i] = b"x"
+    assert list(c) == [2, 3] and c.weight() == 2
+    d = pickle.loads(pickle.dumps(c))
+    assert (d.limit, d.budget, d.weigh, len(d), d.weight()) == (2, 100, len, 0, 0)
+
+
+def test_a_budget_needs_its_weigh_function() -> None:
+    with pytest.raises(ValueError):
+        Bounded(4, "t-bad-budget", budget=10)
+    with pytest.raises(ValueError):
+        Bounded(4, "t-bad-budget", weigh=len, budget=0)

@@ -117,3 +117,38 @@ def test_a_reused_machine_matches_fresh_machines_in_any_order(era_key: str) -> N
             fresh.close()
         assert got == outcome.build(ref, b, r.ret_reg, t.image.symbolize), f"{b} ff={ff}"
         assert raw.dst_window == ref.dst_window and raw.src_window == ref.src_window, b
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def test_recordings_are_bounded_by_the_bytes_they_hold_not_only_their_number() -> None:
+    """A 64 KiB copy's recording holds ~11 MB (a checkpoint per line: CPU context + the
+    destination page).  Eight of them (the old entry bound) made a ``make bench-sweep`` worker
+    158 MB; recording six in a row must leave the cache within its byte budget and the
+    process's RSS grown by about that budget, not by six recordings."""
+    from emu.build import target as T
+    from emu.caching import clear_all
+    clear_all()
+    era = ERAS["E"]
+    t = era_target(era, CPUS["none"])
+    r = era.routine("copy_user_generic_unrolled")
+    one = None
+    before = _rss_mb()
+    for da in range(6):
+        b = Buffers("from", 60 * 1024, 0, da, poison=(4096 + 64 * da,))
+        assert t.checkpoint(r, b) is not None
+        key = next(reversed(T._RECORDINGS))
+        one = one or T._RECORDINGS[key].nbytes()
+    grown = _rss_mb() - before
+    assert one > 8 << 20                      # the weight is the checkpoints' real size
+    assert grown < (T.RECORDINGS_BUDGET >> 20) + 16, f"RSS grew {grown:.0f} MB"
+    assert len(T._RECORDINGS) < 6 and T._RECORDINGS.weight() <= T.RECORDINGS_BUDGET
+    # and a fast-forwarded case still gives the full run's outcome after the evictions
+    b = Buffers("from", 60 * 1024, 0, 0, poison=(4096,))
+    assert t.run(r, b, fast_forward=True) == t.run(r, b, fast_forward=False)
