@@ -163,7 +163,7 @@ class BareSweep:
         self.regs = entry_regs(routine, cases[0])
         self.stack = m.pa((L.STACK_TOP - 8) & ~0xFFF)
         self.lines = [m.pa((b.src + b.poison[0]) & ~63) for b in cases]
-        self.cps = [target.checkpoint(routine, b) for b in cases]
+        self.cps = [target.checkpoint(routine, b, every=True) for b in cases]
 
     def full(self) -> float:
         eng, cb = self.eng, self.cb

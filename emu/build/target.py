@@ -185,7 +185,7 @@ class Target:
                          f"(functions: {funcs})")
 
     def run(self, routine: Routine, bufs: Buffers, *, budget: int | None = None,
-            fast_forward: bool = False) -> Outcome:
+            fast_forward: bool = False, every_checkpoint: bool = False) -> Outcome:
         """Call a copy or clear ``routine`` on the case ``bufs`` and judge the result.
 
         Args:
@@ -195,6 +195,10 @@ class Target:
             fast_forward: start a faulting case from the checkpoint of its clean run just
                 before the first load that meets the fault (``Machine.record``); the
                 outcome is the same as a full run, which the tests check across eras.
+                A checkpoint inside a bulk ``rep movs``/``rep stos`` saves nothing (the
+                run from the entry gets there in one bulk step as well) and is skipped.
+            every_checkpoint: with ``fast_forward``, start from such checkpoints too (the
+                tests, which check that they give the full run's outcome as well).
 
         Raises:
             UsageError: a get_user / put_user helper (``call`` runs those), or a case the
@@ -207,7 +211,7 @@ class Target:
                              "emu fuzz run copy and clear routines")
         self.check_case(routine, bufs)
         call = self._call(routine, bufs)
-        start = self.checkpoint(routine, bufs, budget) if fast_forward else None
+        start = self.checkpoint(routine, bufs, budget, every_checkpoint) if fast_forward else None
         if budget is None:
             raw = self.machine.run(call, bufs, self.kernel, start=start)
         else:
@@ -278,12 +282,13 @@ class Target:
                                            stac=routine.caller_stac)
         return call
 
-    def checkpoint(self, routine: Routine, bufs: Buffers,
-                   budget: int | None = None) -> Checkpoint | None:
+    def checkpoint(self, routine: Routine, bufs: Buffers, budget: int | None = None,
+                   every: bool = False) -> Checkpoint | None:
         """Where a fast-forwarded run of ``bufs`` starts (None: from the entry point).
 
         The clean run of the same call is recorded once per (routine, direction, length,
-        alignments) and kept for the next cases of a sweep.
+        alignments) and kept for the next cases of a sweep.  A checkpoint that saves
+        nothing (``Checkpoint.at_bulk_string``) gives None unless ``every``.
         """
         if not (bufs.poison or bufs.unmapped) or self.machine.count_insns:
             return None
@@ -295,7 +300,7 @@ class Target:
             kwargs = {} if budget is None else {"budget": budget}
             ff = _RECORDINGS[key] = self.machine.record(self._call(routine, clean), clean,
                                                         self.kernel, **kwargs)
-        return ff.start_for(bufs) if ff is not None else None  # type: ignore[union-attr]
+        return ff.start_for(bufs, every) if ff is not None else None  # type: ignore[union-attr]
 
     def describe(self) -> str:
         return f"{self.name} [{cpu_name(self.cpu)}]"

@@ -39,6 +39,10 @@ class Checkpoint:
     #: ``pages`` as (window base, page index) → contents, the form ``_settle`` takes.
     page_map: dict[tuple[int, int], bytes] = field(repr=False, compare=False,
                                                    default_factory=dict)
+    #: The load is an iteration of a ``rep movs``/``rep stos`` the machine runs in bulk: a
+    #: run from the entry reaches it in one bulk step too, so starting here saves nothing
+    #: (``FastForward.start_for`` skips it unless asked for every checkpoint).
+    at_bulk_string: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,9 @@ class FastForward:
                       for cp in cps.values())
                 + 100 * (len(self.lines) + len(self.pages)))
 
-    def start_for(self, bufs: Buffers) -> Checkpoint | None:
-        """The earliest checkpoint among the case's faults; None if the run never meets one.
+    def start_for(self, bufs: Buffers, every: bool = False) -> Checkpoint | None:
+        """The earliest checkpoint among the case's faults; None if the run never meets one,
+        or (unless ``every``) if that checkpoint saves nothing (``at_bulk_string``).
 
         Only source-side faults are covered: poisoned source lines, and for copies from
         user the non-present source pages.  A non-present destination page (copy to user)
@@ -70,11 +75,15 @@ class FastForward:
         if bufs.unmapped and bufs.direction != "from":
             return None
         if not bufs.unmapped and len(bufs.poison) == 1:      # a sweep's usual case
-            return self.lines.get((bufs.src + bufs.poison[0]) & ~(L.LINE - 1))
-        cps = [self.lines.get((bufs.src + off) & ~(L.LINE - 1)) for off in bufs.poison]
-        cps += [self.pages.get((bufs.src + off) & ~(L.PAGE - 1)) for off in bufs.unmapped]
-        met = [cp for cp in cps if cp is not None]
-        return min(met, key=lambda cp: cp.seq) if met else None
+            cp = self.lines.get((bufs.src + bufs.poison[0]) & ~(L.LINE - 1))
+        else:
+            cps = [self.lines.get((bufs.src + off) & ~(L.LINE - 1)) for off in bufs.poison]
+            cps += [self.pages.get((bufs.src + off) & ~(L.PAGE - 1)) for off in bufs.unmapped]
+            met = [cp for cp in cps if cp is not None]
+            cp = min(met, key=lambda cp: cp.seq) if met else None
+        if cp is not None and cp.at_bulk_string and not every:
+            return None
+        return cp
 
 
 @dataclass
@@ -108,6 +117,7 @@ class Recorder:
         _layout: str | None
         _resident: dict[tuple[int, int], bytes]
         _stack_page: int
+        _string_ops: dict[int, Any]
 
         def pa(self, va: int) -> int: ...
         def run(self, call: Call, bufs: Buffers, handler: FaultHandler, *,
@@ -217,13 +227,15 @@ class Recorder:
         if stack == rec.stack:
             stack = rec.stack            # usually the same page all along: keep one copy
         rec.stack = stack
+        rip = self._eng.read(X.UC_X86_REG_RIP)
         cp = Checkpoint(
             seq=len(rec.lines) + len(rec.pages),
-            rip=self._eng.read(X.UC_X86_REG_RIP),
+            rip=rip,
             ctx=uc.context_save(),
             pages=tuple(pages),
             stack=stack,
             page_map={(wpa, i): data for wpa, i, data in pages},
+            at_bulk_string=rip in self._string_ops,
         )
         for ln in new_lines:
             rec.lines[ln] = cp

@@ -56,7 +56,7 @@ def run_both(t: Target, tp: Target, r: Routine, b: Buffers, *, ff: bool = False,
     kw = {} if budget is None else {"budget": budget}
     raws = []
     for tt in (t, tp):
-        start = tt.checkpoint(r, b, budget) if ff else None
+        start = tt.checkpoint(r, b, budget, every=True) if ff else None
         raws.append(tt.machine.run(tt._call(r, b), b, tt.kernel, start=start, **kw))
     same_raw(raws[0], raws[1], (r.name, b, ff))
     o = [outcome.build(raw, b, r.ret_reg, t.image.symbolize) for raw in raws]
