@@ -37,6 +37,7 @@ import multiprocessing as mp
 import operator
 import os
 import signal
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -67,9 +68,12 @@ CLASSES: tuple[str, ...] = ("ok", "benign", "violation", "smap_violation",
 MAX_CELLS = 1_000_000
 #: Most numbers one list option (``--len 0..4096``) may name.
 MAX_LIST = 1 << 17
-#: Test hooks: a worker kills itself (SIGKILL) or raises on the case with this id.
+#: Test hooks: a worker kills itself (SIGKILL), raises, or stalls on the case with this id.
+#: A stalled worker waits until the process that started it is gone, then exits: the sweep
+#: cannot finish, so a test can interrupt it at a moment of its choosing however fast it runs.
 CRASH_ENV = "EMU_SWEEP_CRASH"
 RAISE_ENV = "EMU_SWEEP_RAISE"
+STALL_ENV = "EMU_SWEEP_STALL"
 
 
 # ---- cases and grids -------------------------------------------------------------------
@@ -454,6 +458,7 @@ class Runner:
         self._memo: Bounded[tuple[Any, ...], Outcome] = Bounded(4096, "sweep.outcomes")
         self._crash = os.environ.get(CRASH_ENV)
         self._raise = os.environ.get(RAISE_ENV)
+        self._stall = os.environ.get(STALL_ENV)
         self._last: tuple[tuple[Any, ...], tuple[Any, Routine]] | None = None
 
     def target_and_routine(self, case: Case) -> tuple[Any, Routine]:
@@ -478,6 +483,11 @@ class Runner:
             os.kill(os.getpid(), signal.SIGKILL)
         if self._raise in ids:
             raise RuntimeError(f"test hook {RAISE_ENV} raised on {self._raise}")
+        if self._stall in ids:
+            parent = os.getppid()
+            while os.getppid() == parent:
+                time.sleep(0.05)
+            os._exit(0)
         b = case.buffers()
         key = case.input_key()
         hit = self._memo.get(key)
@@ -505,7 +515,7 @@ class Runner:
 
     def run_unit(self, unit: Unit) -> dict[str, Any]:
         """One unit → the record of its first case."""
-        hooks = {self._crash, self._raise} - {None}
+        hooks = {self._crash, self._raise, self._stall} - {None}
         members = [c.id for c in unit.cases()] if hooks else []
         return self.run(unit.case, members)
 

@@ -143,12 +143,19 @@ def _dump(path: Path) -> list[str]:
 
 def test_resume_after_kill(results: Path, tmp_path: Path) -> None:
     """SIGKILL a running sweep (parent and workers go no further), then resume: every case
-    once, none lost, and the store equals one from an uninterrupted sweep."""
+    once, none lost, and the store equals one from an uninterrupted sweep.
+
+    The whole sweep takes about a second, so one worker stalls on a case in the middle of
+    the grid (``EMU_SWEEP_STALL``): the sweep cannot finish before the kill lands, however
+    fast the machine is (it once did, between the test's poll and its kill)."""
     argv = [sys.executable, "-m", "emu", "sweep", "C", "D", "E", "F", "--len", "2048..4096/256",
             "--src-align", "0x7e0", "--step", "line", "--faults", "mc,mc2",
             "--results", str(results), "--jobs", "2", "--json"]
-    total = len(_ids_mc_mc2())
-    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ids = _ids_mc_mc2()
+    total = len(ids)
+    stall = sorted(i for i in ids if i.startswith("E|"))[0]
+    p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env={**os.environ, "EMU_SWEEP_STALL": stall})
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
@@ -161,6 +168,7 @@ def test_resume_after_kill(results: Path, tmp_path: Path) -> None:
         p.wait()
     done = runs_committed(results)
     assert 40 <= done < total       # one case per run here (--step line)
+    assert stall not in {x["id"] for x in read_results(results)}
     r = emu_proc(*argv[3:], "--resume")
     assert r.returncode == 0, r.stderr
     recs = read_results(results)
