@@ -248,16 +248,20 @@ def test_source_file_variant(tmp_path: Path) -> None:
 def test_ctrl_c_prints_the_partial_summary_and_resume_finishes(results: Path) -> None:
     """SIGINT (Ctrl-C) mid-sweep: exit 130, the summary of the finished cases on stdout, a
     one-line hint on stderr, and --resume completes the grid with nothing lost or doubled."""
-    # A grid of many distinct runs (several seconds), so the interrupt lands mid-sweep.
+    # A grid of many distinct runs; one worker stalls on a case mid-grid, so the interrupt
+    # lands mid-sweep however fast the machine is.
     argv = [sys.executable, "-m", "emu", "sweep", "C", "D", "E", "F", "--len", "64..4096/64",
             "--src-align", "0x7e0", "--step", "line", "--faults", "mc",
             "--results", str(results), "--jobs", "2", "--json"]
     g = Grid(variants=tuple(parse_variant(v, None) for v in "CDEF"),
              lengths=tuple(range(64, 4097, 64)), src_aligns=(0x7E0,), step=64, kinds=("mc",))
-    total = len({c.id for c in g.cases()})
+    ids = {c.id for c in g.cases()}
+    total = len(ids)
+    stall = sorted(i for i in ids if i.startswith("E|"))[0]
     # SIGINT at its default (a suite started in the background of a shell inherits it
     # ignored, and Python would then install no KeyboardInterrupt handler)
     p = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "EMU_SWEEP_STALL": stall},
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and p.poll() is None:
