@@ -73,6 +73,10 @@ _RUN_COLS = ("id", "variant", "era", "routine", "cpu", "direction", "length", "s
              "dst_align", "kind", "poison", "unmapped", "cases", "class", "state",
              "return_value", "exact", "error", "bytes_copied", "mc", "pf", "tail_retry",
              "message")
+#: The columns ``summary_rows`` gives, in this order.
+SUMMARY_COLUMNS = ("id", "variant", "era", "routine", "cpu", "direction", "length",
+                   "src_align", "dst_align", "kind", "poison", "unmapped", "cases", "class",
+                   "message")
 #: The record fields a run row holds (the rest of a JSON record is the case).
 _OUTCOME = ("class", "state", "return_value", "exact", "error", "bytes_copied", "mc", "pf",
             "tail_retry", "message")
@@ -335,6 +339,23 @@ class Store:
             case["unmapped"] = tuple(int(x) for x in r["unmapped"].split(",") if x)
             yield r["id"], r["cases"], case, rec
 
+    def summary_rows(self) -> Iterator[tuple[Any, ...]]:
+        """Every stored run in id order, streamed, as the summary reads it: a tuple of
+        ``SUMMARY_COLUMNS`` (poison and unmapped as stored, comma-separated) followed by the
+        list of its violation names.  Cheaper than ``iter_runs`` (no dicts per run)."""
+        with self._errors():
+            viol = self.db.execute("SELECT run, name FROM violations ORDER BY run, pos")
+            pending = next(viol, None)
+            cols = ", ".join(SUMMARY_COLUMNS)
+            for row in self.db.execute(f"SELECT {cols} FROM runs ORDER BY id"):
+                rid = row[0]
+                names: list[str] = []
+                while pending is not None and pending[0] <= rid:
+                    if pending[0] == rid:
+                        names.append(pending[1])
+                    pending = next(viol, None)
+                yield (*row, names)
+
     def records(self) -> dict[int, dict[str, Any]]:
         """Every stored run's outcome as the fields of a JSON record, by run id."""
         out: dict[int, dict[str, Any]] = {}
@@ -386,8 +407,9 @@ class Store:
             cur = db.execute(f"INSERT OR IGNORE INTO runs VALUES "
                              f"({', '.join('?' * len(_RUN_COLS))})", row)
             if cur.rowcount:
-                db.executemany("INSERT INTO violations VALUES (?, ?, ?)",
-                               [(row[0], i, v) for i, v in enumerate(violations)])
+                if violations:
+                    db.executemany("INSERT INTO violations VALUES (?, ?, ?)",
+                                   [(row[0], i, v) for i, v in enumerate(violations)])
                 db.executemany("INSERT INTO offsets VALUES (?, ?, ?, ?)",
                                [(row[0], *s) for s in offset_spans])
             db.execute("RELEASE add_run")

@@ -41,7 +41,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
@@ -72,11 +72,16 @@ MAX_LIST = 1 << 17
 #: A stalled worker waits until the process that started it is gone, then exits: the sweep
 #: cannot finish, so a test can interrupt it at a moment of its choosing however fast it runs.
 CRASH_ENV = "EMU_SWEEP_CRASH"
+#: With the crash hook: a file; the worker crashes only if it does not exist yet, and makes
+#: it first (a worker killed once, as by the OOM killer, rather than by a case).
+CRASH_ONCE_ENV = "EMU_SWEEP_CRASH_ONCE"
 RAISE_ENV = "EMU_SWEEP_RAISE"
 STALL_ENV = "EMU_SWEEP_STALL"
 
 
 # ---- cases and grids -------------------------------------------------------------------
+
+_LINE_MASK, _PAGE_MASK = ~(L.LINE - 1), ~(L.PAGE - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +116,15 @@ class Case:
 
     def input_key(self) -> tuple[Any, ...]:
         """What the machine sees: cases with the same key have the same outcome (every byte
-        of a line poisons that line, every byte of a page unmaps that page)."""
-        b = self.buffers()
-        lines = tuple(sorted({(b.src + p) & ~(L.LINE - 1) for p in b.poison}))
-        pages = tuple(sorted({(b.user + p) & ~(L.PAGE - 1) for p in b.unmapped}))
+        of a line poisons that line, every byte of a page unmaps that page).  The buffers'
+        addresses are ``Buffers``' (``src``, ``user``), computed here without building one:
+        the sweep's parent keys every case of the grid."""
+        if self.direction == "from":
+            src = user = L.USER_WINDOW + self.src_align
+        else:
+            src, user = L.KERNEL_WINDOW + self.src_align, L.USER_WINDOW + self.dst_align
+        lines = tuple(sorted({(src + p) & _LINE_MASK for p in self.poison}))
+        pages = tuple(sorted({(user + p) & _PAGE_MASK for p in self.unmapped}))
         return (self.variant, self.era, self.routine, self.cpu, self.direction, self.length,
                 self.src_align, self.dst_align, lines, pages)
 
@@ -371,9 +381,24 @@ class Unit:
 def member(case: Case, off: int) -> Case:
     """The case of ``case``'s unit at offset ``off``: the fault that sat at the case's
     offset moves to ``off``, the others (a next line or page) stay."""
-    def move(xs: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(off if x == case.offset else x for x in xs)
-    return replace(case, offset=off, poison=move(case.poison), unmapped=move(case.unmapped))
+    at = case.offset
+    return Case(case.variant, case.routine, case.cpu, case.direction, case.length,
+                case.src_align, case.dst_align, case.kind, off,
+                tuple(off if x == at else x for x in case.poison),
+                tuple(off if x == at else x for x in case.unmapped), case.era, case.spec)
+
+
+def _is_member(first: Case, c: Case) -> bool:
+    """``member(first, c.offset) == c``, without building the member (the sweep's parent
+    asks it of every case of the grid)."""
+    at, off = first.offset, c.offset
+    return (c.kind == first.kind and (c.spec is first.spec or c.spec == first.spec)
+            and c.poison == tuple(off if x == at else x for x in first.poison)
+            and c.unmapped == tuple(off if x == at else x for x in first.unmapped)
+            and c.variant == first.variant and c.routine == first.routine
+            and c.cpu == first.cpu and c.direction == first.direction
+            and c.length == first.length and c.src_align == first.src_align
+            and c.dst_align == first.dst_align and c.era == first.era)
 
 
 def units(cases: Iterable[Case], first_id: int = 0) -> list[Unit]:
@@ -384,7 +409,7 @@ def units(cases: Iterable[Case], first_id: int = 0) -> list[Unit]:
         groups.setdefault(c.input_key(), []).append(c)
     out: list[Unit] = []
     for cs in groups.values():
-        if any(member(cs[0], c.offset) != c for c in cs[1:]):   # not one fault moving
+        if not all(_is_member(cs[0], c) for c in cs[1:]):   # not one fault moving
             out.extend(Unit(first_id + len(out) + i, c, (c.offset,)) for i, c in enumerate(cs))
             continue
         out.append(Unit(first_id + len(out), cs[0], tuple(c.offset for c in cs)))
@@ -480,7 +505,9 @@ class Runner:
         """Run (or reuse) one case; returns the outcome and whether it was reused."""
         ids = set(members) or {case.id}
         if self._crash in ids:
-            os.kill(os.getpid(), signal.SIGKILL)
+            once = os.environ.get(CRASH_ONCE_ENV)
+            if once is None or _first_time(once):
+                os.kill(os.getpid(), signal.SIGKILL)
         if self._raise in ids:
             raise RuntimeError(f"test hook {RAISE_ENV} raised on {self._raise}")
         if self._stall in ids:
@@ -520,20 +547,47 @@ class Runner:
         return self.run(unit.case, members)
 
 
+#: Seconds a worker holds finished records before it sends them (one message for many
+#: records: per record, the pipe, the pickling and the parent's wake-up cost more than a
+#: short run).  Eager batches send each record as soon as it is made.
+SEND_EVERY = 0.05
+
+
+def _first_time(path: str) -> bool:
+    """Make ``path``; False if it was there already (the crash-once test hook)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def _worker_main(conn: Connection) -> None:
-    """Worker loop: receive a batch of cases, send one record per case, then ``None``."""
+    """Worker loop: receive ``(batch of units, eager)``, send their records in order as
+    lists (each unit's alone when ``eager``, else every ``SEND_EVERY`` seconds), then
+    ``None``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     runner = Runner()
+    clock = time.monotonic
     while True:
         try:
-            batch = conn.recv()
+            msg = conn.recv()
         except (EOFError, OSError):
             return
-        if batch is None:
+        if msg is None:
             return
+        batch, eager = msg
         try:
+            out: list[dict[str, Any]] = []
+            last = clock()
             for unit in batch:
-                conn.send(runner.run_unit(unit))
+                out.append(runner.run_unit(unit))
+                if eager or clock() - last >= SEND_EVERY:
+                    conn.send(out)
+                    out = []
+                    last = clock()
+            if out:
+                conn.send(out)
             conn.send(None)
         except (BrokenPipeError, OSError):  # the parent is gone: stop quietly
             return
@@ -545,6 +599,7 @@ class _Worker:
     conn: Connection
     batch: list[Unit]
     returned: int = 0
+    eager: bool = False
 
 
 OnRecord = Callable[[Unit, dict[str, Any]], None]
@@ -557,13 +612,17 @@ def run_parallel(todo_units: Iterable[Unit], jobs: int, on_record: OnRecord) -> 
     """Run units on ``jobs`` spawned worker processes; ``on_record`` sees each unit's record.
 
     Units are drawn from ``todo_units`` as workers need them (a look-ahead of a few batches
-    per worker), so a lazy source is never materialised.  A worker that dies (signal,
-    os._exit, segfault in Unicorn) costs only the unit it was running: that unit is
-    reported as ``tool_error`` and the rest of its batch is requeued.
+    per worker), so a lazy source is never materialised.  A worker sends its records a
+    few at a time (``SEND_EVERY``).  A worker that dies (signal, os._exit, segfault in
+    Unicorn) costs only the unit it was running: the units of its batch it had not reported
+    are run again in an *eager* batch, whose worker sends each record as soon as it is
+    made, so that the unit a worker dies on is known exactly; that unit is reported as
+    ``tool_error`` and the rest of its batch is requeued.
     """
     ctx = mp.get_context("spawn")
     source = iter(todo_units)
     todo: deque[Unit] = deque()
+    suspects: deque[Unit] = deque()    # not reported by a worker that died: run eagerly
     ahead = 2 * max(1, jobs) * 64      # enough to size batches as if the total were known
     exhausted = False
 
@@ -599,10 +658,12 @@ def run_parallel(todo_units: Iterable[Unit], jobs: int, on_record: OnRecord) -> 
         while True:
             fill()
             for w in workers:
-                if not w.batch and todo:
-                    w.batch = [todo.popleft() for _ in range(min(batch_size(), len(todo)))]
+                if not w.batch and (todo or suspects):
+                    w.eager = bool(suspects)
+                    q = suspects if w.eager else todo
+                    w.batch = [q.popleft() for _ in range(min(batch_size(), len(q)))]
                     w.returned = 0
-                    w.conn.send(w.batch)
+                    w.conn.send((w.batch, w.eager))
             busy = [w for w in workers if w.batch]
             if not busy:
                 break
@@ -617,17 +678,21 @@ def run_parallel(todo_units: Iterable[Unit], jobs: int, on_record: OnRecord) -> 
                         if msg is None:
                             w.batch = []
                         else:
-                            on_record(w.batch[w.returned], msg)
-                            w.returned += 1
+                            for rec in msg:
+                                on_record(w.batch[w.returned], rec)
+                                w.returned += 1
                 except (EOFError, OSError):
                     dead = True
                 if w.batch and (dead or not w.proc.is_alive()):
                     w.proc.join()
-                    crashed = w.batch[w.returned]
-                    on_record(crashed, error_record(crashed.case, f"worker died (exit code "
-                                                    f"{w.proc.exitcode}) while running this "
-                                                    "case"))
-                    todo.extendleft(reversed(w.batch[w.returned + 1:]))
+                    if w.eager:          # it died on the unit after the last it reported
+                        crashed = w.batch[w.returned]
+                        on_record(crashed, error_record(
+                            crashed.case, f"worker died (exit code {w.proc.exitcode}) "
+                            "while running this case"))
+                        todo.extendleft(reversed(w.batch[w.returned + 1:]))
+                    else:                # somewhere after it: find out, one record at a time
+                        suspects.extendleft(reversed(w.batch[w.returned:]))
                     w.conn.close()
                     workers[i] = start()
     finally:
@@ -653,33 +718,46 @@ def run_serial(todo_units: Iterable[Unit], on_record: OnRecord) -> None:
 # ---- summary ------------------------------------------------------------------------------
 
 
-def summarize(grid: Grid, done: Iterable[tuple[Case, int, dict[str, Any]]]) -> dict[str, Any]:
-    """Per variant: counts per outcome class and per violation, each with a minimal
-    reproducer (the smallest case by length, fault count, alignment, offset; a unit's first
-    case is its smallest).  ``done`` gives each run's first case, how many cases it stands
-    for, and its record; it is consumed once (a stream from the store)."""
+def stored_summary(grid: Grid, store: Store) -> dict[str, Any]:
+    """Per variant of ``grid``: counts per outcome class and per violation of the runs
+    ``store`` holds, each with a minimal reproducer (the smallest case by length, fault
+    count, alignment, offset; a unit's first case is its smallest; on a tie the first run
+    in id order).  Streamed from the store: memory does not grow with the number of runs,
+    and a ``Case`` is built only for a run that becomes some count's reproducer."""
     variants: dict[str, dict[str, Any]] = {}
-    best: dict[tuple[str, str, str], Case] = {}
+    best: dict[tuple[str, str, str], tuple[int, ...]] = {}
     order = {v.spec: v for v in grid.variants}
+    specs = {v.spec: v.source for v in grid.variants}
+    mc_first = {name for name, k in KINDS.items() if k.first == "mc"}
     for spec in order:
         variants[spec] = {"label": order[spec].label, "cases": 0, "runs": 0, "classes": {},
                           "violations": {}}
-    for case, weight, rec in done:
-        v = variants.get(case.variant)
+    for (_rid, variant, era, routine, cpu, direction, length, sa, da, kind, poison, unmapped,
+         weight, cls, message, violations) in store.summary_rows():
+        v = variants.get(variant)
         if v is None:
             continue
         v["cases"] += weight
         v["runs"] += 1
-        for group, name in [("classes", rec["class"])] + [("violations", x)
-                                                          for x in rec["violations"]]:
-            slot = v[group].setdefault(name, {"count": 0})
+        p = tuple(int(x) for x in poison.split(",")) if poison else ()
+        u = tuple(int(x) for x in unmapped.split(",")) if unmapped else ()
+        first = p[0] if kind in mc_first else u[0]
+        key = (length, len(p) + len(u), sa, da, first)       # Case.minimality
+        for group, name in (("classes", cls), *(("violations", x) for x in violations)):
+            slots = v[group]
+            slot = slots.get(name)
+            if slot is None:
+                slot = slots[name] = {"count": 0}
             slot["count"] += weight
-            k = (case.variant, group, name)
-            if k not in best or case.minimality() < best[k].minimality():
-                best[k] = case
+            k = (variant, group, name)
+            b = best.get(k)
+            if b is None or key < b:
+                best[k] = key
+                case = Case(variant, routine, cpu, direction, length, sa, da, kind, first, p,
+                            u, era, specs.get(variant))
                 slot["example"] = case.command()
-                if rec.get("message"):
-                    slot["message"] = rec["message"]
+                if message:
+                    slot["message"] = message
                 elif "message" in slot:
                     del slot["message"]
     for spec, v in variants.items():
@@ -723,18 +801,6 @@ def stored_units(grid: Grid, store: Store) -> Iterator[tuple[Unit, dict[str, Any
             return
         if nxt[0] == u.id:
             yield u, nxt[1]
-
-
-def stored_summary(grid: Grid, store: Store) -> dict[str, Any]:
-    """The summary of what ``store`` holds for ``grid``, streamed from the store: memory
-    does not grow with the number of runs."""
-    specs = {v.spec: v.source for v in grid.variants}
-
-    def done() -> Iterator[tuple[Case, int, dict[str, Any]]]:
-        for _rid, n, c, rec in store.iter_runs():
-            first = c["poison"][0] if KINDS[c["kind"]].first == "mc" else c["unmapped"][0]
-            yield Case(offset=first, spec=specs.get(c["variant"]), **c), n, rec
-    return summarize(grid, done())
 
 
 #: ``progress(cases done, cases to do)``, called after each unit.

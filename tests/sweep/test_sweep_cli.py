@@ -217,6 +217,28 @@ def test_worker_crash_is_recorded_and_the_sweep_goes_on(results: Path) -> None:
     assert s["variants"]["C"]["classes"]["tool_error"]["count"] == len(raised) == 16
 
 
+def test_a_worker_killed_once_costs_no_run(results: Path, tmp_path: Path) -> None:
+    """Workers send records a few at a time, so a worker that dies holds finished runs it
+    has not sent.  When it was killed from outside (once, not by a case), those runs and the
+    one it was running are run again: nothing is lost or doubled, nothing is a tool_error,
+    and the store equals an undisturbed sweep's."""
+    ids = sorted(grid_ids("C", "E"))
+    victim = next(i for i in ids if i.startswith("E|") and i.endswith("|mc|0x40"))
+    mark = tmp_path / "killed-once"
+    argv = ["sweep", "C", "E", "--len", "200", "--src-align", "0x7e0", "--step", "4", "--json"]
+    r = emu_proc(*argv, "--results", str(results), "--jobs", "2",
+                 env={"EMU_SWEEP_CRASH": victim, "EMU_SWEEP_CRASH_ONCE": str(mark)})
+    assert r.returncode == 0, r.stderr
+    assert mark.exists()                      # the worker did die
+    recs = read_results(results)
+    assert sorted(x["id"] for x in recs) == ids
+    assert all(x["class"] != "tool_error" for x in recs)
+    fresh = tmp_path / "fresh.db"
+    f = emu_proc(*argv, "--results", str(fresh), "--jobs", "1")
+    assert f.returncode == 0, f.stderr
+    assert r.stdout == f.stdout and _dump(fresh) == _dump(results)
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["sweep", "Q"], "neither an era"),
     (["sweep", "C", "--len", "x"], "not a list of numbers"),
