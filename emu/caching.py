@@ -55,11 +55,13 @@ class Bounded(dict[K, V]):
         _ALL[key] = weakref.ref(self, lambda _r, key=key: _ALL.pop(key, None))
 
     def __setitem__(self, key: K, value: V) -> None:
-        if key not in self and len(self) >= self.limit:
-            del self[next(iter(self))]
-        if self.weigh is None:
+        if self.weigh is None:                 # the usual cache: no weights to keep
+            if key not in self and len(self) >= self.limit:
+                dict.__delitem__(self, next(iter(self)))
             super().__setitem__(key, value)
             return
+        if key not in self and len(self) >= self.limit:
+            del self[next(iter(self))]
         if key in self:
             del self[key]
         w = self.weigh(value)
