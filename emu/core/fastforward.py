@@ -18,6 +18,7 @@ from unicorn import UC_HOOK_MEM_READ
 from unicorn import x86_const as X
 
 from emu.core import layout as L
+from emu.core import strings
 from emu.core.records import Buffers, Call, FaultHandler, State
 from emu.errors import UsageError
 
@@ -25,6 +26,7 @@ from emu.errors import UsageError
 DEFAULT_BUDGET = 5_000_000
 #: Recordings between translation-block cache flushes (a sweep worker's RSS stays flat).
 RECORDINGS_PER_FLUSH = 8
+_EFLAGS_DF = 1 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +202,21 @@ class Recorder:
         if rec is None:
             return
         uc = self.uc
-        a, b = max(addr, rec.lo), min(addr + size, rec.hi)
+        lo, hi = addr, addr + size
+        rip = self._eng.read(X.UC_X86_REG_RIP)
+        op = self._string_ops.get(rip)
+        if op is not None and op.op == "movs":
+            # The first iteration of a rep movs that reaches unrecorded source: the rest of
+            # the instruction reads span(rsi, size, DF, rcx) without anything in between,
+            # so this point is before the first load of every line (and page) of the span,
+            # and one checkpoint here serves them all.  The bulk step then copies through
+            # instead of stopping at each line to be recorded (a checkpoint inside a bulk
+            # string saves nothing: ``Checkpoint.at_bulk_string``).
+            rcx = self._eng.read(X.UC_X86_REG_RCX)
+            down = bool(self._eng.read(X.UC_X86_REG_EFLAGS) & _EFLAGS_DF)
+            s_lo, s_hi = strings.span(addr, op.size, down, rcx)
+            lo, hi = min(lo, s_lo), max(hi, s_hi)
+        a, b = max(lo, rec.lo), min(hi, rec.hi)
         if a >= b:
             return
         lines = range((a - rec.lo + rec.va) & ~(L.LINE - 1), b - rec.lo + rec.va, L.LINE)
@@ -227,7 +243,6 @@ class Recorder:
         if stack == rec.stack:
             stack = rec.stack            # usually the same page all along: keep one copy
         rec.stack = stack
-        rip = self._eng.read(X.UC_X86_REG_RIP)
         cp = Checkpoint(
             seq=len(rec.lines) + len(rec.pages),
             rip=rip,
