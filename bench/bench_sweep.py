@@ -117,7 +117,7 @@ def work(job: tuple[int, Unit]
     from emu.core import layout as L
     from emu.core.machine import Buffers
     from emu.kernel.eras import ERAS
-    from emu.runs.sweep import Case, classify, record
+    from emu.runs.sweep import FAST_FORWARD_FROM, Case, classify, record
     t0 = time.process_time()
     index, (era_key, routine, cpu, n, only_sa) = job
     stored: list[Run] = []
@@ -147,7 +147,7 @@ def work(job: tuple[int, Unit]
                     off = max(start - clean.src, 0)
                     b = (Buffers("from", n, sa, da, poison=(off,)) if kind == "mc" else
                          Buffers("from", n, sa, da, unmapped=(off,)))
-                    o = t.run(r, b, fast_forward=True)
+                    o = t.run(r, b, fast_forward=b.length >= FAST_FORWARD_FROM)
                     counts[classify(o, "from")] += weight
                     case = Case(era_key, routine, cpu, "from", n, sa, da, kind, off,
                                 b.poison, b.unmapped)
