@@ -109,3 +109,22 @@ def test_classify_uses_benign_set_only_for_copy_from_user() -> None:
     o = t.run(e.select_routine(frozenset()), Buffers(length=64, poison=(0,)))
     assert o.violations == () and o.return_value == 64 and o.bytes_copied == 0
     assert classify(o, "from") == "ok"
+
+
+def test_a_sweep_fast_forwards_long_copies_only() -> None:
+    """Below ``FAST_FORWARD_FROM`` a sweep runs each case from the entry (a cell's recording
+    would cost more than it saves); from there on, the cell's clean run is recorded once and
+    its faulting cases start from checkpoints.  Either way the record is a full run's."""
+    from emu.build import target as T
+    from emu.caching import clear_all
+    from emu.runs.sweep import FAST_FORWARD_FROM, Runner, record
+    runner = Runner()
+    for n, recorded in ((4096, False), (FAST_FORWARD_FROM, True)):
+        clear_all()
+        g = grid(variants=("E",), lengths=(n,), src_aligns=(0,), step=64 * 13)
+        cases = list(g.cases())
+        assert len(cases) > 1
+        for c in cases:
+            t, r = runner.target_and_routine(c)
+            assert runner.run(c) == record(c, t.run(r, c.buffers()))
+        assert (T._RECORDINGS.weight() > 0) is recorded
