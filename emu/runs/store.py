@@ -432,6 +432,13 @@ class Store:
             except sqlite3.Error:
                 pass
 
+    def tick(self) -> None:
+        """Commit if runs are waiting and ``COMMIT_EVERY`` has passed: for a caller whose
+        records stop coming for a while (workers busy with long runs), so that what has
+        finished does not wait for the next ``add`` to become durable."""
+        if self._pending and time.monotonic() - self._last_commit >= COMMIT_EVERY:
+            self.commit()
+
     def commit(self) -> None:
         """Make every added run durable (a SIGKILL after this loses none of them); a run
         whose rows were being written when an exception struck is dropped first."""

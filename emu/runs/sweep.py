@@ -338,11 +338,13 @@ class Grid:
                     for sa in self.src_aligns:
                         for da in self.dst_aligns:
                             for k in self.kinds:
-                                cell = (Case(v.spec, r.name, cpu, d, n, sa, da, k, off, poison,
-                                             unmapped, v.rules, v.source)
-                                        for off, poison, unmapped in placements(
-                                            k, n, sa, da, d, self.step, self.offsets))
-                                for u in units(cell, first_id=next_id):
+                                def case(off: int, poison: tuple[int, ...],
+                                         unmapped: tuple[int, ...], k: str = k, d: str = d,
+                                         n: int = n, sa: int = sa, da: int = da) -> Case:
+                                    return Case(v.spec, r.name, cpu, d, n, sa, da, k, off,
+                                                poison, unmapped, v.rules, v.source)
+                                cell = placements(k, n, sa, da, d, self.step, self.offsets)
+                                for u in cell_units(cell, case, d, sa, da, next_id):
                                     next_id = u.id + 1
                                     yield u
 
@@ -422,6 +424,38 @@ def units(cases: Iterable[Case], first_id: int = 0) -> list[Unit]:
             out.extend(Unit(first_id + len(out) + i, c, (c.offset,)) for i, c in enumerate(cs))
             continue
         out.append(Unit(first_id + len(out), cs[0], tuple(c.offset for c in cs)))
+    return out
+
+
+def cell_units(cell: Iterable[tuple[int, tuple[int, ...], tuple[int, ...]]],
+               case: Callable[[int, tuple[int, ...], tuple[int, ...]], Case], direction: str,
+               src_align: int, dst_align: int, first_id: int) -> list[Unit]:
+    """``units`` of one cell's cases, given as their (offset, poison, unmapped) and a
+    ``case`` maker: the same units, but a ``Case`` is made only for each unit's first case.
+    Within a cell only the faults differ, so the input key is the lines and pages they hit
+    (``Case.input_key``) and a member check compares only them (``_is_member``)."""
+    if direction == "from":
+        src = user = L.USER_WINDOW + src_align
+    else:
+        src, user = L.KERNEL_WINDOW + src_align, L.USER_WINDOW + dst_align
+    groups: dict[tuple[Any, ...], list[tuple[int, tuple[int, ...], tuple[int, ...]]]] = {}
+    for off, poison, unmapped in cell:
+        key = (tuple(sorted({(src + p) & _LINE_MASK for p in poison})),
+               tuple(sorted({(user + p) & _PAGE_MASK for p in unmapped})))
+        g = groups.get(key)
+        if g is None:
+            groups[key] = [(off, poison, unmapped)]
+        else:
+            g.append((off, poison, unmapped))
+    out: list[Unit] = []
+    for cs in groups.values():
+        at, fp, fu = cs[0]
+        if all(p == tuple(off if x == at else x for x in fp)
+               and u == tuple(off if x == at else x for x in fu) for off, p, u in cs[1:]):
+            out.append(Unit(first_id + len(out), case(*cs[0]), tuple(c[0] for c in cs)))
+        else:                                               # not one fault moving
+            out.extend(Unit(first_id + len(out) + i, case(*c), (c[0],))
+                       for i, c in enumerate(cs))
     return out
 
 
@@ -557,6 +591,8 @@ class Runner:
         return self.run(unit.case, members)
 
 
+#: Most seconds the pool's parent waits for records before it lets the store commit.
+TICK = 0.25
 #: Seconds a worker holds finished records before it sends them (one message for many
 #: records: per record, the pipe, the pickling and the parent's wake-up cost more than a
 #: short run).  Eager batches send each record as soon as it is made.
@@ -618,7 +654,8 @@ OnRecord = Callable[[Unit, dict[str, Any]], None]
 Backend = Callable[[Sequence[Unit], OnRecord], None]
 
 
-def run_parallel(todo_units: Iterable[Unit], jobs: int, on_record: OnRecord) -> None:
+def run_parallel(todo_units: Iterable[Unit], jobs: int, on_record: OnRecord,
+                 tick: Callable[[], None] | None = None) -> None:
     """Run units on ``jobs`` spawned worker processes; ``on_record`` sees each unit's record.
 
     Units are drawn from ``todo_units`` as workers need them (a look-ahead of a few batches
@@ -627,7 +664,8 @@ def run_parallel(todo_units: Iterable[Unit], jobs: int, on_record: OnRecord) -> 
     Unicorn) costs only the unit it was running: the units of its batch it had not reported
     are run again in an *eager* batch, whose worker sends each record as soon as it is
     made, so that the unit a worker dies on is known exactly; that unit is reported as
-    ``tool_error`` and the rest of its batch is requeued.
+    ``tool_error`` and the rest of its batch is requeued.  ``tick`` is called at least every
+    ``TICK`` seconds, records or not (the store commits from it).
     """
     ctx = mp.get_context("spawn")
     source = iter(todo_units)
@@ -677,7 +715,10 @@ def run_parallel(todo_units: Iterable[Unit], jobs: int, on_record: OnRecord) -> 
             busy = [w for w in workers if w.batch]
             if not busy:
                 break
-            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy])
+            ready = wait([w.conn for w in busy] + [w.proc.sentinel for w in busy],
+                         timeout=TICK)
+            if tick is not None:
+                tick()
             for i, w in enumerate(list(workers)):
                 if not w.batch or (w.conn not in ready and w.proc.sentinel not in ready):
                     continue
@@ -889,7 +930,7 @@ def execute(grid: Grid, store: Store, *, jobs: int, max_cases: int | None = None
         elif jobs <= 1:
             run_serial(todo, on_record)
         else:
-            run_parallel(todo, jobs, on_record)
+            run_parallel(todo, jobs, on_record, tick=store.tick)
     except KeyboardInterrupt:
         interrupted = True   # Ctrl-C: every finished unit is committed; summarise those
     finally:

@@ -303,3 +303,43 @@ def test_ctrl_c_prints_the_partial_summary_and_resume_finishes(results: Path) ->
     assert r.returncode == 0, r.stderr
     ids = [x["id"] for x in read_results(results)]
     assert len(ids) == len(set(ids)) == total
+
+
+def test_finished_runs_are_committed_while_the_workers_are_quiet(tmp_path: Path,
+                                                                 monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The store commits every half second from ``Store.add``; when the records stop
+    coming (a worker busy with a long run), the pool's parent still calls ``tick`` every
+    ``TICK`` seconds, and the store commits what has finished.  (Without it, a sweep that
+    had almost finished, with one long run left, kept its last half second of runs
+    uncommitted: a SIGKILL lost them, and a test once waited 120 s for them.)"""
+    from emu.runs import store as S
+    from emu.runs.sweep import TICK, run_parallel
+    g = Grid(variants=(parse_variant("E", None),), lengths=(200,), src_aligns=(0x7E0,), step=4)
+    units = list(g.units())
+    monkeypatch.setenv("EMU_SWEEP_STALL", units[-1].case.id)   # the last run never ends
+    st_ = S.Store(str(tmp_path / "r.db"), {"grid": "test"}, resume=False)
+    got: list[int] = []
+    quiet: list[float] = []
+
+    class Enough(Exception):
+        pass
+
+    def on_record(u, rec) -> None:  # type: ignore[no-untyped-def]
+        st_.add(u.id, u.case, u.offsets, rec)
+        got.append(u.id)
+        quiet.clear()
+
+    deadline = time.monotonic() + 60
+
+    def tick() -> None:
+        st_.tick()
+        quiet.append(time.monotonic())
+        if len(quiet) >= 2 and quiet[-1] - quiet[0] > S.COMMIT_EVERY + 2 * TICK:
+            raise Enough                     # quiet for long enough: stop the pool
+        assert quiet[-1] < deadline, "the records never stopped coming"
+
+    with pytest.raises(Enough):
+        run_parallel(iter(units), 2, on_record, tick=tick)
+    assert 0 < len(got) < len(units)
+    assert runs_committed(tmp_path / "r.db") == len(got)     # all it received, committed
+    st_.close()
