@@ -319,19 +319,25 @@ class Store:
         with self._errors():
             yield from self._iter_runs()
 
-    def _iter_runs(self) -> Iterator[tuple[int, int, dict[str, Any], dict[str, Any]]]:
-        cols = ", ".join(_RUN_COLS)
+    def _rows(self, cols: Sequence[str]) -> Iterator[tuple[tuple[Any, ...], list[str]]]:
+        """Every run's ``cols`` (the first must be ``id``) in id order with its violation
+        names, both tables streamed side by side."""
         viol = self.db.execute("SELECT run, name FROM violations ORDER BY run, pos")
         pending = next(viol, None)
-        for row in self.db.execute(f"SELECT {cols} FROM runs ORDER BY id"):
+        for row in self.db.execute(f"SELECT {', '.join(cols)} FROM runs ORDER BY id"):
+            rid = row[0]
+            names: list[str] = []
+            while pending is not None and pending[0] <= rid:
+                if pending[0] == rid:
+                    names.append(pending[1])
+                pending = next(viol, None)
+            yield row, names
+
+    def _iter_runs(self) -> Iterator[tuple[int, int, dict[str, Any], dict[str, Any]]]:
+        for row, names in self._rows(_RUN_COLS):
             r = dict(zip(_RUN_COLS, row))
             rec = {k: r[k] for k in _OUTCOME}
             rec["tail_retry"] = bool(rec["tail_retry"])
-            names: list[str] = []
-            while pending is not None and pending[0] <= r["id"]:
-                if pending[0] == r["id"]:
-                    names.append(pending[1])
-                pending = next(viol, None)
             rec["violations"] = names
             case = {k: r[k] for k in ("variant", "era", "routine", "cpu", "direction",
                                       "length", "src_align", "dst_align", "kind")}
@@ -344,16 +350,7 @@ class Store:
         ``SUMMARY_COLUMNS`` (poison and unmapped as stored, comma-separated) followed by the
         list of its violation names.  Cheaper than ``iter_runs`` (no dicts per run)."""
         with self._errors():
-            viol = self.db.execute("SELECT run, name FROM violations ORDER BY run, pos")
-            pending = next(viol, None)
-            cols = ", ".join(SUMMARY_COLUMNS)
-            for row in self.db.execute(f"SELECT {cols} FROM runs ORDER BY id"):
-                rid = row[0]
-                names: list[str] = []
-                while pending is not None and pending[0] <= rid:
-                    if pending[0] == rid:
-                        names.append(pending[1])
-                    pending = next(viol, None)
+            for row, names in self._rows(SUMMARY_COLUMNS):
                 yield (*row, names)
 
     def records(self) -> dict[int, dict[str, Any]]:
@@ -418,8 +415,7 @@ class Store:
             self._drop_partial()
             raise InputError(f"{self.path}: cannot write: {e}") from None
         self._pending += 1
-        if time.monotonic() - self._last_commit >= COMMIT_EVERY:
-            self.commit()
+        self.tick()
 
     def _drop_partial(self) -> None:
         """Undo the rows of a run whose ``_insert`` did not finish (none if it did: the

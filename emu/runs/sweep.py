@@ -33,6 +33,7 @@ second, so an interrupted sweep can be resumed without redoing or losing cases.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import operator
 import os
@@ -68,9 +69,6 @@ CLASSES: tuple[str, ...] = ("ok", "benign", "violation", "smap_violation",
 MAX_CELLS = 1_000_000
 #: Most numbers one list option (``--len 0..4096``) may name.
 MAX_LIST = 1 << 17
-#: Test hooks: a worker kills itself (SIGKILL), raises, or stalls on the case with this id.
-#: A stalled worker waits until the process that started it is gone, then exits: the sweep
-#: cannot finish, so a test can interrupt it at a moment of its choosing however fast it runs.
 #: Copies this long and longer are fast-forwarded.  Below, a cell's recording (the clean run
 #: through the Python path, a checkpoint per line) costs more than fast-forward saves its
 #: cases.  Measured on one case per line, recording included (full / fast-forward): the
@@ -80,6 +78,9 @@ MAX_LIST = 1 << 17
 #: its 64 KiB part 26% faster with it.  ``Target.run(fast_forward=True)`` itself is not
 #: limited (the tests fast-forward short copies too).
 FAST_FORWARD_FROM = 32768
+#: Test hooks: a worker kills itself (SIGKILL), raises, or stalls on the case with this id.
+#: A stalled worker waits until the process that started it is gone, then exits: the sweep
+#: cannot finish, so a test can interrupt it at a moment of its choosing however fast it runs.
 CRASH_ENV = "EMU_SWEEP_CRASH"
 #: With the crash hook: a file; the worker crashes only if it does not exist yet, and makes
 #: it first (a worker killed once, as by the OOM killer, rather than by a case).
@@ -91,6 +92,24 @@ STALL_ENV = "EMU_SWEEP_STALL"
 # ---- cases and grids -------------------------------------------------------------------
 
 _LINE_MASK, _PAGE_MASK = ~(L.LINE - 1), ~(L.PAGE - 1)
+
+
+def fault_key(direction: str, src_align: int, dst_align: int, poison: tuple[int, ...],
+              unmapped: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The poisoned lines and absent pages a case's faults hit (what the machine sees of
+    them): the buffers' addresses are ``Buffers``' (``src``, ``user``), computed here
+    without building one, as the sweep's parent keys every case of the grid."""
+    if direction == "from":
+        src = user = L.USER_WINDOW + src_align
+    else:
+        src, user = L.KERNEL_WINDOW + src_align, L.USER_WINDOW + dst_align
+    return (tuple(sorted({(src + p) & _LINE_MASK for p in poison})),
+            tuple(sorted({(user + p) & _PAGE_MASK for p in unmapped})))
+
+
+def _moved(xs: tuple[int, ...], at: int, off: int) -> tuple[int, ...]:
+    """Fault offsets ``xs`` with the one at ``at`` moved to ``off``."""
+    return tuple(off if x == at else x for x in xs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +144,11 @@ class Case:
 
     def input_key(self) -> tuple[Any, ...]:
         """What the machine sees: cases with the same key have the same outcome (every byte
-        of a line poisons that line, every byte of a page unmaps that page).  The buffers'
-        addresses are ``Buffers``' (``src``, ``user``), computed here without building one:
-        the sweep's parent keys every case of the grid."""
-        if self.direction == "from":
-            src = user = L.USER_WINDOW + self.src_align
-        else:
-            src, user = L.KERNEL_WINDOW + self.src_align, L.USER_WINDOW + self.dst_align
-        lines = tuple(sorted({(src + p) & _LINE_MASK for p in self.poison}))
-        pages = tuple(sorted({(user + p) & _PAGE_MASK for p in self.unmapped}))
+        of a line poisons that line, every byte of a page unmaps that page)."""
         return (self.variant, self.era, self.routine, self.cpu, self.direction, self.length,
-                self.src_align, self.dst_align, lines, pages)
+                self.src_align, self.dst_align,
+                *fault_key(self.direction, self.src_align, self.dst_align, self.poison,
+                           self.unmapped))
 
     def buffers(self) -> Buffers:
         return Buffers(direction=self.direction, length=self.length, src_align=self.src_align,
@@ -338,11 +351,8 @@ class Grid:
                     for sa in self.src_aligns:
                         for da in self.dst_aligns:
                             for k in self.kinds:
-                                def case(off: int, poison: tuple[int, ...],
-                                         unmapped: tuple[int, ...], k: str = k, d: str = d,
-                                         n: int = n, sa: int = sa, da: int = da) -> Case:
-                                    return Case(v.spec, r.name, cpu, d, n, sa, da, k, off,
-                                                poison, unmapped, v.rules, v.source)
+                                case = functools.partial(Case, v.spec, r.name, cpu, d, n, sa,
+                                                         da, k, era=v.rules, spec=v.source)
                                 cell = placements(k, n, sa, da, d, self.step, self.offsets)
                                 for u in cell_units(cell, case, d, sa, da, next_id):
                                     next_id = u.id + 1
@@ -394,22 +404,8 @@ def member(case: Case, off: int) -> Case:
     offset moves to ``off``, the others (a next line or page) stay."""
     at = case.offset
     return Case(case.variant, case.routine, case.cpu, case.direction, case.length,
-                case.src_align, case.dst_align, case.kind, off,
-                tuple(off if x == at else x for x in case.poison),
-                tuple(off if x == at else x for x in case.unmapped), case.era, case.spec)
-
-
-def _is_member(first: Case, c: Case) -> bool:
-    """``member(first, c.offset) == c``, without building the member (the sweep's parent
-    asks it of every case of the grid)."""
-    at, off = first.offset, c.offset
-    return (c.kind == first.kind and (c.spec is first.spec or c.spec == first.spec)
-            and c.poison == tuple(off if x == at else x for x in first.poison)
-            and c.unmapped == tuple(off if x == at else x for x in first.unmapped)
-            and c.variant == first.variant and c.routine == first.routine
-            and c.cpu == first.cpu and c.direction == first.direction
-            and c.length == first.length and c.src_align == first.src_align
-            and c.dst_align == first.dst_align and c.era == first.era)
+                case.src_align, case.dst_align, case.kind, off, _moved(case.poison, at, off),
+                _moved(case.unmapped, at, off), case.era, case.spec)
 
 
 def units(cases: Iterable[Case], first_id: int = 0) -> list[Unit]:
@@ -420,7 +416,7 @@ def units(cases: Iterable[Case], first_id: int = 0) -> list[Unit]:
         groups.setdefault(c.input_key(), []).append(c)
     out: list[Unit] = []
     for cs in groups.values():
-        if not all(_is_member(cs[0], c) for c in cs[1:]):   # not one fault moving
+        if any(member(cs[0], c.offset) != c for c in cs[1:]):   # not one fault moving
             out.extend(Unit(first_id + len(out) + i, c, (c.offset,)) for i, c in enumerate(cs))
             continue
         out.append(Unit(first_id + len(out), cs[0], tuple(c.offset for c in cs)))
@@ -433,25 +429,19 @@ def cell_units(cell: Iterable[tuple[int, tuple[int, ...], tuple[int, ...]]],
     """``units`` of one cell's cases, given as their (offset, poison, unmapped) and a
     ``case`` maker: the same units, but a ``Case`` is made only for each unit's first case.
     Within a cell only the faults differ, so the input key is the lines and pages they hit
-    (``Case.input_key``) and a member check compares only them (``_is_member``)."""
-    if direction == "from":
-        src = user = L.USER_WINDOW + src_align
-    else:
-        src, user = L.KERNEL_WINDOW + src_align, L.USER_WINDOW + dst_align
+    (``fault_key``) and a member check compares only the faults (``member``)."""
     groups: dict[tuple[Any, ...], list[tuple[int, tuple[int, ...], tuple[int, ...]]]] = {}
-    for off, poison, unmapped in cell:
-        key = (tuple(sorted({(src + p) & _LINE_MASK for p in poison})),
-               tuple(sorted({(user + p) & _PAGE_MASK for p in unmapped})))
+    for c in cell:
+        key = fault_key(direction, src_align, dst_align, c[1], c[2])
         g = groups.get(key)
         if g is None:
-            groups[key] = [(off, poison, unmapped)]
+            groups[key] = [c]
         else:
-            g.append((off, poison, unmapped))
+            g.append(c)
     out: list[Unit] = []
     for cs in groups.values():
         at, fp, fu = cs[0]
-        if all(p == tuple(off if x == at else x for x in fp)
-               and u == tuple(off if x == at else x for x in fu) for off, p, u in cs[1:]):
+        if all(p == _moved(fp, at, off) and u == _moved(fu, at, off) for off, p, u in cs[1:]):
             out.append(Unit(first_id + len(out), case(*cs[0]), tuple(c[0] for c in cs)))
         else:                                               # not one fault moving
             out.extend(Unit(first_id + len(out) + i, case(*c), (c[0],))
